@@ -1,0 +1,105 @@
+"""Deploy-wide switches, read once from ``MLCD_*`` environment variables with embedded defaults.
+
+Per-task settings are operator arguments and run-time choices are DAG ``Param``s; only what changes
+between a laptop and a cluster lives here. Nothing in this module touches the network or a database.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "mnist-cnn"
+
+
+def _project_root() -> Path:
+    """The checkout holding ``include/mlcd`` when installed editable, else the working directory."""
+    here = Path(__file__).resolve()
+    candidate = here.parents[2]
+    if (candidate / "pyproject.toml").exists() and (candidate / "dags").is_dir():
+        return candidate
+    return Path.cwd()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and which backends are used. Built by :func:`get_settings`."""
+
+    home: Path
+    landing_uri: str
+    model_name: str
+    tracking_uri: str
+    training_backend: str  # "local" or "kubernetes"
+    router_backend: str  # "local" or "kubernetes"
+    gateway_url: str
+    admin_token: str | None
+    data_path: str | None
+    project_root: Path = field(default_factory=_project_root)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.sqlite"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def accepted_dir(self) -> Path:
+        """Content-addressed copies of accepted batches: snapshots are built from these."""
+        return self.home / "batches"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.home / "data_docs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def expectations_dir(self) -> Path:
+        env = os.environ.get("MLCD_EXPECTATIONS")
+        if env:
+            return Path(env)
+        repo = self.project_root / "expectations"
+        if repo.is_dir():
+            return repo
+        return Path(__file__).parent / "expectations"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def load_settings() -> Settings:
+    """Read the environment now (tests call this after changing ``MLCD_*``)."""
+    root = _project_root()
+    home = Path(_env("MLCD_HOME", str(root / ".mlcd"))).expanduser().resolve()  # type: ignore[arg-type]
+    return Settings(
+        home=home,
+        landing_uri=_env("MLCD_LANDING_URI", str(home / "landing")),  # type: ignore[arg-type]
+        model_name=_env("MLCD_MODEL_NAME", DEFAULT_MODEL_NAME),  # type: ignore[arg-type]
+        tracking_uri=_env("MLFLOW_TRACKING_URI", _env("MLCD_MLFLOW_URI", "http://127.0.0.1:5000")),  # type: ignore[arg-type]
+        training_backend=_env("MLCD_TRAINING_BACKEND", "local"),  # type: ignore[arg-type]
+        router_backend=_env("MLCD_ROUTER_BACKEND", "local"),  # type: ignore[arg-type]
+        gateway_url=_env("MLCD_GATEWAY_URL", "http://127.0.0.1:8000"),  # type: ignore[arg-type]
+        admin_token=_env("MLCD_ADMIN_TOKEN"),
+        data_path=_env("MLCD_DATA"),
+        project_root=root,
+    )
+
+
+def get_settings() -> Settings:
+    """The settings as the environment says now; cheap enough to call per use, so tests can set ``MLCD_*``."""
+    return load_settings()
