@@ -1,0 +1,1 @@
+"""Airflow glue for mlcd: operators, sensors, triggers, hooks. The only part of mlcd that imports Airflow."""

@@ -1,0 +1,129 @@
+"""The data-arrival sensor: a deferrable sensor whose trigger watches the landing zone for unseen batches.
+
+A batch is "unseen" when its content hash is not in the ledger. The sensor records what it found as ``landed``
+before it succeeds, so the next watch run waits for the *next* batch instead of firing again; the retrain run it
+starts (through the landing Asset) collects every landed, undecided batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, Context
+from airflow.sdk.exceptions import AirflowException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+
+class EventStatus(str, enum.Enum):
+    FOUND = "found"
+    ERROR = "error"
+
+
+def find_unseen_batches(landing_uri: str, ledger_path: str, known: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Batches in the landing zone whose content the ledger has never seen.
+
+    Args:
+        known: cache of ``uri|size`` → hash from earlier polls, so unchanged files are not re-hashed.
+    """
+    from mlcd.data.landing import LandingZone, sha256_bytes
+    from mlcd.data.ledger import Ledger
+
+    zone = LandingZone(landing_uri)
+    seen = Ledger(ledger_path).known_hashes()
+    known = known if known is not None else {}
+    found = []
+    for landed in zone.list():
+        key = f"{landed.uri}|{landed.size_bytes}"
+        batch_hash = known.get(key)
+        if batch_hash is None:
+            batch_hash = known[key] = sha256_bytes(zone.read(landed))
+        if batch_hash not in seen:
+            found.append({"batch_hash": batch_hash, "name": landed.name, "uri": landed.uri,
+                          "size_bytes": landed.size_bytes})
+    return found
+
+
+class NewBatchTrigger(BaseTrigger):
+    """Polls the landing zone from the triggerer and fires once unseen batches are there."""
+
+    def __init__(self, landing_uri: str, ledger_path: str, poll_interval: float = 5.0) -> None:
+        super().__init__()
+        self.landing_uri = landing_uri
+        self.ledger_path = ledger_path
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"landing_uri": self.landing_uri, "ledger_path": self.ledger_path, "poll_interval": self.poll_interval},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        known: dict[str, str] = {}
+        try:
+            while True:
+                # Listing and hashing are blocking I/O: keep them off the triggerer's event loop.
+                found = await asyncio.to_thread(find_unseen_batches, self.landing_uri, self.ledger_path, known)
+                if found:
+                    yield TriggerEvent({"status": EventStatus.FOUND.value, "batches": found})
+                    return
+                await asyncio.sleep(self.poll_interval)
+        except Exception as err:  # an unreadable landing zone must surface as a task error, not a dead trigger
+            yield TriggerEvent({"status": EventStatus.ERROR.value, "message": f"{type(err).__name__}: {err}"})
+
+
+class NewBatchSensor(BaseSensorOperator):
+    """Waits, without holding a worker slot, until an unseen batch lands; records it and emits its outlets."""
+
+    template_fields = ("landing_uri", "ledger_path")
+
+    def __init__(
+        self,
+        *,
+        landing_uri: str | None = None,
+        ledger_path: str | None = None,
+        poll_interval: float = 5.0,
+        max_wait: timedelta = timedelta(days=1),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.landing_uri = landing_uri
+        self.ledger_path = ledger_path
+        self.poll_interval = poll_interval
+        self.max_wait = max_wait
+
+    def _paths(self) -> tuple[str, str]:
+        from mlcd.settings import get_settings
+
+        settings = get_settings()
+        return self.landing_uri or settings.landing_uri, self.ledger_path or str(settings.ledger_path)
+
+    def execute(self, context: Context) -> list[dict[str, Any]] | None:
+        landing_uri, ledger_path = self._paths()
+        found = find_unseen_batches(landing_uri, ledger_path)
+        if found:
+            return self._record(found, ledger_path)
+        self.defer(
+            trigger=NewBatchTrigger(landing_uri, ledger_path, self.poll_interval),
+            method_name=self.execute_complete.__name__,
+            timeout=self.max_wait,
+        )
+        return None
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> list[dict[str, Any]]:
+        if event.get("status") != EventStatus.FOUND.value:
+            raise AirflowException(f"landing zone watch failed: {event.get('message', event)}")
+        return self._record(event["batches"], self._paths()[1])
+
+    def _record(self, found: list[dict[str, Any]], ledger_path: str) -> list[dict[str, Any]]:
+        from mlcd.data.ledger import Ledger
+
+        ledger = Ledger(ledger_path)
+        for batch in found:
+            ledger.see(batch["batch_hash"], batch["name"], batch["uri"], batch["size_bytes"])
+            self.log.info("new batch %s (%s): starting mlcd_retrain", batch["name"], batch["batch_hash"][:12])
+        return found

@@ -1,0 +1,45 @@
+"""Task bodies of the mlcd DAGs: one call into the core library each, with core errors mapped to Airflow's.
+
+A DAG file's ``@task`` calls exactly one function here, so the DAG stays wiring and the logic stays testable
+without Airflow. Heavy imports (GX, TensorFlow, MLflow) happen inside the functions, never while parsing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+log = logging.getLogger(__name__)
+
+# Emitted by the landing watcher when new batches arrive; mlcd_retrain is scheduled on it (or nightly).
+LANDING_ASSET = Asset(name="mlcd_landing_zone", uri="mlcd://landing-zone")
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "mlcd",
+    "retries": 2,
+    "retry_exponential_backoff": True,
+}
+
+
+def collect_step() -> list[dict[str, Any]]:
+    """New batches in the landing zone (hashed, recorded as landed)."""
+    from mlcd.data.intake import collect
+
+    return collect()
+
+
+def validate_step(pending: list[dict[str, Any]], *, run_id: str | None, allow_partial: bool) -> dict[str, Any]:
+    """Judge new batches and snapshot everything accepted; a quarantine stops the run without retries."""
+    from mlcd.data.intake import NoTrainingDataError, QuarantinedBatchesError, validate
+
+    try:
+        report = validate(pending, run_id=run_id, allow_partial=allow_partial)
+    except QuarantinedBatchesError as err:
+        # Retrying cannot change a verdict on the same bytes: fail now, with the reasons as the message.
+        raise AirflowFailException(str(err)) from None
+    except NoTrainingDataError as err:
+        raise AirflowSkipException(str(err)) from None
+    return report.as_dict()

@@ -1,0 +1,90 @@
+"""Data commands: ``mlcd validate``, ``mlcd land``, ``mlcd batches``, ``mlcd sample-batches``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from mlcd.settings import get_settings
+
+_FILES = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
+
+
+@click.command("validate")
+@click.argument("files", nargs=-1, required=True, type=_FILES)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file instead of text.")
+def validate_command(files: tuple[Path, ...], as_json: bool) -> None:
+    """Check batch FILES against the expectation suite; exit 1 if any fails. Files are only read."""
+    from mlcd.data.intake import judge_bytes
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    settings = get_settings()
+    failed = 0
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            passed, reason, n_images = False, f"cannot read: {err.strerror or err}", 0
+        else:
+            passed, reason, _details, n_images = judge_bytes(data, path.name, settings)
+        failed += not passed
+        if as_json:
+            click.echo(json.dumps({"file": str(path), "passed": passed, "reason": reason, "n_images": n_images}))
+        elif passed:
+            click.echo(f"PASS {path} ({n_images} images)")
+        else:
+            click.echo(f"FAIL {path}: {reason}")
+    sys.exit(1 if failed else 0)
+
+
+@click.command("land")
+@click.argument("files", nargs=-1, required=True, type=_FILES)
+def land_command(files: tuple[Path, ...]) -> None:
+    """Copy batch FILES into the landing zone (MLCD_LANDING_URI); the sources are left as they are."""
+    from mlcd.data.landing import LandingZone
+
+    zone = LandingZone(get_settings().landing_uri)
+    for path in files:
+        landed = zone.land(path)
+        click.echo(f"landed {path} -> {landed.uri}")
+
+
+@click.command("batches")
+@click.option("--state", type=click.Choice(["landed", "accepted", "quarantined"]), default=None)
+def batches_command(state: str | None) -> None:
+    """List landed batches from the ledger with their state and reason."""
+    from mlcd.data.ledger import Ledger
+
+    records = Ledger(get_settings().ledger_path).list(state)
+    if not records:
+        click.echo("no batches recorded")
+        return
+    click.echo(f"{'state':<12} {'batch':<14} {'images':>7}  {'name':<24} reason")
+    for r in records:
+        n_images = "" if r.n_images is None else str(r.n_images)
+        click.echo(f"{r.state:<12} {r.batch_hash[:12]:<14} {n_images:>7}  {r.name:<24} {r.reason or ''}")
+
+
+@click.command("sample-batches")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--sizes", default="3000,3000", show_default=True, help="Images per batch, comma-separated.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample_batches_command(out: Path, sizes: str, seed: int) -> None:
+    """Cut disjoint sample batches from the reference dataset (MLCD_DATA, else scikit-learn's digits)."""
+    from mlcd.data.reference import write_sample_batches
+
+    try:
+        counts = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{sizes!r} is not a comma-separated list of integers", param_hint="--sizes")
+    for path in write_sample_batches(out, counts, seed=seed):
+        click.echo(str(path))
+
+
+def register(group: click.Group) -> None:
+    for command in (validate_command, land_command, batches_command, sample_batches_command):
+        group.add_command(command)

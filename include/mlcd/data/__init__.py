@@ -1,0 +1,1 @@
+"""Data: landing zone, ledger, batches, snapshots, reference dataset."""

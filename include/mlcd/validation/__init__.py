@@ -1,0 +1,1 @@
+"""Data validation: the per-image summary and the Great Expectations gate."""
