@@ -1,0 +1,425 @@
+"""The gateway: champion (stable) and canary side by side behind weighted, optionally sticky routing.
+
+Routes are one immutable object swapped in a single assignment, so a request sees either the old or the new
+routes, never a mix; a model taken out of the routes finishes the requests already routed to it. A canary
+failure is counted against the canary and the request is answered by the stable model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mlcd.serving.config import GatewayConfig
+from mlcd.serving.metrics import GatewayMetrics
+from mlcd.serving.models import ModelLoader, ModelSlot, build_slot, mlflow_loader, resolve_alias
+from mlcd.serving.state import RouteState, load_state, save_state
+
+log = logging.getLogger(__name__)
+
+STABLE, CANARY = "stable", "canary"
+MAX_CLIENT_ID = 256
+
+
+class RequestError(Exception):
+    """A refused request: HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Routes:
+    stable: ModelSlot | None = None
+    canary: ModelSlot | None = None
+    canary_weight: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "stable": self.stable.version if self.stable else None,
+            "canary": self.canary.version if self.canary else None,
+            "canary_weight": self.canary_weight if self.canary else 0,
+            "warnings": {
+                variant: slot.warning
+                for variant, slot in ((STABLE, self.stable), (CANARY, self.canary))
+                if slot is not None and slot.warning
+            },
+        }
+
+
+def sticky_bucket(client_id: str) -> int:
+    """A stable bucket in 0..9999 for a client; a client inside the canary's share stays there as it grows."""
+    digest = hashlib.blake2b(client_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000
+
+
+def choose_variant(canary_weight: int, client_id: str | None, rng: random.Random) -> str:
+    """``canary`` with probability ``canary_weight``/100, or deterministically per client when sticky."""
+    if canary_weight <= 0:
+        return STABLE
+    if canary_weight >= 100:
+        return CANARY
+    bucket = sticky_bucket(client_id) if client_id is not None else rng.randrange(10_000)
+    return CANARY if bucket < canary_weight * 100 else STABLE
+
+
+def parse_images(payload: Any, max_batch: int) -> tuple[np.ndarray, str | None]:
+    """Validate a ``/predict`` body into float32 ``N×28×28`` in 0–255; raise :class:`RequestError` otherwise."""
+    if not isinstance(payload, dict):
+        raise RequestError(422, "body must be a JSON object with an 'images' list")
+    images = payload.get("images")
+    if not isinstance(images, list) or not images:
+        raise RequestError(422, "'images' must be a non-empty list of 28x28 images")
+    if len(images) > max_batch:
+        raise RequestError(413, f"batch of {len(images)} images exceeds the limit of {max_batch}")
+    client_id = payload.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID):
+        raise RequestError(422, f"'client_id' must be a string of 1..{MAX_CLIENT_ID} characters")
+    unknown = set(payload) - {"images", "client_id"}
+    if unknown:
+        raise RequestError(422, f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    try:
+        arr = np.asarray(images)
+    except (ValueError, TypeError):
+        raise RequestError(422, "each image must be a 28x28 list of lists of numbers (ragged input)") from None
+    if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+        raise RequestError(422, f"images must have shape Nx28x28, got {'x'.join(map(str, arr.shape))}")
+    if arr.dtype.kind not in "iuf":
+        raise RequestError(422, f"pixels must be numbers, got {arr.dtype.kind!r} values")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise RequestError(422, "pixels must be finite numbers (no NaN or Infinity)")
+    lo, hi = arr.min(), arr.max()
+    if lo < 0 or hi > 255:
+        raise RequestError(422, f"pixel values must be in 0..255, got {lo}..{hi}")
+    return arr.astype(np.float32, copy=False), client_id
+
+
+class Gateway:
+    """State and behaviour behind the HTTP layer (also usable in-process by tests and benchmarks)."""
+
+    def __init__(self, config: GatewayConfig, loader: ModelLoader | None = None):
+        self.config = config
+        self.loader = loader or mlflow_loader(config.model_name, config.tracking_uri)
+        self.metrics = GatewayMetrics()
+        self.routes = Routes()
+        self.rng = random.Random()
+        self.ready_error: str | None = "starting"
+        self._admin_lock = asyncio.Lock()
+        self._feedback: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # -- loading and swapping -------------------------------------------------------------------------
+    async def _slot_for(self, version: str | None, current: list[ModelSlot | None]) -> ModelSlot | None:
+        if version is None:
+            return None
+        for slot in current:
+            if slot is not None and slot.version == version:
+                return slot  # reuse: promotion moves the canary's loaded model to stable without reloading
+        return await asyncio.to_thread(
+            build_slot, version, self.loader, self.config.batch_max_rows, self.config.batch_max_wait_s
+        )
+
+    async def set_routes(self, stable: str | None, canary: str | None, canary_weight: int, persist: bool = True) -> Routes:
+        """Load what is not loaded yet, then switch routes in one assignment and retire unused slots."""
+        if not 0 <= canary_weight <= 100:
+            raise RequestError(422, f"canary_weight must be in 0..100, got {canary_weight}")
+        if stable is None and canary is not None:
+            raise RequestError(422, "a canary needs a stable version to fall back to")
+        if canary is not None and canary == stable:
+            canary = None  # the same version twice is just the stable model
+        async with self._admin_lock:
+            old = self.routes
+            current = [old.stable, old.canary]
+            new_stable = await self._slot_for(stable, current)
+            new_canary = await self._slot_for(canary, current)
+            self.routes = Routes(new_stable, new_canary, canary_weight if new_canary else 0)
+            for slot in current:
+                if slot is not None and slot not in (new_stable, new_canary):
+                    task = asyncio.get_running_loop().create_task(slot.retire())
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
+            self.ready_error = None if new_stable else "no stable model version configured"
+            self.metrics.set_served(
+                {STABLE: stable, CANARY: canary if new_canary else None}, self.routes.canary_weight
+            )
+            if persist and self.config.pinned_version is None:
+                await asyncio.to_thread(
+                    save_state, self.config.state_path, RouteState(stable, canary, self.routes.canary_weight)
+                )
+            log.info("routes: %s", self.routes.describe())
+            return self.routes
+
+    def resolve_aliases(self) -> tuple[str | None, str | None]:
+        name, uri = self.config.model_name, self.config.tracking_uri
+        return resolve_alias(name, uri, "champion"), resolve_alias(name, uri, "canary")
+
+    async def reload_aliases(self) -> Routes:
+        """Serve the registry's ``champion`` and ``canary``; a canary kept from before keeps its weight."""
+        champion, canary = await asyncio.to_thread(self.resolve_aliases)
+        old = self.routes
+        weight = old.canary_weight if old.canary is not None and old.canary.version == canary else 0
+        return await self.set_routes(champion, canary, weight)
+
+    async def startup(self) -> None:
+        """Pinned version, else the saved routes, else the registry's aliases; failures leave it unready."""
+        try:
+            if self.config.pinned_version:
+                await self.set_routes(self.config.pinned_version, None, 0, persist=False)
+                return
+            saved = await asyncio.to_thread(load_state, self.config.state_path)
+            if saved is not None and saved.stable is not None:
+                await self.set_routes(saved.stable, saved.canary, saved.canary_weight, persist=False)
+            else:
+                await self.reload_aliases()
+        except Exception as exc:  # noqa: BLE001 - the process stays up and says why on /healthz
+            self.ready_error = f"{type(exc).__name__}: {exc}"
+            log.exception("gateway could not load its models")
+
+    async def shutdown(self) -> None:
+        for slot in {self.routes.stable, self.routes.canary} - {None}:
+            await slot.retire(timeout=10)  # type: ignore[union-attr]
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    # -- serving --------------------------------------------------------------------------------------
+    def _variant_label(self, variant: str) -> str:
+        return self.config.pinned_variant if self.config.pinned_version else variant
+
+    async def predict(self, x: np.ndarray, client_id: str | None) -> dict[str, Any]:
+        routes = self.routes  # one read: this request sees one consistent set of routes
+        stable, canary = routes.stable, routes.canary
+        if stable is None:
+            raise RequestError(503, f"no model is being served ({self.ready_error})")
+        variant = choose_variant(routes.canary_weight, client_id, self.rng) if canary is not None else STABLE
+        held = [stable] if variant == STABLE else [stable, canary]
+        for slot in held:
+            slot.hold()  # type: ignore[union-attr]
+        fallback = False
+        try:
+            if variant == CANARY:
+                assert canary is not None
+                t0 = time.perf_counter()
+                try:
+                    probs = await canary.predict(x)
+                    self._observe(canary, CANARY, t0, len(x))
+                except Exception as exc:  # noqa: BLE001 - counted against the canary, answered by stable
+                    label = self._variant_label(CANARY)
+                    self.metrics.requests.labels(canary.version, label).inc()
+                    self.metrics.errors.labels(canary.version, label).inc()
+                    self.metrics.fallbacks.labels(canary.version, label).inc()
+                    log.warning("canary %s failed, answering with stable: %s", canary.version, exc)
+                    variant, fallback = STABLE, True
+            if variant == STABLE:
+                t0 = time.perf_counter()
+                try:
+                    probs = await stable.predict(x)
+                except Exception as exc:
+                    label = self._variant_label(STABLE)
+                    self.metrics.requests.labels(stable.version, label).inc()
+                    self.metrics.errors.labels(stable.version, label).inc()
+                    raise RequestError(500, f"model version {stable.version} failed: {type(exc).__name__}") from exc
+                self._observe(stable, STABLE, t0, len(x))
+        finally:
+            for slot in held:
+                slot.release()  # type: ignore[union-attr]
+        served = stable if variant == STABLE else canary
+        assert served is not None
+        return self._answer(served.version, self._variant_label(variant), probs, fallback)
+
+    def _observe(self, slot: ModelSlot, variant: str, t0: float, n: int) -> None:
+        label = self._variant_label(variant)
+        self.metrics.latency.labels(slot.version, label).observe(time.perf_counter() - t0)
+        self.metrics.requests.labels(slot.version, label).inc()
+
+    def _answer(self, version: str, variant: str, probs: np.ndarray, fallback: bool) -> dict[str, Any]:
+        classes = probs.argmax(axis=1)
+        predictions = []
+        for cls, row in zip(classes.tolist(), probs.tolist(), strict=True):
+            pid = uuid.uuid4().hex
+            self._remember(pid, (version, variant, cls))
+            self.metrics.predictions.labels(version, variant, str(cls)).inc()
+            predictions.append({"prediction_id": pid, "class": cls, "probabilities": row})
+        return {
+            "model": self.config.model_name,
+            "version": version,
+            "variant": variant,
+            "fallback": fallback,
+            "predictions": predictions,
+        }
+
+    def _remember(self, pid: str, record: tuple[str, str, int]) -> None:
+        self._feedback[pid] = record
+        if len(self._feedback) > self.config.feedback_capacity:
+            self._feedback.popitem(last=False)
+
+    def feedback(self, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise RequestError(422, "body must be a JSON object with 'prediction_id' and 'label'")
+        pid, label = payload.get("prediction_id"), payload.get("label")
+        if not isinstance(pid, str) or not pid:
+            raise RequestError(422, "'prediction_id' must be a non-empty string")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
+            raise RequestError(422, "'label' must be an integer class in 0..9")
+        record = self._feedback.pop(pid, None)
+        if record is None:
+            raise RequestError(404, "unknown or already-labelled prediction_id")
+        version, variant, predicted = record
+        correct = predicted == label
+        self.metrics.record_feedback(version, variant, correct)
+        return {"prediction_id": pid, "version": version, "variant": variant, "correct": correct}
+
+    def check_admin(self, authorization: str | None) -> None:
+        token = self.config.admin_token
+        if not token:
+            raise RequestError(403, "admin API disabled: MLCD_ADMIN_TOKEN is not configured")
+        scheme, _, given = (authorization or "").partition(" ")
+        # Constant-time compare so response timing does not leak the token.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise RequestError(401, "missing or wrong bearer token")
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing oversized bodies before reading them whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
+        except ValueError:
+            raise RequestError(400, "invalid Content-Length header") from None
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise RequestError(415, f"content type must be application/json, got {ctype}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"body is not valid JSON: {str(exc).splitlines()[0]}") from None
+
+
+def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None = None) -> FastAPI:
+    """Build the gateway application; models load at startup (in a thread, so the loop stays responsive)."""
+    config = config or GatewayConfig.from_settings()
+    gateway = Gateway(config, loader)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.startup()
+        yield
+        await gateway.shutdown()
+
+    app = FastAPI(title="mlcd gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gateway
+
+    def refuse(err: RequestError) -> JSONResponse:
+        if 400 <= err.status < 500:
+            gateway.metrics.rejected.labels(str(err.status)).inc()
+        return JSONResponse({"detail": err.reason}, status_code=err.status)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_: Request, err: RequestError) -> JSONResponse:
+        return refuse(err)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        payload = await _read_json(request, config.max_body_bytes)
+        x, client_id = parse_images(payload, config.max_batch_images)
+        return JSONResponse(await gateway.predict(x, client_id))
+
+    @app.post("/feedback")
+    async def feedback(request: Request) -> JSONResponse:
+        payload = await _read_json(request, 4096)
+        return JSONResponse(gateway.feedback(payload))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        routes = gateway.routes
+        body = {"status": "ok" if gateway.ready_error is None else "unready", **routes.describe()}
+        body["batching"] = {
+            slot.version: {"calls": slot.batcher.stats.calls, "mean_rows": round(slot.batcher.stats.mean_rows, 2)}
+            for slot in (routes.stable, routes.canary)
+            if slot is not None
+        }
+        if gateway.ready_error is not None:
+            body["reason"] = gateway.ready_error
+        return JSONResponse(body, status_code=200 if gateway.ready_error is None else 503)
+
+    @app.get("/admin/routes")
+    async def get_routes(request: Request) -> JSONResponse:
+        gateway.check_admin(request.headers.get("authorization"))
+        return JSONResponse(gateway.routes.describe())
+
+    @app.post("/admin/routes")
+    async def set_routes(request: Request) -> JSONResponse:
+        gateway.check_admin(request.headers.get("authorization"))
+        body = await _read_json(request, 4096)
+        if not isinstance(body, dict) or "stable" not in body:
+            raise RequestError(422, "body must be {'stable': version, 'canary': version|null, 'canary_weight': 0..100}")
+        stable, canary = body.get("stable"), body.get("canary")
+        weight = body.get("canary_weight", 0)
+        for name, value in (("stable", stable), ("canary", canary)):
+            if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)):
+                raise RequestError(422, f"'{name}' must be a version string or null")
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise RequestError(422, "'canary_weight' must be an integer percent")
+        try:
+            routes = await gateway.set_routes(
+                None if stable is None else str(stable), None if canary is None else str(canary), weight
+            )
+        except RequestError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. the version does not exist in the registry
+            raise RequestError(409, f"could not load the requested versions: {type(exc).__name__}: {exc}") from exc
+        return JSONResponse(routes.describe())
+
+    @app.post("/admin/weights")
+    async def set_weight(request: Request) -> JSONResponse:
+        gateway.check_admin(request.headers.get("authorization"))
+        body = await _read_json(request, 1024)
+        weight = body.get("canary_weight") if isinstance(body, dict) else None
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise RequestError(422, "body must be {'canary_weight': 0..100}")
+        routes = gateway.routes
+        if routes.canary is None and weight > 0:
+            raise RequestError(409, "no canary is loaded; set routes or reload aliases first")
+        stable = routes.stable.version if routes.stable else None
+        canary = routes.canary.version if routes.canary else None
+        return JSONResponse((await gateway.set_routes(stable, canary, weight)).describe())
+
+    @app.post("/admin/reload")
+    async def reload(request: Request) -> JSONResponse:
+        gateway.check_admin(request.headers.get("authorization"))
+        try:
+            routes = await gateway.reload_aliases()
+        except Exception as exc:  # noqa: BLE001
+            raise RequestError(409, f"could not reload aliases: {type(exc).__name__}: {exc}") from exc
+        return JSONResponse(routes.describe())
+
+    return app

@@ -1,0 +1,55 @@
+"""Gateway configuration: limits, where state persists, which registry and model; no heavy imports."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlcd.settings import get_settings
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one gateway process needs.
+
+    Args:
+        model_name: registered model whose ``champion`` / ``canary`` aliases are served.
+        tracking_uri: MLflow tracking / registry server.
+        admin_token: bearer token for ``/admin/*``; ``None`` refuses every admin call.
+        state_path: JSON file with the served versions and weight, so a restart resumes the same routes.
+        max_body_bytes: larger request bodies are refused with 413 before they are parsed.
+        max_batch_images: images per ``/predict`` call at most (413 above).
+        batch_max_rows: rows per coalesced model call (micro-batching).
+        batch_max_wait_s: how long a busy batch may wait for company.
+        feedback_capacity: predictions remembered for ``/feedback`` (oldest forgotten first).
+        pinned_version: serve only this version (a Kubernetes Deployment per variant; aliases ignored).
+        pinned_variant: the variant label a pinned gateway reports in its metrics.
+    """
+
+    model_name: str
+    tracking_uri: str
+    admin_token: str | None
+    state_path: Path
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_batch_images: int = 256
+    batch_max_rows: int = 64
+    batch_max_wait_s: float = 0.002
+    feedback_capacity: int = 200_000
+    pinned_version: str | None = None
+    pinned_variant: str = "stable"
+
+    @classmethod
+    def from_settings(cls, **overrides: object) -> GatewayConfig:
+        """Read ``MLCD_*`` now; ``MLCD_SERVE_VERSION`` / ``MLCD_SERVE_VARIANT`` pin a Kubernetes replica."""
+        s = get_settings()
+        base: dict[str, object] = {
+            "model_name": s.model_name,
+            "tracking_uri": s.tracking_uri,
+            "admin_token": s.admin_token,
+            "state_path": s.home / "gateway" / "state.json",
+            "pinned_version": os.environ.get("MLCD_SERVE_VERSION") or None,
+            "pinned_variant": os.environ.get("MLCD_SERVE_VARIANT") or "stable",
+        }
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]

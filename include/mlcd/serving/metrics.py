@@ -1,0 +1,54 @@
+"""The gateway's Prometheus metrics, in a registry per gateway so several gateways can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Buckets fine enough at the low end that a p99 of a few milliseconds is resolved.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+
+class GatewayMetrics:
+    """Per version and variant: requests, errors, fallbacks, latency, predicted classes, feedback."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("version", "variant")
+        r = self.registry
+        self.requests = Counter("mlcd_gateway_requests", "Predict requests per model version and variant", labels, registry=r)
+        self.errors = Counter("mlcd_gateway_errors", "Predict requests the model failed", labels, registry=r)
+        self.fallbacks = Counter(
+            "mlcd_gateway_fallbacks", "Canary failures answered by the stable model", labels, registry=r
+        )
+        self.latency = Histogram(
+            "mlcd_gateway_request_latency_seconds",
+            "Time from routing to the model's answer",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "mlcd_gateway_predictions", "Predicted classes (one per image)", (*labels, "predicted_class"), registry=r
+        )
+        self.feedback = Counter("mlcd_gateway_feedback", "Feedback labels received", (*labels, "correct"), registry=r)
+        self.accuracy = Gauge("mlcd_gateway_live_accuracy", "Accuracy on feedback labels so far", labels, registry=r)
+        self.rejected = Counter("mlcd_gateway_rejected", "Requests refused with a 4xx", ("status",), registry=r)
+        self.weight = Gauge("mlcd_gateway_canary_weight", "Percent of traffic routed to the canary", registry=r)
+        self.model_info = Gauge("mlcd_gateway_model_info", "1 for each served (variant, version)", labels, registry=r)
+        self._feedback_counts: dict[tuple[str, str], list[int]] = {}
+
+    def record_feedback(self, version: str, variant: str, correct: bool) -> None:
+        self.feedback.labels(version, variant, "true" if correct else "false").inc()
+        counts = self._feedback_counts.setdefault((version, variant), [0, 0])
+        counts[0] += int(correct)
+        counts[1] += 1
+        self.accuracy.labels(version, variant).set(counts[0] / counts[1])
+
+    def set_served(self, served: dict[str, str | None], canary_weight: int) -> None:
+        self.model_info.clear()
+        for variant, version in served.items():
+            if version is not None:
+                self.model_info.labels(version, variant).set(1)
+        self.weight.set(canary_weight)

@@ -1,0 +1,58 @@
+"""The gateway's persisted routes: written atomically so a crash never leaves half a file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """Which versions serve and how much traffic the canary gets (percent)."""
+
+    stable: str | None = None
+    canary: str | None = None
+    canary_weight: int = 0
+    updated_at: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def load_state(path: Path) -> RouteState | None:
+    """The saved routes, or ``None`` when nothing was saved; a corrupt file is refused loudly."""
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        return RouteState(
+            stable=None if data.get("stable") is None else str(data["stable"]),
+            canary=None if data.get("canary") is None else str(data["canary"]),
+            canary_weight=int(data.get("canary_weight", 0)),
+            updated_at=str(data.get("updated_at", "")),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"gateway state file {path} is corrupt: {exc}") from exc
+
+
+def save_state(path: Path, state: RouteState) -> RouteState:
+    """Write ``state`` via a temporary file, fsync and ``os.replace`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamped = RouteState(state.stable, state.canary, state.canary_weight, datetime.now(UTC).isoformat())
+    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stamped.to_dict(), fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return stamped
