@@ -1,0 +1,116 @@
+"""Read a training snapshot and turn it into ``tf.data`` pipelines.
+
+A snapshot is a folder (``train.npz``, ``val.npz``, ``test.npz``, ``manifest.json``, see
+:mod:`mlcd.data.snapshot`) on a local path, a ``file://`` URL, or any fsspec URL (``s3://…``, ``gs://…``)
+that a pod can reach; a remote snapshot is copied to a temporary folder first. Every problem is raised as
+:class:`SnapshotError` with one readable line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mlcd.data.batch import BatchError
+from mlcd.data.snapshot import load_split, read_snapshot
+from mlcd.model_io import IMAGE_SHAPE, NUM_CLASSES
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+class SnapshotError(ValueError):
+    """A snapshot the trainer cannot use; ``str(err)`` is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The train and validation splits of one snapshot, as uint8 images and int64 labels."""
+
+    snapshot_id: str
+    snapshot_path: str  # as given (a path or URL), recorded in MLflow and the result
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def _local_copy(snapshot: str) -> Path:
+    """A local folder holding the snapshot: the path itself, or a copy of a remote URL."""
+    if snapshot.startswith("file://"):
+        return Path(snapshot[len("file://") :])
+    if "://" not in snapshot:
+        return Path(snapshot)
+    import fsspec
+
+    try:
+        fs, remote = fsspec.core.url_to_fs(snapshot)
+        target = Path(tempfile.mkdtemp(prefix="mlcd-snapshot-"))
+        for name in ("manifest.json", "train.npz", "val.npz"):
+            fs.get(f"{remote.rstrip('/')}/{name}", str(target / name))
+    except (OSError, ValueError, ImportError) as err:
+        raise SnapshotError(f"cannot fetch snapshot {snapshot}: {err}") from None
+    return target
+
+
+def _check(split: str, x: np.ndarray, y: np.ndarray) -> None:
+    if len(x) == 0:
+        raise SnapshotError(f"the {split} split is empty: the snapshot is too small to train on")
+    if tuple(x.shape[1:]) != IMAGE_SHAPE:
+        raise SnapshotError(f"{split} images have shape {tuple(x.shape[1:])}; expected {IMAGE_SHAPE}")
+    if y.min() < 0 or y.max() >= NUM_CLASSES:
+        raise SnapshotError(f"{split} labels outside 0..{NUM_CLASSES - 1} (min {y.min()}, max {y.max()})")
+
+
+def load_training_data(snapshot: str | Path, max_train_samples: int | None = None, seed: int = 0) -> TrainingData:
+    """Read and check the train/val splits of a snapshot.
+
+    Args:
+        snapshot: folder path or URL of the snapshot.
+        max_train_samples: keep at most this many training images, a seeded random subset (quick runs).
+        seed: seeds the subset.
+
+    Raises:
+        SnapshotError: missing, unreadable or unusable snapshot.
+    """
+    given = str(snapshot)
+    local = _local_copy(given)
+    if not local.is_dir():
+        raise SnapshotError(f"snapshot folder {given} does not exist (or is not a folder)")
+    try:
+        snap = read_snapshot(local)
+        x_train, y_train = load_split(local, "train")
+        x_val, y_val = load_split(local, "val")
+    except BatchError as err:
+        raise SnapshotError(f"snapshot {given}: {err}") from None
+    except (ValueError, KeyError) as err:
+        raise SnapshotError(str(err) if "snapshot" in str(err) else f"snapshot {given}: {err}") from None
+    _check("train", x_train, y_train)
+    _check("val", x_val, y_val)
+    if max_train_samples is not None and 0 < max_train_samples < len(x_train):
+        # Sorted indices keep the snapshot's own order; the seed makes the subset repeatable.
+        keep = np.sort(np.random.default_rng(seed).permutation(len(x_train))[:max_train_samples])
+        x_train, y_train = x_train[keep], y_train[keep]
+    return TrainingData(snap.snapshot_id, given, x_train, y_train, x_val, y_val)
+
+
+def make_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> tf.data.Dataset:
+    """A batched pipeline of ``(float32 N×28×28 pixels 0–255, int64 labels)``.
+
+    The uint8 images are cached as they are (a quarter of float32's memory) and cast per batch, after
+    shuffling, in one vectorised op; prefetch overlaps that with the training step.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32), yb), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
