@@ -1,0 +1,120 @@
+"""The ``register`` task of ``mlcd_retrain``: one call from the DAG, testable without Airflow."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from mlcd import __version__
+from mlcd.registry.client import (
+    MAX_DETAILS_CHARS,
+    TAG_CODE_VERSION,
+    TAG_DAG_RUN,
+    TAG_METRICS,
+    TAG_P_VALUE,
+    TAG_REASONS,
+    TAG_SNAPSHOT,
+    TAG_VERDICT,
+    ModelRegistry,
+    compact_json,
+)
+from mlcd.registry.errors import GateRejected, StaleAliasError
+from mlcd.registry.state import RolloutState
+
+log = logging.getLogger(__name__)
+
+# Headline numbers kept on the version (the confusion matrix stays in the run's artifacts).
+_HEADLINE = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "n")
+
+
+def version_tags(train_result: dict[str, Any], evaluation: dict[str, Any], dag_run_id: str | None) -> dict[str, str]:
+    """The tags that explain a version: verdict, reasons, metrics, p-value, snapshot, DAG run, code version."""
+    chal = (evaluation.get("metrics") or {}).get("challenger") or {}
+    snapshot = train_result.get("snapshot_id") or (
+        Path(str(train_result["snapshot_path"])).name if train_result.get("snapshot_path") else None
+    )
+    tags = {
+        TAG_VERDICT: str(evaluation.get("verdict", "unknown")),
+        TAG_REASONS: compact_json(evaluation.get("reasons", []), MAX_DETAILS_CHARS),
+        TAG_METRICS: compact_json({k: chal[k] for k in _HEADLINE if k in chal}),
+        TAG_P_VALUE: "none" if evaluation.get("p_value") is None else f"{evaluation['p_value']:.6g}",
+        "mlcd.discordant": f"b={evaluation.get('b')},c={evaluation.get('c')}",
+        "mlcd.champion_at_eval": str(evaluation.get("champion_version")),
+        "mlcd.forced": str(bool(evaluation.get("forced", False))).lower(),
+        TAG_SNAPSHOT: str(snapshot),
+        TAG_CODE_VERSION: str(train_result.get("code_version") or f"mlcd {__version__}"),
+    }
+    if dag_run_id:
+        tags[TAG_DAG_RUN] = dag_run_id
+    return tags
+
+
+def register_challenger(
+    train_result: dict[str, Any],
+    evaluation: dict[str, Any],
+    *,
+    tracking_uri: str,
+    model_name: str,
+    actor: str,
+    dag_run_id: str | None,
+) -> dict[str, Any]:
+    """Register the trained model once and act on the gate's verdict.
+
+    * verdict failed → the version is recorded ``rejected`` with the reasons and :class:`GateRejected` is
+      raised (its message is the verdict; the champion is untouched);
+    * no champion yet → the version becomes champion (bootstrap);
+    * otherwise it stays ``registered`` for the canary task.
+
+    Re-running after any failure converges: the same version is found again by the training run id.
+
+    Args:
+        train_result: the train task's XCom: ``run_id``, ``model_uri``, ``snapshot_path`` (optional
+            ``snapshot_id``, ``code_version``).
+        evaluation: the evaluate task's XCom (:func:`mlcd.evaluation.evaluate.evaluate_challenger`).
+        actor: who or what asked (e.g. ``"airflow:mlcd_retrain"`` or the triggering user).
+
+    Returns:
+        ``{"version", "state", "champion_version", "verdict", "passed", "model_uri", "model_name"}``.
+
+    Raises:
+        GateRejected: the gate failed.
+        StaleAliasError: the champion changed since the evaluation (re-run evaluate).
+        RegistryUnavailableError: the MLflow server is down (retry).
+    """
+    registry = ModelRegistry(tracking_uri, model_name)
+    tags = version_tags(train_result, evaluation, dag_run_id)
+    version = registry.register_run_model(train_result["run_id"], train_result["model_uri"], tags)
+    record = registry.get_state(version)
+    champion = registry.get_alias_version("champion")
+    verdict = str(evaluation.get("summary") or evaluation.get("verdict"))
+
+    if not evaluation.get("passed", False):
+        registry.reject(version, list(evaluation.get("reasons") or [verdict]), actor, dag_run_id)
+        raise GateRejected(version, verdict)
+
+    if record.state is RolloutState.REJECTED:  # an earlier attempt of this run already rejected it
+        raise GateRejected(version, record.tags.get(TAG_REASONS, verdict))
+
+    evaluated_against = evaluation.get("champion_version")
+    if record.state is RolloutState.REGISTERED:
+        if champion is not None and champion != version and str(champion) != str(evaluated_against):
+            raise StaleAliasError(
+                f"the champion is version {champion} now but the challenger was evaluated against "
+                f"{evaluated_against}: re-run evaluate"
+            )
+        if champion is None:
+            record = registry.bootstrap_champion(
+                version, actor, "first model: no champion to compare with; " + verdict, dag_run_id
+            )
+            champion = version
+    log.info("%s version %s is %s (champion %s): %s", model_name, version, record.state.value, champion, verdict)
+    return {
+        "model_name": model_name,
+        "version": version,
+        "state": record.state.value,
+        "champion_version": champion,
+        "verdict": evaluation.get("verdict"),
+        "passed": True,
+        "model_uri": f"models:/{model_name}/{version}",
+    }
