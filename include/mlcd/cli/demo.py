@@ -1,0 +1,19 @@
+"""``mlcd demo``: the whole story on the embedded default (``make demo``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("demo")
+def demo_command() -> None:
+    """Run the demo story on this machine, state under MLCD_HOME."""
+    from mlcd.demo import run_demo
+
+    sys.exit(run_demo())
+
+
+def register(group: click.Group) -> None:
+    group.add_command(demo_command)

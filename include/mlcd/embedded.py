@@ -1,0 +1,44 @@
+"""The embedded default: Airflow, MLflow and the gateway on this machine, all state under ``MLCD_HOME``.
+
+``airflow_env`` is the one place that decides how the local Airflow is configured (SQLite under MLCD_HOME, our
+``dags/`` and ``plugins/``, loopback only, few workers), so ``make demo``, ``make up`` and the CLI agree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlcd.settings import Settings, get_settings
+
+
+def airflow_env(settings: Settings | None = None) -> dict[str, str]:
+    """Environment variables for every Airflow process of the embedded default."""
+    settings = settings or get_settings()
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME") or settings.home / "airflow")
+    return {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.project_root / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(settings.project_root / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.logs_dir / "airflow"),
+        "AIRFLOW_CONN_FS_DEFAULT": '{"conn_type": "fs", "extra": {"path": "/"}}',
+        "MLCD_HOME": str(settings.home),
+    }
+
+
+def prepare_airflow(settings: Settings | None = None) -> Path:
+    """Export the embedded Airflow environment into this process and migrate its metadata DB.
+
+    Must run before anything imports Airflow in this process (Airflow reads its config at import time).
+    """
+    env = airflow_env(settings)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    home = Path(os.environ["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    from airflow.utils import db
+
+    db.initdb()
+    return home
