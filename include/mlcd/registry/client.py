@@ -227,7 +227,7 @@ class ModelRegistry:
             if _is_unavailable(err):
                 raise RegistryUnavailableError(
                     f"MLflow server at {self.tracking_uri} is unavailable while {action} "
-                    f"({_one_line(err)}); nothing was left half-done, retry when it is back"
+                    f"({_one_line(err)}); retry when it is back (registry moves are safe to re-run)"
                 ) from None
             raise
 

@@ -1,0 +1,161 @@
+"""``mlcd status`` and ``mlcd history``: the registry's aliases, versions and rollout record, for people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from mlcd.settings import get_settings
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    # The last column (a reason) is left unpadded so long sentences do not widen every line.
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)) + (  # noqa: E731
+        "  " + row[-1] if len(row) > 1 else row[0]
+    )
+    lines = [fmt(list(headers)), fmt(["-" * w for w in widths])]
+    lines += [fmt(r) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _registry(tracking_uri: str | None, model_name: str | None) -> Any:
+    from mlcd.registry import ModelRegistry
+
+    settings = get_settings()
+    return ModelRegistry(tracking_uri or settings.tracking_uri, model_name or settings.model_name)
+
+
+def _fail(err: Exception) -> None:
+    click.echo(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
+    raise SystemExit(1)
+
+
+def _acc(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4f}"
+
+
+def _p(value: str | None) -> str | None:
+    return None if value in (None, "none") else value
+
+
+_common = [
+    click.option("--tracking-uri", default=None, help="MLflow server (default: MLFLOW_TRACKING_URI / settings)."),
+    click.option("--model-name", default=None, help="Registered model (default: MLCD_MODEL_NAME / settings)."),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables."),
+]
+
+
+def _with_common(fn: Any) -> Any:
+    for option in reversed(_common):
+        fn = option(fn)
+    return fn
+
+
+@click.command("status")
+@_with_common
+def status_command(tracking_uri: str | None, model_name: str | None, as_json: bool) -> None:
+    """Aliases (champion, canary, previous) and every version with its state and gate verdict."""
+    from mlcd.registry import RegistryError
+
+    try:
+        status = _registry(tracking_uri, model_name).status()
+    except (RegistryError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    states = {v["version"]: v for v in status["versions"]}
+    click.echo(f"model {status['model_name']} at {status['tracking_uri']}\n")
+    click.echo(
+        _table(
+            ["ALIAS", "VERSION", "STATE", "SINCE"],
+            [
+                [a, v, states.get(v, {}).get("state") if v else None, states.get(v, {}).get("since") if v else None]
+                for a, v in status["aliases"].items()
+            ],
+        )
+    )
+    click.echo("")
+    if not status["versions"]:
+        click.echo("no versions registered yet")
+    else:
+        click.echo(
+            _table(
+                ["VERSION", "STATE", "ALIASES", "VERDICT", "ACCURACY", "P-VALUE", "SINCE", "REASON"],
+                [
+                    [v["version"], v["state"], ",".join(v["aliases"]) or None, v["verdict"], _acc(v["accuracy"]),
+                     _p(v["p_value"]), v["since"], v["reason"]]
+                    for v in status["versions"]
+                ],
+            )
+        )
+    if not status["consistent"]:
+        click.echo("\nWARNING: aliases and rollout records disagree:")
+        for problem in status["problems"]:
+            click.echo(f"  - {problem}")
+
+
+@click.command("history")
+@_with_common
+@click.option("--version", "only_version", default=None, help="Only this version's entries.")
+@click.option("--limit", type=int, default=50, show_default=True, help="Most recent entries to show.")
+def history_command(
+    tracking_uri: str | None, model_name: str | None, as_json: bool, only_version: str | None, limit: int
+) -> None:
+    """Which version held which alias when, and every recorded transition with its reason."""
+    from mlcd.registry import RegistryError
+
+    try:
+        registry = _registry(tracking_uri, model_name)
+        intervals = registry.alias_history()
+        entries = registry.history()
+    except (RegistryError, ValueError) as err:
+        _fail(err)
+    if only_version is not None:
+        entries = [e for e in entries if e["version"] == str(only_version)]
+        intervals = [iv for iv in intervals if iv["version"] == str(only_version)]
+    entries = entries[-limit:] if limit > 0 else entries
+    if as_json:
+        click.echo(json.dumps({"aliases": intervals, "entries": entries}, indent=2))
+        return
+    click.echo(f"model {registry.model_name} at {registry.tracking_uri}\n")
+    champions = [iv for iv in intervals if iv["alias"] == "champion"]
+    click.echo("champion timeline")
+    if champions:
+        click.echo(
+            _table(
+                ["VERSION", "FROM", "UNTIL", "BY", "WHY"],
+                [[iv["version"], iv["start"], iv["end"] or "now", iv["actor"], iv["reason"]] for iv in champions],
+            )
+        )
+    else:
+        click.echo("no champion yet")
+    others = [iv for iv in intervals if iv["alias"] != "champion"]
+    if others:
+        click.echo("\nother aliases")
+        click.echo(
+            _table(
+                ["ALIAS", "VERSION", "FROM", "UNTIL", "WHY"],
+                [[iv["alias"], iv["version"], iv["start"], iv["end"] or "now", iv["reason"]] for iv in others],
+            )
+        )
+    click.echo("\nrecord")
+    if not entries:
+        click.echo("no entries")
+        return
+    rows = []
+    for e in entries:
+        change = f"{e.get('from') or '∅'} -> {e['to']}" if "to" in e else f"event {e.get('event')}"
+        why = e.get("why") or (json.dumps(e["d"], separators=(",", ":"))[:200] if e.get("d") else None)
+        rows.append([e.get("t"), e["version"], change, e.get("by"), e.get("dag_run"), why])
+    click.echo(_table(["TIME", "VERSION", "CHANGE", "BY", "DAG RUN", "REASON"], rows))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(status_command)
+    group.add_command(history_command)
