@@ -14,6 +14,8 @@ from enum import Enum
 from typing import Any
 
 DEFAULT_STEPS: tuple[int, ...] = (5, 25, 50, 100)
+# Errors needed before a window with fewer than ``min_requests`` canary requests can fail.
+THIN_DATA_MIN_ERRORS = 5
 
 
 class Outcome(str, Enum):
@@ -169,9 +171,12 @@ def step_verdict(spec: RolloutSpec, canary_stats: VariantStats, stable_stats: Va
         c_rate = c.errors / c.requests
         s_rate = s.errors / s.requests if s.requests > 0 else 0.0
         increase = c_rate - s_rate
-        # Thin data can only prove a failure when the errors alone exceed the allowance on every request
-        # the window should have had, so a single early error does not abort a rollout.
-        enough = c.requests >= spec.min_requests or c.errors > spec.max_error_rate_increase * spec.min_requests
+        # Thin data proves a failure only with several errors that would breach the limit even if the rest of
+        # the window's minimum were clean, so a single early error does not abort a rollout.
+        enough = c.requests >= spec.min_requests or (
+            c.errors >= THIN_DATA_MIN_ERRORS
+            and c.errors / spec.min_requests - s_rate > spec.max_error_rate_increase
+        )
         if increase > spec.max_error_rate_increase and enough:
             fails.append(
                 f"canary error rate {c_rate:.2%} exceeds stable {s_rate:.2%} by {increase:.2%} "

@@ -1,0 +1,151 @@
+"""The ``canary`` task: a deferrable operator that walks a version through the rollout spec's traffic steps.
+
+Between steps the task defers on a ``TimeDeltaTrigger`` for the analysis window, so no worker slot is held
+while traffic accumulates; the rollout's progress travels in the deferral's kwargs. Every step's logic is
+:class:`mlcd.rollout.canary.CanaryRollout` (Airflow-free and tested without Airflow). Importing this module
+imports neither TensorFlow nor MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from mlcd.rollout.spec import RolloutSpec
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from mlcd.rollout.canary import CanaryRollout, RolloutProgress
+
+TASK_ID = "canary"
+TRUE_STRINGS = {"true", "1", "yes", "on"}
+
+
+def _as_bool(value: Any) -> bool:
+    """Rendered templates are strings: ``"False"`` must not be truthy."""
+    return value.strip().lower() in TRUE_STRINGS if isinstance(value, str) else bool(value)
+
+
+class CanaryRolloutOperator(BaseOperator):
+    """Set the ``canary`` alias on ``version``, move traffic step by step, and promote it at the end.
+
+    Args:
+        version: the registered model version to roll out (templated, e.g. from the register task's XCom).
+        spec: a :class:`RolloutSpec` or its dict form (templated); default 5 → 25 → 50 → 100 %, 60 s windows.
+        skip_canary: promote at once, recorded as "canary skipped" (templated, e.g. ``{{ params.skip_canary }}``).
+        gateway_url, tracking_uri, model_name: override ``MLCD_GATEWAY_URL`` / ``MLFLOW_TRACKING_URI`` /
+            ``MLCD_MODEL_NAME`` (templated).
+        actor: recorded as who moved the aliases; the DAG run id is recorded with it.
+
+    Returns (XCom): ``{"version", "result", "outcomes", "weight"}``. Raises ``AirflowException`` with the
+    reason when the guard rolled the version back meanwhile or the canary's own analysis aborted.
+    """
+
+    template_fields: Sequence[str] = ("version", "spec", "skip_canary", "gateway_url", "tracking_uri", "model_name")
+    ui_color = "#fde68a"
+
+    def __init__(
+        self,
+        *,
+        version: str,
+        spec: RolloutSpec | Mapping[str, Any] | None = None,
+        skip_canary: bool | str = False,
+        gateway_url: str | None = None,
+        tracking_uri: str | None = None,
+        model_name: str | None = None,
+        actor: str = "airflow:mlcd_retrain",
+        task_id: str = TASK_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(task_id=task_id, **kwargs)
+        self.version = version
+        self.spec = spec.to_dict() if isinstance(spec, RolloutSpec) else dict(spec or {})
+        self.skip_canary = skip_canary
+        self.gateway_url = gateway_url
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.actor = actor
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def _spec(self) -> RolloutSpec:
+        return RolloutSpec.from_dict(self.spec)
+
+    def _rollout(self, context: Context) -> CanaryRollout:
+        from mlcd.rollout.canary import rollout_from_settings
+
+        return rollout_from_settings(
+            self._spec(),
+            actor=self.actor,
+            dag_run_id=str(context.get("run_id") or ""),
+            gateway_url=self.gateway_url or None,
+            tracking_uri=self.tracking_uri or None,
+            model_name=self.model_name or None,
+        )
+
+    def _defer_window(self, progress: RolloutProgress) -> None:
+        window = self._spec().analysis_window_s
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=window)),
+            method_name=self.execute_complete.__name__,
+            kwargs={"progress": progress.to_dict()},
+            timeout=timedelta(seconds=window * 3 + 300),  # a triggerer outage must not stall the rollout forever
+        )
+
+    @staticmethod
+    def _summary(progress: RolloutProgress) -> dict[str, Any]:
+        return {"version": progress.version, "result": progress.result, "outcomes": progress.outcomes,
+                "weight": progress.weight}
+
+    def _step(self, rollout: CanaryRollout, progress: RolloutProgress) -> dict[str, Any]:
+        progress = rollout.begin_step(progress)
+        if progress.done:
+            return self._summary(progress)
+        self._defer_window(progress)
+        raise AssertionError("defer() returns only by raising")  # pragma: no cover
+
+    # -- Airflow entry points ---------------------------------------------------------------------------
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped
+
+        version = str(self.version).strip()
+        if not version or version in ("None", "null"):
+            raise AirflowException("no model version to roll out (did the register task push one?)")
+        rollout = self._rollout(context)
+        run_id = context.get("run_id")
+        try:
+            if _as_bool(self.skip_canary):
+                rollout.registry.promote(version, self.actor, "canary skipped by the skip_canary param",
+                                         str(run_id or ""))
+                rollout.router.set_routes(version, None, 0)
+                return self._summary(RolloutProgress(version, version, 100, done=True, result="promoted, canary skipped"))
+            progress = rollout.start(version, f"canary rollout of version {version} (DAG run {run_id})")
+            if progress.done:
+                self.log.info("version %s: %s", version, progress.result)
+                return self._summary(progress)
+            return self._step(rollout, progress)
+        except (RolloutStopped, RolloutAborted) as exc:
+            raise AirflowException(str(exc)) from None
+
+    def execute_complete(self, context: Context, event: Any = None, progress: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+        """Resumed after an analysis window: judge it, then defer for the next step or finish."""
+        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped
+
+        if progress is None:
+            raise AirflowException("resumed without rollout progress; re-run the canary task")
+        rollout = self._rollout(context)
+        try:
+            result = rollout.finish_step(RolloutProgress.from_dict(progress))
+            self.log.info("version %s at %d%%: %s → %s: %s", result.progress.version, result.progress.weight,
+                          result.verdict.outcome.value, result.action.value, "; ".join(result.verdict.reasons))
+            if result.progress.done:
+                return self._summary(result.progress)
+            return self._step(rollout, result.progress)
+        except (RolloutStopped, RolloutAborted) as exc:
+            raise AirflowException(str(exc)) from None

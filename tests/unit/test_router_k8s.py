@@ -1,0 +1,244 @@
+"""The Kubernetes router's exact patch bodies, and the serving manifests against the official schemas offline.
+
+The Kubernetes API cannot run here; the router takes an API callable, and this test's callable records each
+call and answers from a tiny object store that applies RFC 7386 merge patches, so ``get_routes`` reads back
+what ``set_routes`` wrote. HTTPRoute is a CRD that kubernetes-validate does not know: it is checked against
+the basics of the gateway.networking.k8s.io/v1 schema vendored below (from the Gateway API CRD, v1.2).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from mlcd.rollout.router import (
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    KubernetesHTTPRouteRouter,
+    LocalGatewayRouter,
+    Router,
+    RouterError,
+    RouteStatus,
+)
+
+pytestmark = pytest.mark.unit
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+ROUTE_PATH = "/apis/gateway.networking.k8s.io/v1/namespaces/mlcd/httproutes/mlcd-gateway"
+STABLE_DEPLOY = "/apis/apps/v1/namespaces/mlcd/deployments/mlcd-gateway-stable"
+CANARY_DEPLOY = "/apis/apps/v1/namespaces/mlcd/deployments/mlcd-gateway-canary"
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": 253}
+_BACKEND_REF = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "group": {"type": "string", "maxLength": 253},
+        "kind": {"type": "string", "minLength": 1, "maxLength": 63},
+        "name": _NAME,
+        "namespace": {"type": "string", "maxLength": 63},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
+        "filters": {"type": "array"},
+    },
+    "additionalProperties": False,
+}
+HTTPROUTE_V1_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "gateway.networking.k8s.io/v1"},
+        "kind": {"const": "HTTPRoute"},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": _NAME,
+                "namespace": {"type": "string", "maxLength": 63},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+            },
+        },
+        "spec": {
+            "type": "object",
+            "properties": {
+                "parentRefs": {
+                    "type": "array",
+                    "maxItems": 32,
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "group": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "name": _NAME,
+                            "namespace": {"type": "string"},
+                            "sectionName": {"type": "string"},
+                            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+                "hostnames": {"type": "array", "maxItems": 16, "items": {"type": "string", "minLength": 1}},
+                "rules": {
+                    "type": "array",
+                    "maxItems": 16,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "matches": {"type": "array", "maxItems": 64},
+                            "filters": {"type": "array", "maxItems": 16},
+                            "backendRefs": {"type": "array", "maxItems": 16, "items": _BACKEND_REF},
+                            "timeouts": {"type": "object"},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+            },
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what the API server does with application/merge-patch+json)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+class RecordingApi:
+    """Records every call; keeps the HTTPRoute so reads reflect writes."""
+
+    def __init__(self, route: dict[str, Any]):
+        self.route = route
+        self.calls: list[tuple[str, str, Any, str | None]] = []
+
+    def __call__(self, method: str, path: str, body: Any, content_type: str | None) -> dict[str, Any]:
+        self.calls.append((method, path, copy.deepcopy(body), content_type))
+        if path == ROUTE_PATH:
+            if method == "PATCH":
+                assert content_type == MERGE_PATCH
+                self.route = merge_patch(self.route, body)
+            return copy.deepcopy(self.route)
+        return {"kind": "Deployment"}
+
+    def patches(self) -> list[tuple[str, Any, str | None]]:
+        return [(path, body, ct) for method, path, body, ct in self.calls if method == "PATCH"]
+
+
+def load_route() -> dict[str, Any]:
+    return yaml.safe_load((K8S / "httproute.yaml").read_text())
+
+
+def route_patch(stable_weight: int, canary_weight: int, stable: str, canary: str | None) -> dict[str, Any]:
+    return {
+        "metadata": {"annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary}},
+        "spec": {"rules": [{"backendRefs": [
+            {"name": "mlcd-gateway-stable", "port": 8000, "weight": stable_weight},
+            {"name": "mlcd-gateway-canary", "port": 8000, "weight": canary_weight},
+        ]}]},
+    }
+
+
+def deploy_patch(version: str) -> dict[str, Any]:
+    return {"spec": {"template": {
+        "metadata": {"annotations": {"mlcd.io/model-version": version}},
+        "spec": {"containers": [{"name": "gateway", "env": [{"name": "MLCD_SERVE_VERSION", "value": version}]}]},
+    }}}
+
+
+def test_a_rollout_sends_exactly_these_patches() -> None:
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    assert isinstance(router, Router)
+    assert router.get_routes() == RouteStatus("1", None, 0)
+
+    assert router.set_routes("1", "2", 5) == RouteStatus("1", "2", 5)
+    assert api.patches() == [
+        (CANARY_DEPLOY, deploy_patch("2"), STRATEGIC_MERGE_PATCH),
+        (ROUTE_PATH, route_patch(95, 5, "1", "2"), MERGE_PATCH),
+    ]
+    api.calls.clear()
+
+    router.set_routes("1", "2", 25)  # same versions: only the weights move
+    assert api.patches() == [(ROUTE_PATH, route_patch(75, 25, "1", "2"), MERGE_PATCH)]
+    api.calls.clear()
+
+    assert router.set_routes("2", None, 0) == RouteStatus("2", None, 0)  # promotion
+    assert api.patches() == [
+        (STABLE_DEPLOY, deploy_patch("2"), STRATEGIC_MERGE_PATCH),
+        (ROUTE_PATH, route_patch(100, 0, "2", None), MERGE_PATCH),
+    ]
+    # The merge patch removed the canary annotation (null) and kept the rest of the route.
+    assert "mlcd.io/canary-version" not in api.route["metadata"]["annotations"]
+    assert api.route["spec"]["parentRefs"] == load_route()["spec"]["parentRefs"]
+    jsonschema.validate(api.route, HTTPROUTE_V1_SCHEMA)
+
+
+def test_bad_weights_are_refused_before_any_call() -> None:
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    for weight in (-1, 101):
+        with pytest.raises(ValueError, match="canary_weight"):
+            router.set_routes("1", "2", weight)
+    assert api.patches() == []
+    # No canary means the canary weight is 0, whatever was asked.
+    assert router.route_patch("1", None, 40)["spec"]["rules"][0]["backendRefs"][1]["weight"] == 0
+
+
+def test_httproute_manifest_matches_the_v1_schema_and_the_router() -> None:
+    route = load_route()
+    jsonschema.validate(route, HTTPROUTE_V1_SCHEMA)
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [r["name"] for r in refs] == ["mlcd-gateway-stable", "mlcd-gateway-canary"]
+    assert [r["weight"] for r in refs] == [100, 0]
+    broken = copy.deepcopy(route)
+    broken["spec"]["rules"][0]["backendRefs"][0]["weight"] = -5
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, HTTPROUTE_V1_SCHEMA)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in K8S.glob("gateway-*.yaml")))
+def test_gateway_manifests_validate_against_the_kubernetes_schema(name: str) -> None:
+    for doc in yaml.safe_load_all((K8S / name).read_text()):
+        kubernetes_validate.validate(doc, "1.32", strict=True)
+
+
+def test_deployments_and_services_line_up_with_the_route() -> None:
+    services = {yaml.safe_load((K8S / f"gateway-service-{v}.yaml").read_text())["metadata"]["name"]: v
+                for v in ("stable", "canary")}
+    assert set(services) == {r["name"] for r in load_route()["spec"]["rules"][0]["backendRefs"]}
+    for variant in ("stable", "canary"):
+        dep = yaml.safe_load((K8S / f"gateway-deployment-{variant}.yaml").read_text())
+        svc = yaml.safe_load((K8S / f"gateway-service-{variant}.yaml").read_text())
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        assert container["name"] == "gateway"  # the router's strategic merge patch merges by this name
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["MLCD_SERVE_VARIANT"] == variant and "MLCD_SERVE_VERSION" in env
+
+
+def test_local_router_needs_a_token_and_reports_an_unreachable_gateway() -> None:
+    with pytest.raises(RouterError, match="admin token"):
+        LocalGatewayRouter("http://127.0.0.1:9", None)
+    from mlcd.mlflow_server import free_port
+
+    router = LocalGatewayRouter(f"http://127.0.0.1:{free_port()}", "t", timeout=2)
+    with pytest.raises(RouterError, match="unreachable"):
+        router.get_routes()
