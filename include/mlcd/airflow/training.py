@@ -40,7 +40,6 @@ DEFAULT_SNAPSHOT = "{{ ti.xcom_pull(task_ids='validate')['snapshot_path'] }}"
 DEFAULT_EPOCHS = "{{ params.epochs | default(3) }}"
 DEFAULT_BATCH_SIZE = "{{ params.batch_size | default(128) }}"
 DEFAULT_SEED = "{{ params.seed | default(0) }}"
-DEFAULT_MAX_TRAIN_SAMPLES = "{{ params.max_train_samples | default('') }}"
 DEFAULT_DAG_RUN_ID = "{{ run_id }}"
 
 # The MLflow tracking URI from the ``mlflow_default`` Connection, rendered when the task runs (never while
@@ -104,7 +103,7 @@ def train_arguments(
     epochs: int | str = DEFAULT_EPOCHS,
     batch_size: int | str = DEFAULT_BATCH_SIZE,
     seed: int | str = DEFAULT_SEED,
-    max_train_samples: int | str | None = DEFAULT_MAX_TRAIN_SAMPLES,
+    max_train_samples: int | str | None = None,
     experiment: str | None = None,
     dag_run_id: str | None = DEFAULT_DAG_RUN_ID,
     model: str | None = None,
@@ -330,7 +329,7 @@ def make_train_task(
     epochs: int | str = DEFAULT_EPOCHS,
     batch_size: int | str = DEFAULT_BATCH_SIZE,
     seed: int | str = DEFAULT_SEED,
-    max_train_samples: int | str | None = DEFAULT_MAX_TRAIN_SAMPLES,
+    max_train_samples: int | str | None = None,
     experiment: str | None = None,
     model: str | None = None,
     backend: str | None = None,

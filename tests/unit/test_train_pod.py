@@ -1,0 +1,218 @@
+"""The kubernetes backend's pod, built by the provider itself and checked field by field and against the schema.
+
+No cluster runs here: ``build_pod_request_obj`` needs only a kubeconfig file, so a dummy one is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from mlcd.airflow.training import (
+    GPU_RESOURCE,
+    MLFLOW_URI_TEMPLATE,
+    TrainerPodConfig,
+    make_train_task,
+    tracking_uri_from_connection,
+)
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+POD_TEMPLATE = REPO / "deploy" / "k8s" / "trainer-pod-template.yaml"
+K8S_VERSION = "1.37.0"
+
+DUMMY_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: dummy
+  cluster: {server: "https://127.0.0.1:6443"}
+users:
+- name: dummy
+  user: {token: "not-a-real-token"}
+contexts:
+- name: dummy
+  context: {cluster: dummy, user: dummy, namespace: mlcd}
+current-context: dummy
+"""
+
+
+class _TaskInstance:
+    """What the pod build reads from ``ti``: identity for the pod labels, and the validate task's XCom."""
+
+    dag_id = "mlcd_retrain"
+    task_id = "train"
+    map_index = -1
+    try_number = 1
+
+    def __init__(self, xcoms: dict[str, Any]) -> None:
+        self.xcoms = xcoms
+
+    def xcom_pull(self, task_ids: str, **_: Any) -> Any:
+        return self.xcoms[task_ids]
+
+
+@pytest.fixture
+def kubeconfig(tmp_path: Path) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(DUMMY_KUBECONFIG)
+    return str(path)
+
+
+@pytest.fixture
+def mlflow_conn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # user:password in the Connection must never reach the pod spec.
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", "http://alice:s3cret@mlflow.mlcd.svc.cluster.local:5000")
+
+
+def _context(snapshot_path: str) -> dict[str, Any]:
+    from airflow.sdk.execution_time.context import ConnectionAccessor
+
+    return {
+        "conn": ConnectionAccessor(),
+        "ti": _TaskInstance({"validate": {"snapshot_path": snapshot_path}}),
+        "params": {"epochs": 4, "batch_size": 256},
+        "run_id": "manual__2026-11-25T00:00:00+00:00",
+        "dag": None,
+    }
+
+
+def _built_pod(kubeconfig: str, **overrides: Any) -> Any:
+    task = make_train_task(backend="kubernetes", config_file=kubeconfig, **overrides)
+    context = _context("/var/lib/mlcd/snapshots/0123abcd")
+    task.render_template_fields(context)  # type: ignore[arg-type]
+    return task, task.build_pod_request_obj(context)  # type: ignore[attr-defined]
+
+
+def test_pod_fields(kubeconfig: str, mlflow_conn: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    monkeypatch.setenv("MLCD_TRAINER_IMAGE", "registry.example.com/mlcd/trainer:1.2.3")
+    monkeypatch.setenv("MLCD_K8S_NAMESPACE", "ml-train")
+    monkeypatch.setenv("MLCD_TRAINER_NODE_SELECTOR", "cloud.google.com/gke-accelerator=nvidia-l4")
+    task, pod = _built_pod(kubeconfig)
+
+    assert isinstance(task, KubernetesPodOperator)
+    assert task.task_id == "train"
+    assert task.do_xcom_push and task.deferrable
+    assert task.on_finish_action.value == "delete_succeeded_pod"
+    assert task.retries == 2 and task.retry_exponential_backoff == 2.0
+
+    assert pod.metadata.namespace == "ml-train"
+    assert pod.metadata.labels["app.kubernetes.io/name"] == "mlcd-trainer"
+    spec = pod.spec
+    assert spec.restart_policy == "Never"
+    assert spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    tolerations = [(t.key, t.operator, t.effect) for t in spec.tolerations]
+    assert (GPU_RESOURCE, "Exists", "NoSchedule") in tolerations
+
+    base = next(c for c in spec.containers if c.name == "base")
+    assert base.image == "registry.example.com/mlcd/trainer:1.2.3"
+    assert base.command == ["python"]
+    assert base.args == [
+        "-m", "mlcd.training",
+        "--snapshot", "/var/lib/mlcd/snapshots/0123abcd",
+        "--epochs", "4",
+        "--batch-size", "256",
+        "--seed", "0",
+        "--dag-run-id", "manual__2026-11-25T00:00:00+00:00",
+    ]  # fmt: skip
+    assert base.resources.limits[GPU_RESOURCE] == "1"
+    assert base.resources.requests == {"cpu": "2", "memory": "8Gi"}
+    assert base.resources.limits["memory"] == "16Gi"
+
+    env = {e.name: e for e in base.env}
+    assert env["MLFLOW_TRACKING_URI"].value == "http://mlflow.mlcd.svc.cluster.local:5000"
+    token = env["MLFLOW_TRACKING_TOKEN"]
+    assert token.value is None
+    assert token.value_from.secret_key_ref.name == "mlflow-credentials"
+    assert token.value_from.secret_key_ref.key == "token"
+    serialized = str(pod.to_dict())
+    assert "s3cret" not in serialized and "alice" not in serialized
+
+    # do_xcom_push adds the sidecar that reads /airflow/xcom/return.json, which the trainer writes.
+    assert any(c.name == "airflow-xcom-sidecar" for c in spec.containers)
+    assert any(m.mount_path == "/airflow/xcom" for m in base.volume_mounts)
+
+
+def test_pod_is_schema_valid(kubeconfig: str, mlflow_conn: None) -> None:
+    from kubernetes.client import ApiClient
+
+    _, pod = _built_pod(kubeconfig)
+    manifest = ApiClient().sanitize_for_serialization(pod)
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_pod_from_template_is_schema_valid(kubeconfig: str, mlflow_conn: None) -> None:
+    from kubernetes.client import ApiClient
+
+    config = TrainerPodConfig(pod_template_file=str(POD_TEMPLATE))
+    _, pod = _built_pod(kubeconfig, pod_config=config)
+    manifest = ApiClient().sanitize_for_serialization(pod)
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    # The template's shared volume for snapshots survives the merge with the operator's own fields.
+    assert any(v["name"] == "mlcd-data" for v in manifest["spec"]["volumes"])
+    base = next(c for c in manifest["spec"]["containers"] if c["name"] == "base")
+    assert base["resources"]["limits"][GPU_RESOURCE] == "1"
+
+
+def test_pod_template_file_is_schema_valid() -> None:
+    manifest = yaml.safe_load(POD_TEMPLATE.read_text())
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    spec = manifest["spec"]
+    base = next(c for c in spec["containers"] if c["name"] == "base")
+    assert base["resources"]["limits"][GPU_RESOURCE] == 1 or base["resources"]["limits"][GPU_RESOURCE] == "1"
+    assert any(t["key"] == GPU_RESOURCE and t["effect"] == "NoSchedule" for t in spec["tolerations"])
+
+
+def test_invalid_pod_is_rejected_by_the_schema(kubeconfig: str, mlflow_conn: None) -> None:
+    """The schema check has teeth: a malformed container field fails it."""
+    from kubernetes.client import ApiClient
+
+    _, pod = _built_pod(kubeconfig)
+    manifest = ApiClient().sanitize_for_serialization(pod)
+    manifest["spec"]["containers"][0]["args"] = "not-a-list"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("conn_env", "expected"),
+    [
+        ("http://mlflow:5000", "http://mlflow:5000"),
+        ("https://u:p@mlflow.example.com", "https://mlflow.example.com"),
+        ('{"conn_type": "http", "host": "https://mlflow.example.com/prefix"}', "https://mlflow.example.com/prefix"),
+        ('{"conn_type": "http", "host": "mlflow", "port": 8080, "schema": "https"}', "https://mlflow:8080"),
+        ('{"conn_type": "generic", "extra": {"tracking_uri": "databricks"}}', "databricks"),
+    ],
+)
+def test_uri_template_matches_python_rule(conn_env: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pod's Jinja rule and the local operator's Python rule give the same URI for the same Connection."""
+    import jinja2
+    from airflow.sdk.definitions.connection import Connection
+    from airflow.sdk.execution_time.context import ConnectionAccessor
+
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", conn_env)
+    rendered = jinja2.Environment().from_string(MLFLOW_URI_TEMPLATE).render(conn=ConnectionAccessor())
+    assert rendered == expected
+    assert tracking_uri_from_connection(Connection.get("mlflow_default")) == expected
+
+
+def test_local_backend_is_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlcd.airflow.training import LocalTrainOperator
+
+    monkeypatch.delenv("MLCD_TRAINING_BACKEND", raising=False)
+    assert isinstance(make_train_task(), LocalTrainOperator)
+    monkeypatch.setenv("MLCD_TRAINING_BACKEND", "slurm")
+    with pytest.raises(ValueError, match="slurm"):
+        make_train_task()
+
+
+def test_pod_template_yaml_parses_as_pod() -> None:
+    data = yaml.safe_load(POD_TEMPLATE.read_text())
+    assert data["kind"] == "Pod" and data["apiVersion"] == "v1"
