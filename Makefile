@@ -47,3 +47,9 @@ lint: venv
 
 clean:
 	rm -rf $(MLCD_HOME)
+
+up: venv
+	$(BIN)/mlcd up
+
+down: venv
+	$(BIN)/mlcd down

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "mlcd.cli.serving",
     "mlcd.cli.guard",
     "mlcd.cli.demo",
+    "mlcd.cli.platform",
 )
 
 

@@ -1,0 +1,206 @@
+"""``make up`` / ``make down``: the long-running embedded platform on 127.0.0.1.
+
+Airflow 3 is started part by part (api-server with the UI, scheduler, dag-processor, triggerer) instead of
+``airflow standalone``, which binds every interface and starts 32 workers. MLflow and the gateway run beside it.
+Each service is a detached process with a pid file under ``MLCD_HOME/run`` and a log under ``MLCD_HOME/logs``;
+``up`` skips services that are already running, so running it twice never starts a second copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlcd.embedded import airflow_env
+from mlcd.settings import Settings, get_settings
+
+ADMIN_USER = "admin"
+
+
+@dataclass(frozen=True)
+class Ports:
+    airflow: int = int(os.environ.get("MLCD_AIRFLOW_PORT", "8080"))
+    mlflow: int = int(os.environ.get("MLCD_MLFLOW_PORT", "5000"))
+    gateway: int = int(os.environ.get("MLCD_GATEWAY_PORT", "8000"))
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    health_url: str | None = None
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _secret(path: Path) -> str:
+    """A per-installation secret kept in MLCD_HOME (never in code): created once, then reused."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def platform_env(settings: Settings, ports: Ports) -> dict[str, str]:
+    """Environment shared by every service: embedded Airflow config plus loopback URLs and secrets."""
+    env = dict(os.environ)
+    env.update(airflow_env(settings))
+    run = settings.home / "run"
+    env.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{ports.airflow}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{ports.airflow}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(run / "jwt_secret"),
+            "AIRFLOW__API__SECRET_KEY": _secret(run / "api_secret"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(run / "airflow_passwords.json"),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
+            "MLCD_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
+            "MLCD_ADMIN_TOKEN": os.environ.get("MLCD_ADMIN_TOKEN") or _secret(run / "gateway_admin_token"),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def services(settings: Settings, ports: Ports) -> list[Service]:
+    from mlcd.mlflow_server import LocalMlflowServer
+
+    mlflow_cmd = LocalMlflowServer(root=settings.mlflow_dir, port=ports.mlflow).command()
+    airflow = _bin("airflow")
+    return [
+        Service("mlflow", mlflow_cmd, health_url=f"http://127.0.0.1:{ports.mlflow}/health"),
+        Service("airflow-api-server", [airflow, "api-server", "--host", "127.0.0.1", "--port", str(ports.airflow)],
+                health_url=f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health"),
+        Service("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"]),
+        Service("airflow-dag-processor", [airflow, "dag-processor"]),
+        Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"]),
+        Service("gateway", [_bin("mlcd"), "serve", "--port", str(ports.gateway)],
+                health_url=f"http://127.0.0.1:{ports.gateway}/healthz"),
+    ]
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.home / "run" / f"{name}.pid"
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    """The pid of a service we started that is still alive, else ``None``."""
+    path = _pid_file(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status < 500)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start(service: Service, settings: Settings, env: dict[str, str]) -> int:
+    existing = running_pid(settings, service.name)
+    if existing:
+        return existing
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = open(settings.logs_dir / f"{service.name}.log", "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT, env={**env, **service.env},
+                            start_new_session=True, cwd=settings.project_root)
+    _pid_file(settings, service.name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def wait_healthy(service: Service, timeout: float = 120.0) -> bool:
+    if service.health_url is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(service.health_url):
+            return True
+        time.sleep(1)
+    return False
+
+
+def up(settings: Settings | None = None, ports: Ports | None = None, *, with_gateway: bool = True) -> dict[str, str]:
+    """Start every service that is not running yet; returns the URLs to open."""
+    settings = settings or get_settings()
+    ports = ports or Ports()
+    (settings.home / "run").mkdir(parents=True, exist_ok=True)
+    env = platform_env(settings, ports)
+    # Migrate once, before the scheduler and the api-server race to do it.
+    subprocess.run([_bin("airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL,
+                   cwd=settings.project_root)
+    todo = [s for s in services(settings, ports) if with_gateway or s.name != "gateway"]
+    for service in todo:
+        start(service, settings, env)
+    for service in todo:
+        if not wait_healthy(service):
+            raise RuntimeError(f"{service.name} did not become healthy; see {settings.logs_dir / service.name}.log")
+    return urls(settings, ports)
+
+
+def urls(settings: Settings, ports: Ports) -> dict[str, str]:
+    return {
+        "airflow": f"http://127.0.0.1:{ports.airflow}",
+        "mlflow": f"http://127.0.0.1:{ports.mlflow}",
+        "gateway": f"http://127.0.0.1:{ports.gateway}",
+        "login": f"{ADMIN_USER} / {airflow_password(settings) or '(see ' + str(settings.home / 'run') + ')'}",
+        "logs": str(settings.logs_dir),
+    }
+
+
+def airflow_password(settings: Settings) -> str | None:
+    try:
+        return str(json.loads((settings.home / "run" / "airflow_passwords.json").read_text())[ADMIN_USER])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def down(settings: Settings | None = None) -> list[str]:
+    """Stop every service we started (whole process groups); returns the names stopped."""
+    settings = settings or get_settings()
+    stopped = []
+    for path in sorted((settings.home / "run").glob("*.pid")):
+        name = path.stem
+        pid = running_pid(settings, name)
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and running_pid(settings, name):
+                time.sleep(0.3)
+            if running_pid(settings, name):
+                os.killpg(pid, signal.SIGKILL)
+            stopped.append(name)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def status(settings: Settings | None = None) -> dict[str, int | None]:
+    settings = settings or get_settings()
+    return {s.name: running_pid(settings, s.name) for s in services(settings, Ports())}
