@@ -83,12 +83,15 @@ def load_training_data(snapshot: str | Path, max_train_samples: int | None = Non
         raise SnapshotError(f"snapshot folder {given} does not exist (or is not a folder)")
     try:
         snap = read_snapshot(local)
-        x_train, y_train = load_split(local, "train")
-        x_val, y_val = load_split(local, "val")
-    except BatchError as err:
-        raise SnapshotError(f"snapshot {given}: {err}") from None
     except (ValueError, KeyError) as err:
         raise SnapshotError(str(err) if "snapshot" in str(err) else f"snapshot {given}: {err}") from None
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in ("train", "val"):
+        try:
+            splits[split] = load_split(local, split)  # type: ignore[arg-type]
+        except BatchError as err:
+            raise SnapshotError(f"snapshot {given}: {split}.npz: {err}") from None
+    (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]
     _check("train", x_train, y_train)
     _check("val", x_val, y_val)
     if max_train_samples is not None and 0 < max_train_samples < len(x_train):
