@@ -331,9 +331,8 @@ class ModelRegistry:
                 lm = self._call("reading the logged model", self.client.get_logged_model, model_id)
                 if lm.name == path:
                     return f"models:/{model_id}", model_id
-            from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
-
-            return RunsArtifactRepository.get_underlying_uri(model_uri), None
+            # An MLflow 2-style model stored among the run's own artifacts.
+            return f"{run.info.artifact_uri.rstrip('/')}/{path}", None
         m = re.fullmatch(r"models:/(m-[0-9a-f]{32})", model_uri)
         if m:
             return model_uri, m.group(1)
