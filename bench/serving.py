@@ -1,0 +1,261 @@
+"""Serving benchmark: the mlcd gateway vs. MLflow's own scoring server, same model version, same load.
+
+Both servers run as single processes on 127.0.0.1 and serve one registered version of the reference CNN
+(briefly fitted on real MNIST). A closed-loop client (C threads, each sending its next single-image request when
+the previous one is answered, keep-alive connections) drives each server for the same time at each concurrency.
+Printed: requests/s, p50 and p99 latency, and the gateway/MLflow ratios; then the routing overhead: the gateway's
+p50 at concurrency 1 with a 50 % canary (two loaded versions, same weights) against stable only, and the
+in-process cost of one routing decision. Bounded: about 3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from mlcd.mlflow_server import LocalMlflowServer, free_port
+
+# Real MNIST when the shared copy is there (as `make bench` sets it), before mlcd reads its settings.
+_SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
+if "MLCD_DATA" not in os.environ and _SHARED.exists():
+    os.environ["MLCD_DATA"] = str(_SHARED)
+
+CONCURRENCY = (1, 8, 32)
+SECONDS_PER_POINT = 6.0
+WARMUP_REQUESTS = 60
+MODEL = "bench-mnist-cnn"
+TOKEN = "bench-token"
+
+
+def train_and_register(tracking_uri: str) -> tuple[str, str]:
+    """The reference CNN, fitted 1 epoch on 3,000 real images, logged twice (two versions, same weights)."""
+    import mlflow
+    import tensorflow as tf
+
+    from mlcd.data.reference import load_reference
+    from mlcd.registry import ModelRegistry
+
+    ref = load_reference()
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([
+        tf.keras.Input((28, 28)),
+        tf.keras.layers.Rescaling(1 / 255),
+        tf.keras.layers.Reshape((28, 28, 1)),
+        tf.keras.layers.Conv2D(32, 3, activation="relu"),
+        tf.keras.layers.MaxPooling2D(),
+        tf.keras.layers.Conv2D(64, 3, activation="relu"),
+        tf.keras.layers.MaxPooling2D(),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(64, activation="relu"),
+        tf.keras.layers.Dense(10),
+    ])
+    model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(ref.x_train[:3000], ref.y_train[:3000], epochs=1, batch_size=128, verbose=0)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("bench-serving")
+    registry = ModelRegistry(tracking_uri, MODEL)
+    versions = []
+    for _ in range(2):
+        with mlflow.start_run() as run:
+            info = mlflow.tensorflow.log_model(model, name="model", pip_requirements=["tensorflow-cpu"])
+        versions.append(registry.register_run_model(run.info.run_id, info.model_uri))
+    registry.bootstrap_champion(versions[0], "bench")
+    return versions[0], versions[1]
+
+
+def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"{url} not healthy after {timeout:.0f}s")
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
+    """C threads, each with its own keep-alive connection, for ``seconds``; latencies of 200 answers only."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    failures = [0] * concurrency
+    stop_at = [0.0]
+    start_evt = threading.Barrier(concurrency + 1)
+
+    def worker(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Content-Type": "application/json"}
+        start_evt.wait()
+        i = k
+        while time.perf_counter() < stop_at[0]:
+            body = bodies[i % len(bodies)]
+            i += concurrency
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            if ok:
+                latencies[k].append(time.perf_counter() - t0)
+            else:
+                failures[k] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    t_start = time.perf_counter()
+    stop_at[0] = t_start + seconds
+    start_evt.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t_start
+    lat = np.array([x for per in latencies for x in per])
+    return {
+        "rps": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50) * 1000) if len(lat) else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99) * 1000) if len(lat) else float("nan"),
+        "n": float(len(lat)),
+        "failed": float(sum(failures)),
+    }
+
+
+def admin_routes(port: int, stable: str, canary: str | None, weight: int) -> None:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/admin/routes",
+        data=json.dumps({"stable": stable, "canary": canary, "canary_weight": weight}).encode(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(req, timeout=120).read()
+
+
+def routing_decision_us() -> float:
+    """In-process cost of one routing decision with a sticky client id (median of 5 × 20,000)."""
+    import random
+
+    from mlcd.serving.app import choose_variant
+
+    rng = random.Random(0)
+    ids = [f"client-{i}" for i in range(1000)]
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for i in range(20_000):
+            choose_variant(50, ids[i % 1000], rng)
+        runs.append((time.perf_counter() - t0) / 20_000 * 1e6)
+    return statistics.median(runs)
+
+
+def main() -> int:
+    from mlcd.data.reference import load_reference
+
+    t_all = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="mlcd-bench-serving-"))
+    images = load_reference().x_test[:256]
+    gw_bodies = [json.dumps({"images": [img.tolist()]}).encode() for img in images]
+    mlflow_bodies = [json.dumps({"inputs": [img.astype(np.float32).tolist()]}).encode() for img in images]
+    procs: list[subprocess.Popen[bytes]] = []
+    server = LocalMlflowServer(root=root / "mlflow").start()
+    try:
+        v1, v2 = train_and_register(server.url)
+        env = dict(os.environ, MLFLOW_TRACKING_URI=server.url, MLCD_MODEL_NAME=MODEL, MLCD_ADMIN_TOKEN=TOKEN,
+                   MLCD_HOME=str(root / "home"), TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("MLCD_SERVE_VERSION", None)
+        gw_port, ml_port = free_port(), free_port()
+        bin_dir = Path(sys.executable).parent
+        # `mlflow models serve` execs `uvicorn` by name: the venv's bin must be on PATH.
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        mlflow_bin = shutil.which("mlflow", path=str(bin_dir)) or "mlflow"
+        mlcd_bin = shutil.which("mlcd", path=str(bin_dir)) or "mlcd"
+        gw = start([mlcd_bin, "serve", "--port", str(gw_port)], env, root / "gateway.log")
+        procs.append(gw)
+        ml = start([mlflow_bin, "models", "serve", "-m", f"models:/{MODEL}/{v1}", "--env-manager", "local",
+                    "-h", "127.0.0.1", "-p", str(ml_port), "--workers", "1"], env, root / "mlflow-serve.log")
+        procs.append(ml)
+        for url, proc, log in ((f"http://127.0.0.1:{gw_port}/healthz", gw, "gateway.log"),
+                               (f"http://127.0.0.1:{ml_port}/health", ml, "mlflow-serve.log")):
+            try:
+                wait_http(url, proc=proc)
+            except RuntimeError:
+                print((root / log).read_text(errors="replace")[-3000:], file=sys.stderr)
+                raise
+        for port, path, bodies in ((gw_port, "/predict", gw_bodies), (ml_port, "/invocations", mlflow_bodies)):
+            closed_loop(port, path, bodies[:WARMUP_REQUESTS], 4, 1.5)  # warm both (graph tracing, JIT paths)
+
+        print(f"model: reference CNN, version {v1} of {MODEL}; single-image requests; "
+              f"{SECONDS_PER_POINT:.0f} s closed loop per point; 2-core machine")
+        print(f"{'conc':>4}  {'server':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}")
+        rows = []
+        for c in CONCURRENCY:
+            g = closed_loop(gw_port, "/predict", gw_bodies, c, SECONDS_PER_POINT)
+            m = closed_loop(ml_port, "/invocations", mlflow_bodies, c, SECONDS_PER_POINT)
+            for name, r in (("mlcd gateway", g), ("mlflow serve", m)):
+                print(f"{c:>4}  {name:<14}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['failed']:>8.0f}")
+            rows.append((c, g, m))
+        print()
+        print(f"{'conc':>4}  {'throughput ratio':>17}  {'p99 ratio (gw/mlflow)':>22}")
+        for c, g, m in rows:
+            print(f"{c:>4}  {g['rps'] / m['rps']:>16.2f}x  {g['p99_ms'] / m['p99_ms']:>21.2f}x")
+
+        # Routing overhead: same model twice (stable + 50 % canary) vs. stable only, concurrency 1.
+        base = []
+        routed = []
+        for _ in range(2):
+            admin_routes(gw_port, v1, None, 0)
+            base.append(closed_loop(gw_port, "/predict", gw_bodies, 1, 3.0)["p50_ms"])
+            admin_routes(gw_port, v1, v2, 50)
+            routed.append(closed_loop(gw_port, "/predict", gw_bodies, 1, 3.0)["p50_ms"])
+        decision = routing_decision_us()
+        print()
+        print(f"routing overhead at p50, concurrency 1: stable only {statistics.median(base):.3f} ms, "
+              f"50 % canary {statistics.median(routed):.3f} ms -> "
+              f"{statistics.median(routed) - statistics.median(base):+.3f} ms")
+        print(f"routing decision in-process (sticky hash + weight): {decision:.2f} us")
+        print(f"total bench time {time.perf_counter() - t_all:.0f} s")
+    finally:
+        for p in procs:
+            stop(p)
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
