@@ -1,0 +1,266 @@
+"""Every YAML document under deploy/k8s/, checked offline: schemas, cross-references, least-privilege RBAC.
+
+Built-in kinds (core, apps, rbac, …) are validated against the official Kubernetes OpenAPI schema shipped in
+kubernetes-validate, strict (an unknown or misspelt field fails), for the oldest and the newest version this
+project supports. CRD kinds have no schema there: HTTPRoute and InferenceService get a structural check here
+(the fields mlcd relies on); the full Gateway API v1 schema check of httproute.yaml lives in
+test_router_k8s.py. A kind that is neither fails, so a new manifest cannot slip in unchecked. Helm values
+files are not manifests: they are checked for the names they share with rbac.yaml.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+VERSIONS = ("1.30.0", "1.37.0")  # oldest supported cluster, newest schema kubernetes-validate ships
+HELM_VALUES = {"airflow-values.yaml"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+WORKLOAD_NS = "mlcd"
+AIRFLOW_SA = ("airflow", "mlcd-airflow")
+TRAINER_SA = ("mlcd", "mlcd-trainer")
+
+# What KubernetesPodOperator (provider cncf.kubernetes 10.x, deferrable, do_xcom_push, get_logs,
+# log_events_on_failure, on_finish_action=delete_succeeded_pod) does in the training namespace, and no more.
+KPO_RULES = {
+    ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},
+    ("", "pods/log"): {"get"},
+    ("", "pods/exec"): {"create", "get"},  # XCom sidecar read; WebSocket upgrade is `create` on >= 1.30
+    ("", "events"): {"list", "watch"},
+}
+HTTP_VERB = {"GET": "get", "PATCH": "patch", "POST": "create", "PUT": "update", "DELETE": "delete"}
+
+
+def _documents() -> list[tuple[str, int, dict[str, Any]]]:
+    docs = []
+    for path in sorted(K8S.rglob("*.y*ml")):
+        for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc is not None:
+                docs.append((path.relative_to(K8S).as_posix(), index, doc))
+    return docs
+
+
+DOCUMENTS = _documents()
+MANIFESTS = [(f, i, d) for f, i, d in DOCUMENTS if f not in HELM_VALUES]
+
+
+def _id(item: tuple[str, int, dict[str, Any]]) -> str:
+    file, index, doc = item
+    return f"{file}#{index}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+
+
+def _is_builtin(doc: dict[str, Any]) -> bool:
+    group = doc["apiVersion"].rpartition("/")[0]
+    if "." not in group:  # core ("v1") and apps, batch, policy, autoscaling
+        return True
+    return group.endswith(".k8s.io") and not group.startswith("gateway.networking.")
+
+
+def _by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for _, _, d in MANIFESTS if d["kind"] == kind]
+
+
+def _one(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _by_kind(kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def _rules(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule.get("apiGroups", []):
+            for resource in rule.get("resources", []):
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+# --- CRD structural checks ----------------------------------------------------------------------------------
+
+def _check_httproute(doc: dict[str, Any]) -> None:
+    assert doc["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert doc["metadata"]["name"] and doc["metadata"]["namespace"]
+    spec = doc["spec"]
+    assert spec["parentRefs"]
+    assert all(isinstance(p.get("name"), str) and p["name"] for p in spec["parentRefs"])
+    assert spec["rules"], "an HTTPRoute without rules routes nothing"
+    for rule in spec["rules"]:
+        refs = rule["backendRefs"]
+        assert refs
+        for ref in refs:
+            assert isinstance(ref["name"], str) and ref["name"]
+            assert isinstance(ref["port"], int) and 1 <= ref["port"] <= 65535
+            assert isinstance(ref.get("weight", 1), int) and 0 <= ref.get("weight", 1) <= 1_000_000
+
+
+def _check_inferenceservice(doc: dict[str, Any]) -> None:
+    assert doc["apiVersion"] in ("serving.kserve.io/v1beta1",)
+    assert doc["metadata"]["name"]
+    predictor = doc["spec"]["predictor"]
+    assert isinstance(predictor, dict) and predictor
+    if "canaryTrafficPercent" in predictor:
+        percent = predictor["canaryTrafficPercent"]
+        assert isinstance(percent, int) and 0 <= percent <= 100
+
+
+CRD_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "HTTPRoute": _check_httproute,
+    "InferenceService": _check_inferenceservice,
+}
+
+
+# --- every document -----------------------------------------------------------------------------------------
+
+def test_the_expected_files_are_there() -> None:
+    files = {f for f, _, _ in DOCUMENTS}
+    assert {"namespace.yaml", "rbac.yaml", "trainer-pod-template.yaml", "httproute.yaml"} <= files
+    assert (K8S / "README.md").is_file()
+
+
+@pytest.mark.parametrize("item", MANIFESTS, ids=_id)
+def test_manifest_is_valid(item: tuple[str, int, dict[str, Any]]) -> None:
+    file, _, doc = item
+    assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{file}: not a Kubernetes manifest"
+    if doc["kind"] in CRD_CHECKS:
+        CRD_CHECKS[doc["kind"]](doc)
+        return
+    assert _is_builtin(doc), f"{file}: {doc['apiVersion']}/{doc['kind']} is a CRD with no check in this test"
+    for version in VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_schema_check_has_teeth() -> None:
+    role = copy.deepcopy(_one("Role", "mlcd-pod-launcher"))
+    role["rules"][0]["verb"] = role["rules"][0].pop("verbs")  # misspelt field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(role, VERSIONS[0], strict=True)
+    binding = copy.deepcopy(_one("RoleBinding", "mlcd-pod-launcher"))
+    del binding["roleRef"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(binding, VERSIONS[-1], strict=True)
+    route = copy.deepcopy(_one("HTTPRoute", "mlcd-gateway"))
+    route["spec"]["rules"][0]["backendRefs"][0]["port"] = "8000"
+    with pytest.raises(AssertionError):
+        _check_httproute(route)
+
+
+def test_namespaced_objects_live_in_declared_namespaces() -> None:
+    declared = {d["metadata"]["name"] for d in _by_kind("Namespace")}
+    assert {WORKLOAD_NS, AIRFLOW_SA[0]} <= declared
+    for file, _, doc in MANIFESTS:
+        if doc["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in doc["metadata"], file
+        else:
+            namespace = doc["metadata"].get("namespace")
+            assert namespace in declared, f"{file}: {doc['kind']} in undeclared namespace {namespace}"
+
+
+# --- RBAC ---------------------------------------------------------------------------------------------------
+
+def test_pod_launcher_role_grants_exactly_what_the_pod_operator_needs() -> None:
+    role = _one("Role", "mlcd-pod-launcher")
+    assert role["metadata"]["namespace"] == WORKLOAD_NS
+    assert _rules(role) == KPO_RULES
+    assert not any(rule.get("resourceNames") for rule in role["rules"]), "pod names are generated per run"
+
+
+def test_rollout_role_grants_exactly_the_router_calls() -> None:
+    """The verbs come from the calls the real router makes, recorded, not from a second hand-written list."""
+    from mlcd.rollout.router import KubernetesHTTPRouteRouter
+
+    calls: list[tuple[str, str]] = []
+
+    def api(method: str, path: str, body: Any, content_type: str | None) -> dict[str, Any]:
+        calls.append((method, path))
+        return copy.deepcopy(_one("HTTPRoute", "mlcd-gateway"))
+
+    router = KubernetesHTTPRouteRouter(api)
+    router.get_routes()
+    router.set_routes("1", "2", 5)
+    router.set_routes("2", None, 0)
+    needed: dict[tuple[str, str], set[str]] = {}
+    names: dict[tuple[str, str], set[str]] = {}
+    for method, path in calls:
+        parts = path.strip("/").split("/")  # apis/<group>/<version>/namespaces/<ns>/<resource>/<name>
+        assert parts[0] == "apis" and parts[3] == "namespaces" and parts[4] == WORKLOAD_NS, path
+        key = (parts[1], parts[5])
+        needed.setdefault(key, set()).add(HTTP_VERB[method])
+        names.setdefault(key, set()).add(parts[6])
+
+    role = _one("Role", "mlcd-rollout")
+    assert role["metadata"]["namespace"] == WORKLOAD_NS
+    assert _rules(role) == needed
+    granted_names = {(g, r): set(rule["resourceNames"])
+                     for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert granted_names == names
+    # ... and those names are the objects the manifests create.
+    routes = {d["metadata"]["name"] for d in _by_kind("HTTPRoute")}
+    assert names[("gateway.networking.k8s.io", "httproutes")] == routes
+    assert names[("apps", "deployments")] == {d["metadata"]["name"] for d in _by_kind("Deployment")}
+
+
+def test_no_wildcards_and_no_cluster_wide_grants() -> None:
+    assert not _by_kind("ClusterRole") and not _by_kind("ClusterRoleBinding")
+    for role in _by_kind("Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule.get(field, []), f"{role['metadata']['name']}: wildcard in {field}"
+            assert not {"secrets", "roles", "rolebindings"} & set(rule.get("resources", []))
+
+
+def test_bindings_point_at_existing_roles_and_service_accounts() -> None:
+    accounts = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in _by_kind("ServiceAccount")}
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in _by_kind("Role")}
+    bound = {}
+    for binding in _by_kind("RoleBinding"):
+        ns = binding["metadata"]["namespace"]
+        ref = binding["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io" and ref["kind"] == "Role"
+        assert (ns, ref["name"]) in roles, f"{binding['metadata']['name']}: no Role {ref['name']} in {ns}"
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount"
+            assert (subject["namespace"], subject["name"]) in accounts
+            bound.setdefault((subject["namespace"], subject["name"]), set()).add(ref["name"])
+    assert bound == {AIRFLOW_SA: {"mlcd-pod-launcher", "mlcd-rollout"}}
+
+
+def test_trainer_pod_runs_as_its_own_tokenless_account() -> None:
+    template = yaml.safe_load((K8S / "trainer-pod-template.yaml").read_text())
+    pod_sa = (template["metadata"]["namespace"], template["spec"]["serviceAccountName"])
+    assert pod_sa == TRAINER_SA
+    account = next(sa for sa in _by_kind("ServiceAccount")
+                   if (sa["metadata"]["namespace"], sa["metadata"]["name"]) == TRAINER_SA)
+    assert account.get("automountServiceAccountToken") is False
+    assert template["metadata"]["namespace"] == _one("Role", "mlcd-pod-launcher")["metadata"]["namespace"]
+
+
+# --- Helm values --------------------------------------------------------------------------------------------
+
+def test_helm_values_use_the_rbac_names_and_no_inline_secrets() -> None:
+    values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
+    assert values["executor"] == "LocalExecutor"
+    assert values["airflowVersion"].startswith("3.")
+    assert values["allowPodLaunching"] is False  # our Role in `mlcd` replaces the chart's own
+    for component in ("scheduler", "triggerer", "workers"):
+        account = values[component]["serviceAccount"]
+        assert account == {"create": False, "name": AIRFLOW_SA[1]}, component
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env["MLCD_TRAINING_BACKEND"] == "kubernetes"
+    assert env["MLCD_K8S_NAMESPACE"] == WORKLOAD_NS
+    assert env["MLCD_TRAINER_SERVICE_ACCOUNT"] == TRAINER_SA[1]
+    mount = next(m for m in values["volumeMounts"] if m["name"] == "trainer-pod-template")
+    assert env["MLCD_TRAINER_POD_TEMPLATE"] == f"{mount['mountPath']}/trainer-pod-template.yaml"
+    # Secrets by Secret name only: no key material in the values file.
+    for key in ("fernetKey", "apiSecretKey", "jwtSecret", "webserverSecretKey"):
+        assert not values.get(key), key
+    assert "metadataConnection" not in values.get("data", {})
+    assert values["postgresql"]["enabled"] is False
