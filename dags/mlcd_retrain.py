@@ -1,6 +1,9 @@
-"""mlcd_retrain: land → validate → train → evaluate → register → canary, nightly or when a batch lands.
+"""mlcd_retrain: collect → validate → train → evaluate → register → canary, nightly or when a batch lands.
 
-Wiring only: every task body is one call into ``mlcd.airflow.steps`` (see ../include/mlcd).
+Wiring only: every task body is one call into ``mlcd.airflow`` (see ../include/mlcd). A quarantined batch stops
+the run at ``validate``; a challenger the gate rejects stops it at ``register`` with the verdict as the reason and
+the champion untouched; ``canary`` moves live traffic step by step and promotes, or stops when ``mlcd_guard``
+rolled the version back.
 """
 
 from __future__ import annotations
@@ -8,7 +11,17 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
-from mlcd.airflow.steps import DEFAULT_ARGS, LANDING_ASSET, collect_step, validate_step
+from mlcd.airflow.canary import CanaryRolloutOperator
+from mlcd.airflow.steps import (
+    CANARY_ASSET,
+    DEFAULT_ARGS,
+    LANDING_ASSET,
+    collect_step,
+    evaluate_step,
+    register_step,
+    validate_step,
+)
+from mlcd.airflow.training import make_train_task
 
 with DAG(
     dag_id="mlcd_retrain",
@@ -22,11 +35,18 @@ with DAG(
     default_args=DEFAULT_ARGS,
     tags=["mlcd", "training"],
     params={
-        "epochs": Param(3, type="integer", minimum=1, maximum=100, description="Training epochs (early stopping may end sooner)."),
+        "epochs": Param(3, type="integer", minimum=1, maximum=100,
+                        description="Training epochs (early stopping may end sooner)."),
         "batch_size": Param(128, type="integer", minimum=8, maximum=4096),
-        "allow_partial": Param(False, type="boolean", description="Go on to training when some new batches were quarantined."),
-        "force_promote": Param(False, type="boolean", description="Promote even if the gate rejects (recorded as an override)."),
+        "seed": Param(0, type="integer", minimum=0),
+        "allow_partial": Param(False, type="boolean",
+                               description="Go on to training when some new batches were quarantined."),
+        "force_promote": Param(False, type="boolean",
+                               description="Register even if the gate rejects (recorded as an override)."),
         "skip_canary": Param(False, type="boolean", description="Promote without the canary traffic steps."),
+        "canary_spec": Param({}, type="object",
+                             description='Rollout spec overrides, e.g. {"steps": [10, 50, 100], '
+                                         '"analysis_window_s": 30, "min_requests": 50}.'),
     },
     doc_md=__doc__,
 ) as dag:
@@ -39,4 +59,22 @@ with DAG(
     def validate(pending: list[dict], params: dict | None = None, run_id: str | None = None) -> dict:
         return validate_step(pending, run_id=run_id, allow_partial=bool((params or {}).get("allow_partial")))
 
-    validate(collect())
+    @task
+    def evaluate(train_result: dict, params: dict | None = None) -> dict:
+        return evaluate_step(train_result, force=bool((params or {}).get("force_promote")))
+
+    @task(outlets=[CANARY_ASSET])
+    def register(train_result: dict, evaluation: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
+        return register_step(train_result, evaluation, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+
+    train = make_train_task()
+    canary = CanaryRolloutOperator(
+        version="{{ ti.xcom_pull(task_ids='register')['version'] }}",
+        skip_canary="{{ params.skip_canary }}",
+        spec="{{ params.canary_spec }}",
+    )
+
+    validated = validate(collect())
+    validated >> train
+    registered = register(train.output, evaluate(train.output))
+    registered >> canary

@@ -8,6 +8,8 @@ imports neither TensorFlow nor MLflow.
 
 from __future__ import annotations
 
+import ast
+
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -65,7 +67,9 @@ class CanaryRolloutOperator(BaseOperator):
     ) -> None:
         super().__init__(task_id=task_id, **kwargs)
         self.version = version
-        self.spec = spec.to_dict() if isinstance(spec, RolloutSpec) else dict(spec or {})
+        # A template string (e.g. "{{ params.canary_spec }}") stays a string until rendered at run time.
+        self.spec: Any = spec.to_dict() if isinstance(spec, RolloutSpec) else (
+            spec if isinstance(spec, str) else dict(spec or {}))
         self.skip_canary = skip_canary
         self.gateway_url = gateway_url
         self.tracking_uri = tracking_uri
@@ -74,7 +78,13 @@ class CanaryRolloutOperator(BaseOperator):
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _spec(self) -> RolloutSpec:
-        return RolloutSpec.from_dict(self.spec)
+        spec = self.spec
+        if isinstance(spec, str):
+            # A rendered dict param reads as a Python literal; literal_eval never runs code.
+            spec = ast.literal_eval(spec) if spec.strip() else {}
+            if not isinstance(spec, dict):
+                raise AirflowException(f"canary spec must be a mapping, got {type(spec).__name__}")
+        return RolloutSpec.from_dict(spec)
 
     def _rollout(self, context: Context) -> CanaryRollout:
         from mlcd.rollout.canary import rollout_from_settings

@@ -43,3 +43,50 @@ def validate_step(pending: list[dict[str, Any]], *, run_id: str | None, allow_pa
     except NoTrainingDataError as err:
         raise AirflowSkipException(str(err)) from None
     return report.as_dict()
+
+
+# Emitted when a version is registered for rollout: mlcd_guard starts watching the canary it becomes.
+CANARY_ASSET = Asset(name="mlcd_canary", uri="mlcd://canary")
+
+
+def _mlflow() -> Any:
+    """The MLflow connection (``mlflow_default`` Connection, else MLFLOW_TRACKING_URI), read at run time."""
+    from mlcd.airflow.hooks import MlflowHook
+
+    return MlflowHook().config
+
+
+def evaluate_step(train_result: dict[str, Any], *, force: bool) -> dict[str, Any]:
+    """Challenger vs champion on the frozen test set; the verdict is computed here and enforced by register."""
+    from mlcd.evaluation.evaluate import evaluate_challenger
+    from mlcd.settings import get_settings
+
+    evaluation = evaluate_challenger(
+        train_result, tracking_uri=_mlflow().tracking_uri, model_name=get_settings().model_name, force=force
+    )
+    log.info("gate verdict: %s", evaluation.get("summary") or evaluation.get("verdict"))
+    for reason in evaluation.get("reasons", []):
+        log.info("  - %s", reason)
+    return evaluation
+
+
+def register_step(
+    train_result: dict[str, Any], evaluation: dict[str, Any], *, dag_id: str, run_id: str | None
+) -> dict[str, Any]:
+    """Register the challenger once; a rejected verdict fails the run with the verdict as its message."""
+    from mlcd.registry import GateRejected
+    from mlcd.registry.task import register_challenger
+    from mlcd.settings import get_settings
+
+    try:
+        return register_challenger(
+            train_result,
+            evaluation,
+            tracking_uri=_mlflow().tracking_uri,
+            model_name=get_settings().model_name,
+            actor=f"airflow:{dag_id}",
+            dag_run_id=run_id,
+        )
+    except GateRejected as err:
+        # The champion is untouched; a retry would judge the same predictions the same way.
+        raise AirflowFailException(str(err)) from None

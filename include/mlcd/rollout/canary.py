@@ -119,6 +119,8 @@ class CanaryRollout:
             raise RolloutStopped(f"version {version} was already rolled back; it will not be canaried again")
         champion = self.registry.get_alias_version("champion")
         if state == "champion" or champion == version:
+            # Bootstrapped by the register task: make sure serving follows the registry (idempotent).
+            self.router.set_routes(version, None, 0)
             return RolloutProgress(version, version, 100, done=True, result="already champion")
         if champion is None:
             self.registry.promote(version, self.actor, f"first model, nothing to canary against: {reason}",
