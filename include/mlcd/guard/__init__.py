@@ -1,0 +1,43 @@
+"""The rollback guard's pure parts: the judge (canary against stable) and input drift against training data.
+
+Nothing here does I/O or imports Airflow; scipy is imported inside the judge's functions, so importing
+``mlcd.guard`` stays cheap for DAG parsing.
+"""
+
+from __future__ import annotations
+
+from mlcd.guard.drift import DriftMonitor, DriftReference, DriftReport, DriftThresholds, psi
+from mlcd.guard.judge import (
+    ACCURACY,
+    CHECKS,
+    CLASS_DISTRIBUTION,
+    ERROR_RATE,
+    LATENCY,
+    CheckResult,
+    GuardThresholds,
+    GuardVerdict,
+    VariantObservation,
+    judge,
+    latencies_from_histogram,
+    look_alpha,
+)
+
+__all__ = [
+    "ACCURACY",
+    "CHECKS",
+    "CLASS_DISTRIBUTION",
+    "ERROR_RATE",
+    "LATENCY",
+    "CheckResult",
+    "DriftMonitor",
+    "DriftReference",
+    "DriftReport",
+    "DriftThresholds",
+    "GuardThresholds",
+    "GuardVerdict",
+    "VariantObservation",
+    "judge",
+    "latencies_from_histogram",
+    "look_alpha",
+    "psi",
+]
