@@ -224,3 +224,13 @@ def test_per_class_metrics() -> None:
     assert metrics[0]["recall"] == 0.5 and metrics[0]["precision"] == 1.0
     assert metrics[1]["precision"] == pytest.approx(2 / 3)
     assert "val_f1_class_1" in per_class_metric_dict(metrics)
+
+
+def test_cli_train_reports_a_bad_snapshot(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mlcd.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--snapshot", str(tmp_path / "nope"), "--epochs", "1"])
+    assert result.exit_code == 1
+    assert f"{ERROR_PREFIX}snapshot folder {tmp_path / 'nope'} does not exist" in result.stderr

@@ -106,14 +106,23 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """A batched pipeline of ``(float32 N×28×28 pixels 0–255, int64 labels)``.
 
-    The uint8 images are cached as they are (a quarter of float32's memory) and cast per batch, after
-    shuffling, in one vectorised op; prefetch overlaps that with the training step.
+    The uint8 images are held once in memory (a quarter of float32's size) and each batch is one vectorised
+    gather + cast of shuffled indices, instead of per-image ops: measured in bench/training.py against
+    ``model.fit`` on NumPy arrays. Shuffling reshuffles every epoch (seeded); the unshuffled (validation)
+    pipeline caches its prepared batches after the first pass; prefetch overlaps input with the train step.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    images = tf.constant(np.ascontiguousarray(x, dtype=np.uint8))
+    labels = tf.constant(np.asarray(y, dtype=np.int64))
+    ds = tf.data.Dataset.range(len(x))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    ds = ds.map(lambda xb, yb: (tf.cast(xb, tf.float32), yb), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+        lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.gather(labels, idx)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if not shuffle:
+        ds = ds.cache()
     return ds.prefetch(tf.data.AUTOTUNE)
