@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,9 +109,13 @@ def log_snapshot_inputs(snapshot_id: str, snapshot_path: str, splits: dict[str, 
     import mlflow.data
 
     for context, (x, y) in splits.items():
-        dataset = mlflow.data.from_numpy(
-            features=x, targets=y, source=snapshot_path, name=f"snapshot-{snapshot_id}-{context}", digest=snapshot_id
-        )
+        with warnings.catch_warnings():
+            # A local path matches MLflow's local-artifact source twice; its "assuming" warning is noise.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(
+                features=x, targets=y, source=snapshot_path, name=f"snapshot-{snapshot_id}-{context}",
+                digest=snapshot_id,
+            )
         mlflow.log_input(dataset, context=context)
 
 
