@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mlcd.guard import DriftMonitor, DriftReference, DriftReport, DriftThresholds, psi
 
 pytestmark = pytest.mark.unit

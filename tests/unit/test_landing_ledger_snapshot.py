@@ -8,7 +8,7 @@ import pytest
 from mlcd.data.landing import LandingZone, quarantine, sha256_bytes
 from mlcd.data.ledger import ACCEPTED, LANDED, QUARANTINED, Ledger
 from mlcd.data.reference import digits_as_mnist
-from mlcd.data.snapshot import build_snapshot, load_split, split_of, snapshot_id_for, write_arrays_snapshot
+from mlcd.data.snapshot import build_snapshot, load_split, snapshot_id_for, split_of, write_arrays_snapshot
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,6 @@ from mlcd.airflow.training import (
     MLFLOW_URI_TEMPLATE,
     TrainerPodConfig,
     make_train_task,
-    tracking_uri_from_connection,
 )
 
 pytestmark = pytest.mark.unit
@@ -197,10 +196,12 @@ def test_uri_template_matches_python_rule(conn_env: str, expected: str, monkeypa
     from airflow.sdk.definitions.connection import Connection
     from airflow.sdk.execution_time.context import ConnectionAccessor
 
+    from mlcd.airflow.hooks import connection_from_airflow
+
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", conn_env)
     rendered = jinja2.Environment().from_string(MLFLOW_URI_TEMPLATE).render(conn=ConnectionAccessor())
     assert rendered == expected
-    assert tracking_uri_from_connection(Connection.get("mlflow_default")) == expected
+    assert connection_from_airflow(Connection.get("mlflow_default")).tracking_uri == expected
 
 
 def test_local_backend_is_default(monkeypatch: pytest.MonkeyPatch) -> None:

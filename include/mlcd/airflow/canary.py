@@ -9,7 +9,6 @@ imports neither TensorFlow nor MLflow.
 from __future__ import annotations
 
 import ast
-
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any

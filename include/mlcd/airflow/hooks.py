@@ -30,7 +30,13 @@ class MlflowConnection:
 
 
 def connection_from_airflow(conn: Any) -> MlflowConnection:
-    """Build :class:`MlflowConnection` from an Airflow ``Connection`` (pure: tests pass a plain Connection)."""
+    """Build :class:`MlflowConnection` from an Airflow ``Connection`` (pure: tests pass a plain Connection).
+
+    The one rule for a Connection's tracking URI (the trainer pod renders the same rule as a template, see
+    ``mlcd.airflow.training.MLFLOW_URI_TEMPLATE``): ``extra.tracking_uri`` wins; a host that holds a scheme is
+    used as is; else, as in Airflow's HTTP connections, ``schema`` (``http``/``https``) or the connection type
+    picks the scheme. Login and password never enter the URI; a password or ``extra.token`` is the token.
+    """
     extra = conn.extra_dejson or {}
     uri = extra.get("tracking_uri")
     if not uri:
@@ -38,12 +44,12 @@ def connection_from_airflow(conn: Any) -> MlflowConnection:
         if not host:
             raise ValueError(f"connection {conn.conn_id!r} has no host and no extra.tracking_uri")
         if "://" not in host:
-            scheme = extra.get("scheme") or ("https" if conn.conn_type == "https" else "http")
+            if conn.schema in ("http", "https"):
+                scheme = conn.schema
+            else:
+                scheme = "https" if conn.conn_type == "https" else "http"
             host = f"{scheme}://{host}"
-        scheme_end = host.index("://") + 3
-        if conn.port and ":" not in host[scheme_end:]:
-            host = f"{host}:{conn.port}"
-        uri = host + (f"/{conn.schema.strip('/')}" if conn.schema else "")
+        uri = f"{host}:{conn.port}" if conn.port else host
     token = extra.get("token") or conn.password or None
     return MlflowConnection(tracking_uri=str(uri), token=token, conn_id=conn.conn_id)
 

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowException
 
 from mlcd.settings import get_settings
 from mlcd.training.contract import RESULT_PREFIX, last_error_line, parse_result, trainer_args, trainer_command
@@ -43,7 +43,7 @@ DEFAULT_SEED = "{{ params.seed | default(0) }}"
 DEFAULT_DAG_RUN_ID = "{{ run_id }}"
 
 # The MLflow tracking URI from the ``mlflow_default`` Connection, rendered when the task runs (never while
-# parsing). Same rule as :func:`tracking_uri_from_connection`: ``extra.tracking_uri`` wins; a host that
+# parsing). Same rule as :func:`mlcd.airflow.hooks.connection_from_airflow`: ``extra.tracking_uri`` wins; a host that
 # already holds a scheme is used as is; else ``schema`` (Airflow's HTTP-connection convention) or the
 # connection type picks http/https. Login and password never enter the URI.
 MLFLOW_URI_TEMPLATE = (
@@ -58,42 +58,18 @@ MLFLOW_URI_TEMPLATE = (
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
-def tracking_uri_from_connection(conn: Any) -> str:
-    """The MLflow tracking URI an Airflow Connection describes (see :data:`MLFLOW_URI_TEMPLATE`)."""
-    extra = conn.extra_dejson or {}
-    if extra.get("tracking_uri"):
-        return str(extra["tracking_uri"])
-    host = conn.host or ""
-    if "://" in host:
-        base = host
-    else:
-        if conn.schema in ("http", "https"):
-            scheme = conn.schema
-        else:
-            scheme = "https" if conn.conn_type == "https" else "http"
-        base = f"{scheme}://{host}"
-    return f"{base}:{conn.port}" if conn.port else base
-
-
 def mlflow_environment(conn_id: str = MLFLOW_CONN_ID) -> dict[str, str]:
-    """Environment for a trainer child process: the tracking URI and any credentials of the Connection.
+    """Environment for a trainer child process: the tracking URI and token of the MLflow Connection.
 
-    Falls back to the settings' tracking URI when the Connection does not exist (the embedded default).
-    Read at execute time only. The credentials go into the child's environment, never into this process'.
+    Resolved by :class:`~mlcd.airflow.hooks.MlflowHook` (settings' tracking URI when the Connection does not
+    exist). Read at execute time only; the token goes into the child's environment, never into this process'.
     """
-    from airflow.sdk import BaseHook
+    from mlcd.airflow.hooks import MlflowHook
 
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return {"MLFLOW_TRACKING_URI": get_settings().tracking_uri}
-    env = {"MLFLOW_TRACKING_URI": tracking_uri_from_connection(conn)}
-    token = (conn.extra_dejson or {}).get("token")
-    if conn.login and conn.password:
-        env["MLFLOW_TRACKING_USERNAME"] = conn.login
-        env["MLFLOW_TRACKING_PASSWORD"] = conn.password
-    elif conn.password or token:
-        env["MLFLOW_TRACKING_TOKEN"] = str(conn.password or token)
+    config = MlflowHook(conn_id).config
+    env = {"MLFLOW_TRACKING_URI": config.tracking_uri}
+    if config.token:
+        env["MLFLOW_TRACKING_TOKEN"] = config.token
     return env
 
 
@@ -267,9 +243,8 @@ def make_pod_operator(
     task_id: str, arguments: list[str], config: TrainerPodConfig | None = None, **overrides: Any
 ) -> BaseOperator:
     """A deferrable KubernetesPodOperator running the trainer on a GPU node."""
-    from kubernetes.client import models as k8s
-
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
 
     cfg = config or TrainerPodConfig.from_env()
     command = trainer_command("python", arguments)

@@ -80,7 +80,7 @@ def sample_batches_command(out: Path, sizes: str, seed: int) -> None:
     try:
         counts = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
-        raise click.BadParameter(f"{sizes!r} is not a comma-separated list of integers", param_hint="--sizes")
+        raise click.BadParameter(f"{sizes!r} is not a comma-separated list of integers", param_hint="--sizes") from None
     for path in write_sample_batches(out, counts, seed=seed):
         click.echo(str(path))
 

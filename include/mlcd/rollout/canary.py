@@ -17,7 +17,16 @@ from typing import Any
 
 from mlcd.rollout.metrics import Snapshot, fetch_metrics, snapshot_from_dict, snapshot_to_dict, window_stats
 from mlcd.rollout.router import Router
-from mlcd.rollout.spec import Action, Outcome, RolloutSpec, StepVerdict, VariantStats, next_action, next_weight, step_verdict
+from mlcd.rollout.spec import (
+    Action,
+    Outcome,
+    RolloutSpec,
+    StepVerdict,
+    VariantStats,
+    next_action,
+    next_weight,
+    step_verdict,
+)
 
 log = logging.getLogger(__name__)
 
