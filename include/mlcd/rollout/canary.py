@@ -31,6 +31,12 @@ from mlcd.rollout.spec import (
 log = logging.getLogger(__name__)
 
 
+def is_paused(record: Any) -> bool:
+    """True when the record's latest ``paused`` event is newer than its latest ``resumed`` (``mlcd pause``)."""
+    paused, resumed = record.last_event("paused"), record.last_event("resumed")
+    return paused is not None and (resumed is None or str(resumed.get("t", "")) < str(paused.get("t", "")))
+
+
 class RolloutStopped(RuntimeError):
     """The version was rolled back (by the guard or a person) while the rollout ran."""
 
@@ -114,6 +120,7 @@ class CanaryRollout:
             return True
         if state != "canary":
             raise RolloutStopped(f"version {p.version} is {state}, no longer a canary")
+        self._paused = is_paused(record)  # read with the record: a pause holds the weight (mlcd pause)
         return False
 
     def _event(self, version: str, event: str, details: dict[str, Any]) -> None:
@@ -146,7 +153,8 @@ class CanaryRollout:
         if self._check_record(p):
             p.done, p.result = True, "promoted by someone else during the rollout"
             return p
-        target = p.weight if p.repeat and p.weight > 0 else next_weight(self.spec, p.weight)
+        held = getattr(self, "_paused", False)
+        target = p.weight if (p.repeat and p.weight > 0) or held else next_weight(self.spec, p.weight)
         if target is None:
             raise ValueError(f"rollout of {p.version} is past its last step")
         self.router.set_routes(str(p.stable), p.version, target)
@@ -163,6 +171,12 @@ class CanaryRollout:
             p.done, p.result = True, "promoted by someone else during the rollout"
             verdict = StepVerdict(Outcome.PASS, ("promoted by hand during the rollout",))
             return StepResult(Action.ADVANCE, verdict, p)
+        if getattr(self, "_paused", False):
+            # Paused by a person: the window is neither judged nor counted; the next step holds the weight.
+            self._event(p.version, "canary_step_held", {"weight": p.weight})
+            p.repeat = True
+            held = StepVerdict(Outcome.INCONCLUSIVE, (f"paused at {p.weight}%: weight held",))
+            return StepResult(Action.REPEAT, held, p)
         after = self.scrape(self.metrics_url)
         before = snapshot_from_dict(p.baseline)
         canary = window_stats(before, after, "canary", p.version)

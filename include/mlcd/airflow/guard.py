@@ -1,0 +1,443 @@
+"""Airflow glue of the rollback guard: a trigger that polls the gateway, a deferrable sensor, task bodies, a notifier.
+
+``CanaryHealthTrigger`` runs :class:`mlcd.guard.watch.Guard` in the triggerer every few seconds (each poll in a
+thread, so the triggerer's event loop never blocks on HTTP) and yields exactly one event: ``breach``,
+``healthy`` or ``error``. ``CanaryHealthSensor`` (task ``watch`` of ``mlcd_guard``) polls once in ``execute``,
+returns at once if that already decides, and otherwise defers to the trigger, so no worker slot is held while
+a canary bakes. The sensor returns the decision; the DAG's short-circuit lets ``rollback`` run only on a breach.
+
+Importing this module imports neither TensorFlow nor MLflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseNotifier, BaseOperator
+from airflow.sdk.exceptions import AirflowException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from mlcd.guard.watch import GuardConfig
+
+TASK_ID = "watch"
+ALERTS_CONN_ID = "mlcd_alerts"
+
+
+class GuardStatus(str, Enum):
+    """The one event a :class:`CanaryHealthTrigger` yields."""
+
+    BREACH = "breach"
+    HEALTHY = "healthy"
+    ERROR = "error"
+
+
+class GuardReason(str, Enum):
+    """Why the trigger ended; :meth:`CanaryHealthSensor.execute_complete` maps each to one outcome."""
+
+    CANARY_FAILED = "canary_failed"  # breach of a canary
+    CHAMPION_FAILED = "champion_failed"  # breach in the bake period after promotion
+    BAKE_COMPLETE = "bake_complete"
+    NO_CANARY = "no_canary"
+    VERSION_RETIRED = "version_retired"
+    SCRAPE_FAILED = "scrape_failed"  # the gateway did not answer several polls in a row
+    WATCH_TIMEOUT = "watch_timeout"
+    TRIGGER_ERROR = "trigger_error"
+
+
+class GuardScrapeError(AirflowException):
+    """The gateway's metrics could not be read (retried: the gateway may be restarting)."""
+
+
+class GuardTimeout(AirflowException):
+    """The version was still being watched when ``max_watch_s`` ran out."""
+
+
+class GuardTriggerError(AirflowException):
+    """The trigger failed unexpectedly; the message says how."""
+
+
+def _reason_of(result_reason: str, phase: str, decision: str) -> GuardReason:
+    """Map a :class:`~mlcd.guard.watch.PollResult` to its event reason."""
+    if decision == "breach":
+        return GuardReason.CHAMPION_FAILED if phase == "bake" else GuardReason.CANARY_FAILED
+    head = result_reason.split(":", 1)[0]
+    try:
+        return GuardReason(head)
+    except ValueError:
+        return GuardReason.BAKE_COMPLETE
+
+
+def guard_config(
+    gateway_url: str | None,
+    version: str | None,
+    poll_interval_s: float,
+    bake_s: float,
+    grace_s: float,
+    thresholds: Mapping[str, Any] | None,
+) -> GuardConfig:
+    """A :class:`~mlcd.guard.watch.GuardConfig` from plain (serialisable) arguments."""
+    from mlcd.guard.judge import GuardThresholds
+    from mlcd.guard.watch import GuardConfig
+    from mlcd.settings import get_settings
+
+    return GuardConfig(
+        gateway_url=gateway_url or get_settings().gateway_url,
+        version=str(version) if version not in (None, "", "None") else None,
+        poll_interval_s=float(poll_interval_s),
+        bake_s=float(bake_s),
+        grace_s=float(grace_s),
+        thresholds=GuardThresholds.from_dict(dict(thresholds or {})),
+    )
+
+
+class CanaryHealthTrigger(BaseTrigger):
+    """Poll the gateway every ``poll_interval_s`` and judge the watched version until a decision.
+
+    Args:
+        gateway_url: the gateway whose ``/metrics`` is read.
+        version: the version to watch (``None``: the first canary the gateway serves).
+        poll_interval_s, bake_s, grace_s: see :class:`~mlcd.guard.watch.GuardConfig`.
+        thresholds: :class:`~mlcd.guard.judge.GuardThresholds` as a dict.
+        state: the guard's state when the trigger starts (the sensor's first poll).
+        max_watch_s: give up (``error`` / ``watch_timeout``) after this many seconds since the guard started.
+        max_failures: consecutive failed scrapes tolerated (a restarting gateway) before ``scrape_failed``.
+    """
+
+    def __init__(
+        self,
+        gateway_url: str,
+        version: str | None = None,
+        poll_interval_s: float = 2.0,
+        bake_s: float = 300.0,
+        grace_s: float = 300.0,
+        thresholds: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | None = None,
+        max_watch_s: float = 6 * 3600.0,
+        max_failures: int = 10,
+    ) -> None:
+        super().__init__()
+        self.gateway_url = gateway_url
+        self.version = version
+        self.poll_interval_s = float(poll_interval_s)
+        self.bake_s = float(bake_s)
+        self.grace_s = float(grace_s)
+        self.thresholds = dict(thresholds or {})
+        self.state = dict(state or {})
+        self.max_watch_s = float(max_watch_s)
+        self.max_failures = int(max_failures)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "gateway_url": self.gateway_url,
+                "version": self.version,
+                "poll_interval_s": self.poll_interval_s,
+                "bake_s": self.bake_s,
+                "grace_s": self.grace_s,
+                "thresholds": self.thresholds,
+                "state": self.state,
+                "max_watch_s": self.max_watch_s,
+                "max_failures": self.max_failures,
+            },
+        )
+
+    def _event(self, status: GuardStatus, reason: GuardReason, message: str, **payload: Any) -> TriggerEvent:
+        return TriggerEvent({"status": status.value, "reason": reason.value, "message": message, **payload})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from mlcd.guard.watch import Decision, Guard, GuardState
+
+        try:
+            config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
+                                  self.grace_s, self.thresholds)
+            guard = Guard(config)
+            state = GuardState.from_dict(self.state) if self.state else None
+            started = state.started_at if state else time.time()
+            failures = 0
+            while True:
+                try:
+                    result = await asyncio.to_thread(guard.poll, state)
+                    failures = 0
+                except OSError as exc:  # URLError, connection refused, timeouts: the gateway may be restarting
+                    failures += 1
+                    self.log.warning("guard scrape %d/%d failed: %s", failures, self.max_failures, exc)
+                    if failures >= self.max_failures:
+                        yield self._event(GuardStatus.ERROR, GuardReason.SCRAPE_FAILED,
+                                          f"gateway {config.gateway_url} unreadable {failures} times in a row: "
+                                          f"{exc}")
+                        return
+                    await asyncio.sleep(config.poll_interval_s)
+                    continue
+                state = result.state
+                self.log.info("guard: %s", result.reason)
+                if result.decision is not Decision.WATCH:
+                    status = GuardStatus.BREACH if result.decision is Decision.BREACH else GuardStatus.HEALTHY
+                    reason = _reason_of(result.reason, state.phase, result.decision.value)
+                    yield self._event(status, reason, result.reason, result=result.as_dict())
+                    return
+                if time.time() - started >= self.max_watch_s:
+                    yield self._event(GuardStatus.ERROR, GuardReason.WATCH_TIMEOUT,
+                                      f"still watching version {state.version} after {self.max_watch_s:.0f}s",
+                                      result=result.as_dict())
+                    return
+                await asyncio.sleep(config.poll_interval_s)
+        except Exception as exc:  # noqa: BLE001 - one error event with the message, as every trigger here
+            yield self._event(GuardStatus.ERROR, GuardReason.TRIGGER_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+class CanaryHealthSensor(BaseOperator):
+    """Watch a canary (and the champion it becomes, through its bake period); return the decision.
+
+    A deferrable sensor in the shape every mlcd sensor has: ``execute`` polls once and returns when that
+    already decides; otherwise it defers to :class:`CanaryHealthTrigger`. It returns (XCom)
+    ``{"decision": "breach"|"healthy", "reason", "version", "stable", "phase", "look", "verdict", ...}``: a
+    breach is not a task failure, it is the input of the ``rollback`` task.
+
+    Args:
+        gateway_url: the gateway (templated; default ``MLCD_GATEWAY_URL``).
+        version: the version to watch (templated; default: the first canary the gateway serves).
+        poll_interval_s, bake_s, grace_s, thresholds: see :class:`~mlcd.guard.watch.GuardConfig` (templated).
+        max_watch_s: the longest a guard run watches.
+    """
+
+    template_fields: Sequence[str] = ("gateway_url", "version", "poll_interval_s", "bake_s", "grace_s",
+                                      "thresholds")
+    ui_color = "#fecaca"
+
+    def __init__(
+        self,
+        *,
+        gateway_url: str | None = None,
+        version: str | None = None,
+        poll_interval_s: float | str = 2.0,
+        bake_s: float | str = 300.0,
+        grace_s: float | str = 300.0,
+        thresholds: Mapping[str, Any] | str | None = None,
+        max_watch_s: float = 6 * 3600.0,
+        task_id: str = TASK_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(task_id=task_id, **kwargs)
+        self.gateway_url = gateway_url
+        self.version = version
+        self.poll_interval_s = poll_interval_s
+        self.bake_s = bake_s
+        self.grace_s = grace_s
+        self.thresholds: Any = thresholds if isinstance(thresholds, str) else dict(thresholds or {})
+        self.max_watch_s = max_watch_s
+
+    def _thresholds(self) -> dict[str, Any]:
+        value = self.thresholds
+        if isinstance(value, str):
+            import ast
+
+            # A rendered dict param reads as a Python literal; literal_eval never runs code.
+            value = ast.literal_eval(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise AirflowException(f"guard thresholds must be a mapping, got {type(value).__name__}")
+        return value
+
+    def _trigger_kwargs(self) -> dict[str, Any]:
+        cfg = guard_config(self.gateway_url, self.version, float(self.poll_interval_s), float(self.bake_s),
+                           float(self.grace_s), self._thresholds())
+        return {
+            "gateway_url": cfg.gateway_url,
+            "version": cfg.version,
+            "poll_interval_s": cfg.poll_interval_s,
+            "bake_s": cfg.bake_s,
+            "grace_s": cfg.grace_s,
+            "thresholds": cfg.thresholds.as_dict(),
+            "max_watch_s": float(self.max_watch_s),
+        }
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlcd.guard.watch import Decision, Guard
+
+        kwargs = self._trigger_kwargs()
+        config = guard_config(kwargs["gateway_url"], kwargs["version"], kwargs["poll_interval_s"],
+                              kwargs["bake_s"], kwargs["grace_s"], kwargs["thresholds"])
+        try:
+            first = Guard(config).poll()
+        except OSError as exc:
+            raise GuardScrapeError(f"gateway {config.gateway_url} unreadable: {exc}") from None
+        self.log.info("guard: %s", first.reason)
+        if first.decision is not Decision.WATCH:
+            return first.as_dict()
+        self.defer(
+            trigger=CanaryHealthTrigger(**kwargs, state=first.state.to_dict()),
+            method_name=self.execute_complete.__name__,
+            # A safety net above the trigger's own limit: a lost triggerer must not hold the run forever.
+            timeout=timedelta(seconds=float(self.max_watch_s) + 600),
+        )
+        raise AssertionError("defer() returns only by raising")  # pragma: no cover
+
+    def execute_complete(self, context: Context, event: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Map the trigger's event: breach / healthy return the decision; each error reason raises its own."""
+        if not event:
+            raise GuardTriggerError("resumed without a trigger event")
+        reason = GuardReason(event.get("reason", GuardReason.TRIGGER_ERROR.value))
+        message = str(event.get("message", ""))
+        if reason in (GuardReason.CANARY_FAILED, GuardReason.CHAMPION_FAILED):
+            self.log.warning("BREACH: %s", message)
+            return dict(event["result"])
+        if reason in (GuardReason.BAKE_COMPLETE, GuardReason.NO_CANARY, GuardReason.VERSION_RETIRED):
+            self.log.info("healthy: %s", message)
+            return dict(event["result"])
+        if reason is GuardReason.SCRAPE_FAILED:
+            raise GuardScrapeError(message)
+        if reason is GuardReason.WATCH_TIMEOUT:
+            raise GuardTimeout(message)
+        raise GuardTriggerError(message)
+
+
+# --- task bodies -------------------------------------------------------------------------------------------
+
+
+def is_breach(decision: Mapping[str, Any] | None) -> bool:
+    """The short-circuit between ``watch`` and ``rollback``: True only for a breach."""
+    return bool(decision) and decision.get("decision") == "breach"  # type: ignore[union-attr]
+
+
+def _registry_and_router(gateway_url: str | None = None) -> tuple[Any, Any]:
+    from mlcd.airflow.hooks import MlflowHook
+    from mlcd.rollout.router import router_from_settings
+
+    return MlflowHook().get_registry(), router_from_settings(gateway_url or None)
+
+
+def rollback_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_url: str | None = None,
+                  actor: str = "airflow:mlcd_guard") -> dict[str, Any]:
+    """Roll the breached version back (traffic first, then the registry); returns what the notifier says."""
+    from mlcd.guard.watch import rollback
+
+    version = decision.get("version")
+    if not version:
+        raise AirflowException(f"breach without a version to roll back: {dict(decision)}")
+    registry, router = _registry_and_router(gateway_url)
+    reason = f"guard: {decision.get('reason', 'breach')}"
+    evidence = {"verdict": decision.get("verdict"), "phase": decision.get("phase"), "look": decision.get("look"),
+                "elapsed_s": decision.get("elapsed_s"), "stable": decision.get("stable")}
+    result = rollback(registry, router, str(version), reason, evidence, actor, run_id)
+    out = result.as_dict()
+    out["message"] = (
+        f"mlcd: version {result.version} rolled back"
+        + (" (already rolled back)" if result.already else "")
+        + f"; 100% of traffic on version {result.restored}. Reason: {result.reason}"
+    )
+    return out
+
+
+def control_step(action: str, version: str | None, reason: str, *, actor: str, run_id: str | None,
+                 gateway_url: str | None = None) -> dict[str, Any]:
+    """``mlcd_control``'s one task: rollback / promote / pause / resume by hand, recorded with who asked."""
+    from mlcd.guard.watch import default_version, promote, rollback, set_paused
+    from mlcd.registry import RegistryError
+
+    if not str(reason or "").strip():
+        raise AirflowException("a reason is required")
+    registry, router = _registry_and_router(gateway_url)
+    try:
+        target = str(version) if version not in (None, "", "None") else default_version(registry, action)
+        if action == "rollback":
+            out = rollback(registry, router, target, f"manual: {reason}", {"manual": True, "asked_by": actor},
+                           actor, run_id).as_dict()
+        elif action == "promote":
+            out = promote(registry, router, target, f"manual: {reason}", actor, run_id)
+        elif action in ("pause", "resume"):
+            out = set_paused(registry, target, action == "pause", reason, actor, run_id)
+        else:
+            raise AirflowException(f"unknown action {action!r} (rollback, promote, pause, resume)")
+    except (RegistryError, ValueError) as err:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        # A refused move (wrong state, stale alias) will be refused again: fail without retries.
+        raise AirflowFailException(str(err)) from None
+    return {"action": action, "actor": actor, **out}
+
+
+def triggering_user(dag_run: Any) -> str:
+    """Who pressed Trigger (Airflow 3 records it on the DAG run), else ``airflow-ui``."""
+    user = getattr(dag_run, "triggering_user_name", None) if dag_run is not None else None
+    return f"airflow-ui:{user}" if user else "airflow-ui"
+
+
+# --- notifier ----------------------------------------------------------------------------------------------
+
+
+class RollbackNotifier(BaseNotifier):
+    """Posts a rollback's reason to a webhook (Connection ``mlcd_alerts``, host = URL), else to the task log.
+
+    The body is ``{"text": message, "source": "mlcd"}`` (Slack-compatible incoming-webhook shape). Without the
+    Connection (the embedded default) the message goes to the log at WARNING, so it is still where the on-call
+    engineer reads why a run stopped.
+
+    Args:
+        message: the text (templated).
+        conn_id: the Connection holding the URL in ``host`` (``schema`` is used as the scheme when the host has
+            none, ``password`` as a bearer token when set).
+        timeout: seconds for the POST.
+    """
+
+    template_fields: Sequence[str] = ("message", "conn_id")
+
+    def __init__(self, message: str = "", conn_id: str = ALERTS_CONN_ID, timeout: float = 10.0) -> None:
+        super().__init__()
+        self.message = message
+        self.conn_id = conn_id
+        self.timeout = timeout
+
+    def _url(self) -> tuple[str, str | None] | None:
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = BaseHook.get_connection(self.conn_id)
+        except AirflowNotFoundException:
+            return None
+        host = (conn.host or "").strip()
+        if not host:
+            return None
+        if "://" not in host:
+            host = f"{conn.schema or 'https'}://{host}"
+            if conn.port:
+                scheme_end = host.index("://") + 3
+                slash = host.find("/", scheme_end)
+                host = (f"{host}:{conn.port}" if slash < 0 else f"{host[:slash]}:{conn.port}{host[slash:]}")
+        return host, conn.password or None
+
+    def notify(self, context: Any) -> None:
+        text = str(self.message or "mlcd: rollback (no message)")
+        target = self._url()
+        if target is None:
+            self.log.warning("ALERT (no %s connection, logged only): %s", self.conn_id, text)
+            return
+        url, token = target
+        req = urllib.request.Request(url, data=json.dumps({"text": text, "source": "mlcd"}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - configured URL
+                self.log.info("alert posted to %s (%s): %s", self.conn_id, resp.status, text)
+        except (urllib.error.URLError, OSError) as exc:
+            # The rollback already happened; a lost alert must not undo or fail it, but must be visible.
+            self.log.error("alert to %s failed (%s); message was: %s", self.conn_id, exc, text)
+
+
+def notify_step(result: Mapping[str, Any], conn_id: str = ALERTS_CONN_ID) -> str:
+    """Send the rollback's message through :class:`RollbackNotifier`; returns the message."""
+    message = str(result.get("message") or f"mlcd: version {result.get('version')} rolled back")
+    RollbackNotifier(message=message, conn_id=conn_id).notify({})
+    return message

@@ -1,0 +1,489 @@
+"""The guard's moving parts without Airflow: one poll of the gateway, and what a rollback does.
+
+A guard run watches one version from the moment it is served as a canary until it is either rolled back, or
+promoted and healthy through a bake period. Each :meth:`Guard.poll` scrapes the gateway's ``/metrics`` once,
+builds cumulative per-variant observations since the guard's baseline, and asks the pure judge
+(:func:`mlcd.guard.judge.judge`) with ``look=k`` (the k-th poll), so the false-alarm rate of the whole run
+stays at or below ``alpha`` however many polls it takes. The decision is one of :class:`Decision`:
+
+* ``watch``: keep polling (no version yet, too little data, or pass/inconclusive so far);
+* ``healthy``: done, nothing to do (bake period over after promotion, no canary within the grace period, or
+  the version left serving without the guard: the rollout aborted it or a person moved it);
+* ``breach``: the judge failed the version; the verdict (every statistic, count and p-value) is the evidence.
+
+Which version and phase is read from the gateway itself (``mlcd_gateway_model_info{variant, version}``), so a
+poll needs no registry call and the trigger stays cheap. In the canary phase the canary is compared with the
+stable variant over the same period. After promotion (the watched version now serves as ``stable`` and the old
+champion no longer gets traffic) the bake phase compares the version's traffic, canary phase included, with
+what the old champion served while the guard watched: the same comparison the canary task makes at 100 %.
+
+The state between polls is a JSON-able dict (:class:`GuardState`), so a trigger can be serialised with it.
+
+:func:`rollback` takes traffic back: it routes 100 % to stable through the :class:`~mlcd.rollout.router.Router`
+*first* (users before bookkeeping), then moves the registry (``canary`` alias removed, or ``champion`` given
+back to ``previous``), marks the version ``rolled_back`` with the evidence and tags who did it. A second
+rollback of the same version only makes sure no traffic reaches it.
+
+TODO(prometheus): ``MLCD_PROMETHEUS_URL`` is read by :func:`scrape_from_settings` but only the gateway's own
+``/metrics`` is implemented; querying Prometheus (``sum by (variant, version) (mlcd_gateway_requests_total)``
+and friends) would let several gateway replicas be judged together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from mlcd.guard.judge import GuardThresholds, GuardVerdict, VariantObservation, judge
+from mlcd.rollout.metrics import (
+    SeriesCounters,
+    Snapshot,
+    diff,
+    parse_metrics,
+    snapshot_from_dict,
+    snapshot_to_dict,
+)
+from mlcd.rollout.router import Router
+from mlcd.rollout.spec import Outcome
+
+log = logging.getLogger(__name__)
+
+STABLE, CANARY = "stable", "canary"
+ACTOR = "mlcd_guard"
+TAG_ROLLED_BACK_BY = "mlcd.rolled_back_by"
+TAG_ROLLED_BACK_AT = "mlcd.rolled_back_at"
+TAG_ROLLBACK_CHECKS = "mlcd.rollback_checks"
+PAUSED_EVENT, RESUMED_EVENT = "paused", "resumed"
+
+
+class Decision(str, Enum):
+    """What the guard does after a poll."""
+
+    WATCH = "watch"
+    HEALTHY = "healthy"
+    BREACH = "breach"
+
+
+class Phase(str, Enum):
+    """Where the watched version is."""
+
+    WAITING = "waiting"  # not served yet (the canary task has not started it)
+    CANARY = "canary"  # served as the canary variant
+    BAKE = "bake"  # promoted: served as stable, within the bake period
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """One guard run's settings (operator arguments / DAG params).
+
+    Attributes:
+        gateway_url: the gateway whose ``/metrics`` is polled.
+        version: the version to watch; ``None`` watches whichever canary the gateway serves first.
+        poll_interval_s: seconds between polls.
+        bake_s: after promotion, how long the new champion is still watched.
+        grace_s: with no canary served for this long after the guard started, there is nothing to watch.
+        thresholds: the judge's limits.
+    """
+
+    gateway_url: str
+    version: str | None = None
+    poll_interval_s: float = 2.0
+    bake_s: float = 300.0
+    grace_s: float = 300.0
+    thresholds: GuardThresholds = field(default_factory=GuardThresholds)
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s <= 0 or self.bake_s < 0 or self.grace_s < 0:
+            raise ValueError("poll_interval_s must be > 0, bake_s and grace_s >= 0")
+        if self.version is not None:
+            object.__setattr__(self, "version", str(self.version))
+
+
+@dataclass
+class GuardState:
+    """Everything a guard run remembers between polls (JSON-able: a trigger carries it).
+
+    Attributes:
+        started_at: when the guard run began (epoch seconds).
+        phase: waiting / canary / bake.
+        version: the watched version (``None`` until a canary is seen).
+        stable: the version it is compared with (the champion when the canary appeared).
+        look: polls judged so far (the judge's alpha-spending index).
+        baseline: counters when the version first appeared (``snapshot_to_dict`` form).
+        promoted_at: when the version was first seen serving as stable.
+        frozen_stable: the old champion's counters over the canary phase, kept once it gets no traffic.
+        canary_part: the version's counters over the canary phase, added to its bake-phase traffic.
+        bake_baseline: the version's stable-variant counters at promotion.
+        failures: consecutive failed scrapes.
+    """
+
+    started_at: float = field(default_factory=time.time)
+    phase: str = Phase.WAITING.value
+    version: str | None = None
+    stable: str | None = None
+    look: int = 0
+    baseline: dict[str, Any] = field(default_factory=dict)
+    promoted_at: float | None = None
+    frozen_stable: dict[str, Any] | None = None
+    canary_part: dict[str, Any] | None = None
+    bake_baseline: dict[str, Any] | None = None
+    failures: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> GuardState:
+        return cls(**dict(data)) if data else cls()
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One poll's outcome.
+
+    Attributes:
+        decision: watch / healthy / breach.
+        reason: one line for the log and the event.
+        state: the state for the next poll.
+        verdict: the judge's verdict (``None`` when nothing was judged).
+    """
+
+    decision: Decision
+    reason: str
+    state: GuardState
+    verdict: GuardVerdict | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-able payload a trigger event and an XCom carry (the rollback's evidence)."""
+        return {
+            "decision": self.decision.value,
+            "reason": self.reason,
+            "version": self.state.version,
+            "stable": self.state.stable,
+            "phase": self.state.phase,
+            "look": self.state.look,
+            "elapsed_s": round(time.time() - self.state.started_at, 1),
+            "verdict": self.verdict.as_dict() if self.verdict is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One read of the gateway: the counters and which version serves as which variant."""
+
+    counters: Snapshot
+    served: dict[str, str]  # variant → version
+    canary_weight: int = 0
+
+
+def parse_scrape(text: str) -> Scrape:
+    """Counters (:func:`mlcd.rollout.metrics.parse_metrics`) plus ``model_info`` and the canary weight."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    served: dict[str, str] = {}
+    weight = 0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mlcd_gateway_model_info" and sample.value == 1:
+                served[sample.labels["variant"]] = sample.labels["version"]
+            elif sample.name == "mlcd_gateway_canary_weight":
+                weight = int(sample.value)
+    return Scrape(parse_metrics(text), served, weight)
+
+
+def fetch_scrape(gateway_url: str, timeout: float = 5.0) -> Scrape:
+    """``GET {gateway_url}/metrics`` (plain urllib: no client library in the triggerer)."""
+    with urllib.request.urlopen(f"{gateway_url.rstrip('/')}/metrics", timeout=timeout) as resp:  # noqa: S310
+        return parse_scrape(resp.read().decode("utf-8"))
+
+
+def scrape_from_settings() -> Callable[[str], Scrape]:
+    """The scraper deploy-wide settings ask for (only the gateway's ``/metrics`` is implemented)."""
+    import os
+
+    if os.environ.get("MLCD_PROMETHEUS_URL"):
+        log.warning("MLCD_PROMETHEUS_URL is set but not supported yet: scraping the gateway directly")
+    return fetch_scrape
+
+
+def add_counters(a: SeriesCounters | None, b: SeriesCounters | None) -> SeriesCounters:
+    """``a + b`` (two disjoint periods of one version's traffic)."""
+    a, b = a or SeriesCounters(), b or SeriesCounters()
+    return SeriesCounters(
+        requests=a.requests + b.requests,
+        errors=a.errors + b.errors,
+        fallbacks=a.fallbacks + b.fallbacks,
+        latency_count=a.latency_count + b.latency_count,
+        latency_sum=a.latency_sum + b.latency_sum,
+        buckets={k: a.buckets.get(k, 0.0) + b.buckets.get(k, 0.0) for k in set(a.buckets) | set(b.buckets)},
+        classes={k: a.classes.get(k, 0.0) + b.classes.get(k, 0.0) for k in set(a.classes) | set(b.classes)},
+        feedback_correct=a.feedback_correct + b.feedback_correct,
+        feedback_total=a.feedback_total + b.feedback_total,
+    )
+
+
+def _one(data: dict[str, Any] | None) -> SeriesCounters | None:
+    return SeriesCounters.from_dict(data) if data else None
+
+
+class Guard:
+    """Polls one gateway and judges one version (see the module docstring).
+
+    Args:
+        config: what to watch and how.
+        scrape: reads the gateway (default: HTTP ``GET /metrics``); tests and the bench pass the real one.
+        clock: epoch seconds (injectable so phases can be reasoned about; defaults to ``time.time``).
+    """
+
+    def __init__(
+        self,
+        config: GuardConfig,
+        scrape: Callable[[str], Scrape] = fetch_scrape,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.scrape = scrape
+        self.clock = clock
+
+    def poll(self, state: GuardState | None = None) -> PollResult:
+        """Scrape once and decide; the returned state goes into the next call."""
+        state = GuardState.from_dict(state.to_dict()) if state else GuardState(started_at=self.clock())
+        scrape = self.scrape(self.config.gateway_url)  # errors propagate: the caller counts failures
+        state.failures = 0
+        now = self.clock()
+        served = scrape.served
+        canary_v, stable_v = served.get(CANARY), served.get(STABLE)
+
+        if state.phase == Phase.WAITING.value:
+            wanted = self.config.version
+            if canary_v is not None and (wanted is None or canary_v == wanted):
+                state.phase, state.version, state.stable = Phase.CANARY.value, canary_v, stable_v
+                state.baseline = snapshot_to_dict(scrape.counters)
+                return PollResult(Decision.WATCH, f"canary {canary_v} seen next to stable {stable_v}: baseline taken",
+                                  state)
+            if wanted is not None and stable_v == wanted and canary_v is None:
+                # Promoted before the guard ever saw it as a canary (skip_canary, or a very late start).
+                state.version, state.stable = wanted, None
+                state.phase, state.promoted_at = Phase.BAKE.value, now
+                state.baseline = snapshot_to_dict(scrape.counters)
+                state.bake_baseline = scrape.counters.get((STABLE, wanted), SeriesCounters()).to_dict()
+                return PollResult(Decision.WATCH, f"version {wanted} already champion: baking", state)
+            if now - state.started_at >= self.config.grace_s:
+                what = f"version {wanted}" if wanted else "a canary"
+                return PollResult(Decision.HEALTHY, f"no_canary: {what} was not served within "
+                                  f"{self.config.grace_s:.0f}s: nothing to watch", state)
+            return PollResult(Decision.WATCH, "waiting for a canary", state)
+
+        v = str(state.version)
+        base = snapshot_from_dict(state.baseline)
+        if state.phase == Phase.CANARY.value:
+            if canary_v == v:
+                canary = diff(base.get((CANARY, v)), scrape.counters.get((CANARY, v)))
+                stable = diff(base.get((STABLE, str(state.stable))), scrape.counters.get((STABLE, str(state.stable))))
+                return self._judge(state, canary, stable, "canary")
+            if stable_v == v:
+                # Promoted: freeze what the old champion served and start the bake period.
+                state.frozen_stable = diff(
+                    base.get((STABLE, str(state.stable))), scrape.counters.get((STABLE, str(state.stable)))
+                ).to_dict()
+                state.canary_part = diff(base.get((CANARY, v)), scrape.counters.get((CANARY, v))).to_dict()
+                state.bake_baseline = scrape.counters.get((STABLE, v), SeriesCounters()).to_dict()
+                state.phase, state.promoted_at = Phase.BAKE.value, now
+                log.info("version %s promoted: bake period of %.0fs", v, self.config.bake_s)
+                return PollResult(Decision.WATCH, f"version {v} promoted: baking for {self.config.bake_s:.0f}s",
+                                  state)
+            return PollResult(Decision.HEALTHY, f"version_retired: version {v} is no longer served (the rollout "
+                              "aborted it or a person moved it): nothing left to guard", state)
+
+        # Bake: the version serves as stable; the old champion is frozen at what it served in the canary phase.
+        if stable_v != v:
+            return PollResult(Decision.HEALTHY, f"version_retired: version {v} is no longer the served champion "
+                              f"(stable is {stable_v})", state)
+        bake_part = diff(_one(state.bake_baseline), scrape.counters.get((STABLE, v)))
+        if canary_v is not None and canary_v != v:
+            pass  # a newer canary: the next guard run watches it; this one keeps judging v as stable
+        version_obs = add_counters(_one(state.canary_part), bake_part)
+        result = self._judge(state, version_obs, _one(state.frozen_stable) or SeriesCounters(), "champion")
+        if result.decision is Decision.WATCH and now - (state.promoted_at or now) >= self.config.bake_s:
+            return PollResult(Decision.HEALTHY, f"bake_complete: version {v} healthy for "
+                              f"{self.config.bake_s:.0f}s after promotion", result.state, result.verdict)
+        return result
+
+    def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, role: str) -> PollResult:
+        t = self.config.thresholds
+        state.look += 1
+        verdict = judge(
+            VariantObservation.from_series(canary, t.max_latency_samples),
+            VariantObservation.from_series(stable, t.max_latency_samples),
+            t,
+            look=state.look,
+        )
+        if verdict.outcome is Outcome.FAIL:
+            return PollResult(Decision.BREACH, f"{role} version {state.version} failed: "
+                              + "; ".join(verdict.reasons), state, verdict)
+        return PollResult(Decision.WATCH, f"look {state.look}: {verdict.summary}", state, verdict)
+
+
+def watch(guard: Guard, timeout_s: float = 3600.0, sleep: Callable[[float], None] = time.sleep,
+          max_failures: int = 5, on_poll: Callable[[PollResult], None] | None = None) -> PollResult:
+    """Poll until a decision (the CLI, the bench and tests; the Airflow trigger runs its own async loop).
+
+    A scrape that fails is retried up to ``max_failures`` times in a row (a gateway restarting mid-rollout);
+    then the error propagates. ``timeout_s`` bounds the whole watch (``TimeoutError``).
+    """
+    state: GuardState | None = None
+    deadline = time.monotonic() + timeout_s
+    failures = 0
+    while True:
+        try:
+            result = guard.poll(state)
+            failures = 0
+        except OSError:
+            failures += 1
+            if failures >= max_failures:
+                raise
+            sleep(guard.config.poll_interval_s)
+            continue
+        if on_poll is not None:
+            on_poll(result)
+        if result.decision is not Decision.WATCH:
+            return result
+        state = result.state
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"guard still watching version {state.version} after {timeout_s:.0f}s")
+        sleep(guard.config.poll_interval_s)
+
+
+# --- actions: rollback, promote, pause -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What a rollback did.
+
+    Attributes:
+        version: the version taken out of service.
+        restored: the version that now takes 100 % of the traffic.
+        already: the version was rolled back before (this call only made sure no traffic reaches it).
+        state: the version's rollout state afterwards.
+        reason: the recorded reason.
+    """
+
+    version: str
+    restored: str | None
+    already: bool
+    state: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _failed_checks(evidence: Mapping[str, Any] | None) -> list[str]:
+    verdict = (evidence or {}).get("verdict") or evidence or {}
+    return [c["name"] for c in verdict.get("checks", []) if c.get("outcome") == "fail"]
+
+
+def rollback(
+    registry: Any,
+    router: Router,
+    version: str,
+    reason: str,
+    evidence: Mapping[str, Any] | None = None,
+    actor: str = ACTOR,
+    dag_run_id: str | None = None,
+) -> RollbackResult:
+    """Take ``version`` out of service: traffic first, then the registry, then tags. Idempotent.
+
+    Args:
+        registry: a :class:`mlcd.registry.ModelRegistry`.
+        router: where traffic is moved (local gateway or Kubernetes HTTPRoute).
+        version: the canary, or the champion in its bake period.
+        reason: one line a person reads in the rollout record.
+        evidence: the verdict (statistics, counts, p-values), stored with the record.
+        actor: who asked (``mlcd_guard``, ``airflow-ui:<user>``, ``cli:<user>``).
+        dag_run_id: the DAG run, when there is one.
+
+    Returns:
+        What was done. Raises :class:`mlcd.registry.RolloutError` for a version that is neither a canary nor a
+        champion (e.g. only registered), and ``RouterError`` when traffic cannot be moved: then nothing in
+        the registry changes, so a retry starts over cleanly.
+    """
+    from mlcd.registry.client import now_iso
+    from mlcd.registry.errors import RolloutError
+    from mlcd.registry.state import RolloutState
+
+    version = str(version)
+    record = registry.get_state(version)
+    aliases = registry.aliases()
+    routes = router.get_routes()
+    if record.state is RolloutState.ROLLED_BACK:
+        restored = routes.stable if routes.stable != version else aliases.get("champion")
+        if version in (routes.stable, routes.canary) and restored and restored != version:
+            router.set_routes(restored, None, 0)  # the record says rolled back: serving must agree
+        return RollbackResult(version, restored, True, record.state.value, record.tags.get(
+            "mlcd.rollback_reason", reason))
+    if record.state is RolloutState.CANARY:
+        restored = routes.stable if routes.stable and routes.stable != version else aliases.get("champion")
+    elif record.state is RolloutState.CHAMPION:
+        restored = aliases.get("previous") if aliases.get("champion") == version else routes.stable
+        if restored is None or restored == version:
+            intent = record.last_event("rollback_started")
+            restored = str(intent["d"]["restore"]) if intent else None
+        if restored is None:
+            raise RolloutError(f"version {version} is champion with no previous version to restore: roll forward")
+    else:
+        raise RolloutError(f"version {version} is {record.state.value}: only a canary or a champion can be "
+                           "rolled back")
+    if restored is None:
+        raise RolloutError(f"no stable version to send the traffic of version {version} to")
+    # Users before bookkeeping: the traffic moves before anything is written.
+    router.set_routes(str(restored), None, 0)
+    log.warning("version %s: 100%% of traffic back on version %s (%s)", version, restored, reason)
+    after = registry.rollback(version, reason, dict(evidence or {}), actor, dag_run_id)
+    registry.set_version_tags(version, {
+        TAG_ROLLED_BACK_BY: actor,
+        TAG_ROLLED_BACK_AT: now_iso(),
+        TAG_ROLLBACK_CHECKS: ",".join(_failed_checks(evidence)) or "manual",
+    })
+    return RollbackResult(version, str(restored), False, after.state.value, reason)
+
+
+def promote(registry: Any, router: Router, version: str, reason: str, actor: str,
+            dag_run_id: str | None = None) -> dict[str, Any]:
+    """Promote ``version`` by hand (``champion`` ← version, ``previous`` ← old champion), then serve it alone."""
+    record = registry.promote(str(version), actor, reason, dag_run_id, {"manual": True})
+    router.set_routes(str(version), None, 0)
+    return {"version": str(version), "state": record.state.value, "reason": reason}
+
+
+def set_paused(registry: Any, version: str, paused: bool, reason: str, actor: str,
+               dag_run_id: str | None = None) -> dict[str, Any]:
+    """Record a pause (the canary task holds its weight) or a resume, as an event in the rollout record."""
+    from mlcd.registry.state import RolloutState
+
+    record = registry.get_state(str(version))
+    if record.state is not RolloutState.CANARY:
+        raise ValueError(f"version {version} is {record.state.value}: only a canary in rollout can be "
+                         f"{'paused' if paused else 'resumed'}")
+    event = PAUSED_EVENT if paused else RESUMED_EVENT
+    registry.record_event(str(version), event, {"reason": reason}, actor, dag_run_id)
+    return {"version": str(version), "event": event, "reason": reason}
+
+
+def default_version(registry: Any, action: str) -> str:
+    """The version a manual action means when none is given: the canary, else (rollback) the champion."""
+    canary = registry.get_alias_version("canary")
+    if canary is not None:
+        return str(canary)
+    if action == "rollback":
+        champion = registry.get_alias_version("champion")
+        if champion is not None:
+            return str(champion)
+    raise ValueError(f"no version given and no canary{' or champion' if action == 'rollback' else ''} "
+                     f"to {action}: pass a version")
