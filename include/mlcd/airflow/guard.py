@@ -342,8 +342,11 @@ def rollback_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_ur
 def control_step(action: str, version: str | None, reason: str, *, actor: str, run_id: str | None,
                  gateway_url: str | None = None) -> dict[str, Any]:
     """``mlcd_control``'s one task: rollback / promote / pause / resume by hand, recorded with who asked."""
+    from mlflow.exceptions import MlflowException
+
     from mlcd.guard.watch import default_version, promote, rollback, set_paused
     from mlcd.registry import RegistryError
+    from mlcd.registry.errors import RegistryUnavailableError
 
     if not str(reason or "").strip():
         raise AirflowException("a reason is required")
@@ -359,7 +362,9 @@ def control_step(action: str, version: str | None, reason: str, *, actor: str, r
             out = set_paused(registry, target, action == "pause", reason, actor, run_id)
         else:
             raise AirflowException(f"unknown action {action!r} (rollback, promote, pause, resume)")
-    except (RegistryError, ValueError) as err:
+    except RegistryUnavailableError:
+        raise  # the server is down or restarting: a retry may well succeed
+    except (RegistryError, MlflowException, ValueError) as err:
         from airflow.sdk.exceptions import AirflowFailException
 
         # A refused move (wrong state, stale alias) will be refused again: fail without retries.

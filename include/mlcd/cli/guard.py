@@ -30,6 +30,8 @@ def _fail(err: BaseException) -> None:
 
 def _run(action: str, version: str | None, reason: str, tracking_uri: str | None, model_name: str | None,
          gateway_url: str | None) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
     from mlcd.guard.watch import default_version, promote, rollback, set_paused
     from mlcd.registry import ModelRegistry, RegistryError
     from mlcd.rollout.router import RouterError, router_from_settings
@@ -48,7 +50,7 @@ def _run(action: str, version: str | None, reason: str, tracking_uri: str | None
             return {"actor": actor, **rollback(registry, router, target, f"manual: {reason}",
                                                {"manual": True, "asked_by": actor}, actor).as_dict()}
         return {"actor": actor, **promote(registry, router, target, f"manual: {reason}", actor)}
-    except (RegistryError, RouterError, ValueError) as err:
+    except (RegistryError, RouterError, MlflowException, ValueError) as err:
         _fail(err)
     raise AssertionError("unreachable")  # pragma: no cover
 
