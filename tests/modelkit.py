@@ -130,6 +130,7 @@ class TrafficStats:
     sent: int = 0
     failed: int = 0
     by_version: Counter[str] = field(default_factory=Counter)
+    first_seen: dict[str, float] = field(default_factory=dict)  # version → monotonic time of its first answer
 
 
 @contextmanager
@@ -162,7 +163,9 @@ def traffic(url: str, images: np.ndarray, rate: float = 40.0, max_s: float = 90.
                     with lock:
                         stats.sent += 1
                         if r.status_code == 200:
-                            stats.by_version[r.json()["version"]] += 1
+                            version = r.json()["version"]
+                            stats.by_version[version] += 1
+                            stats.first_seen.setdefault(version, time.monotonic())
                         else:
                             stats.failed += 1
                 except httpx.HTTPError:
