@@ -101,7 +101,7 @@ class Rollout:
 
 @contextmanager
 def rollout(tracking_uri: str, uris: dict[str, str], model_name: str, canary_kind: str, state_dir: Path,
-            weight: int = 50, stable_kind: str = "healthy_a") -> Iterator[Rollout]:
+            weight: int = 50, stable_kind: str = "healthy_a", drift: bool = False) -> Iterator[Rollout]:
     """Champion ``stable_kind``, canary ``canary_kind`` at ``weight`` % (as the canary task would set it)."""
     from mlcd.mlflow_server import free_port
     from mlcd.registry import ModelRegistry
@@ -115,7 +115,7 @@ def rollout(tracking_uri: str, uris: dict[str, str], model_name: str, canary_kin
     registry.bootstrap_champion(stable, "tests")
     registry.start_canary(canary, "tests", f"{canary_kind} canary under test")
     config = GatewayConfig(model_name=model_name, tracking_uri=tracking_uri, admin_token=TOKEN,
-                           state_path=state_dir / f"{model_name}-state.json")
+                           state_path=state_dir / f"{model_name}-state.json", drift=drift)
     server = GatewayServer(config, free_port()).start()
     try:
         router = LocalGatewayRouter(server.url, TOKEN)

@@ -446,3 +446,32 @@ def notify_step(result: Mapping[str, Any], conn_id: str = ALERTS_CONN_ID) -> str
     message = str(result.get("message") or f"mlcd: version {result.get('version')} rolled back")
     RollbackNotifier(message=message, conn_id=conn_id).notify({})
     return message
+
+
+# --- drift signal ------------------------------------------------------------------------------------------
+
+
+def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -> dict[str, Any]:
+    """Succeed (so the task's ``mlcd_drift`` outlet emits an Asset event) only when live inputs drifted.
+
+    Skipped when the window did not drift, when the gateway exports no drift gauges, or when a signal was
+    already sent within ``cooldown_s`` (one drifted window must not start a retrain every few minutes).
+    """
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mlcd.guard.signals import read_drift, should_signal
+    from mlcd.settings import get_settings
+
+    s = get_settings()
+    url = gateway_url or s.gateway_url
+    try:
+        status = read_drift(url)
+    except OSError as exc:
+        raise AirflowException(f"gateway {url} unreadable: {exc}") from None
+    if status is None:
+        raise AirflowSkipException(f"gateway {url} exports no drift gauges (MLCD_DRIFT=off?)")
+    if not status.drifted:
+        raise AirflowSkipException(f"no input drift: {status.as_dict()}")
+    if not should_signal(s.home / "drift" / "last_signal.json", cooldown_s):
+        raise AirflowSkipException(f"drifted, but a retrain was already signalled within {cooldown_s:.0f}s")
+    return status.as_dict()

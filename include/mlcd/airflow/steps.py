@@ -47,6 +47,8 @@ def validate_step(pending: list[dict[str, Any]], *, run_id: str | None, allow_pa
 
 # Emitted when a version is registered for rollout: mlcd_guard starts watching the canary it becomes.
 CANARY_ASSET = Asset(name="mlcd_canary", uri="mlcd://canary")
+# Emitted by mlcd_drift_watch when live inputs drifted from the training data: mlcd_retrain retrains on it.
+DRIFT_ASSET = Asset(name="mlcd_drift", uri="mlcd://drift")
 
 
 def _mlflow() -> Any:
@@ -56,13 +58,14 @@ def _mlflow() -> Any:
     return MlflowHook().config
 
 
-def evaluate_step(train_result: dict[str, Any], *, force: bool) -> dict[str, Any]:
+def evaluate_step(train_result: dict[str, Any], *, force: bool, gate: dict[str, Any] | None = None) -> dict[str, Any]:
     """Challenger vs champion on the frozen test set; the verdict is computed here and enforced by register."""
     from mlcd.evaluation.evaluate import evaluate_challenger
     from mlcd.settings import get_settings
 
     evaluation = evaluate_challenger(
-        train_result, tracking_uri=_mlflow().tracking_uri, model_name=get_settings().model_name, force=force
+        train_result, tracking_uri=_mlflow().tracking_uri, model_name=get_settings().model_name, force=force,
+        config=gate or None,
     )
     log.info("gate verdict: %s", evaluation.get("summary") or evaluation.get("verdict"))
     for reason in evaluation.get("reasons", []):

@@ -125,6 +125,23 @@ class Gateway:
         self._admin_lock = asyncio.Lock()
         self._feedback: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
         self._retiring: set[asyncio.Task[None]] = set()
+        self.drift: Any = None  # a mlcd.guard.drift.DriftMonitor once started (config.drift)
+
+    async def start_drift(self) -> None:
+        """Build the drift monitor from the served model's snapshot (or the reference data); never fatal."""
+        if not self.config.drift:
+            return
+        try:
+            from mlcd.guard.drift import DriftMonitor
+            from mlcd.guard.signals import load_or_fit_reference, snapshot_of
+            from mlcd.settings import get_settings
+
+            stable = self.routes.stable.version if self.routes.stable else None
+            snapshot = await asyncio.to_thread(snapshot_of, self.config.model_name, self.config.tracking_uri, stable)
+            reference = await asyncio.to_thread(load_or_fit_reference, get_settings().home, snapshot)
+            self.drift = DriftMonitor(reference)
+        except Exception as exc:  # noqa: BLE001 - serving goes on without drift; the log says why
+            log.warning("input drift monitoring disabled: %s: %s", type(exc).__name__, exc)
 
     # -- loading and swapping -------------------------------------------------------------------------
     async def _slot_for(self, version: str | None, current: list[ModelSlot | None]) -> ModelSlot | None:
@@ -204,6 +221,11 @@ class Gateway:
         return self.config.pinned_variant if self.config.pinned_version else variant
 
     async def predict(self, x: np.ndarray, client_id: str | None) -> dict[str, Any]:
+        if self.drift is not None:
+            try:
+                self.drift.update(x)  # inputs drift whatever the model answers: scored before the model call
+            except ValueError as exc:
+                log.warning("drift scoring failed: %s", exc)
         routes = self.routes  # one read: this request sees one consistent set of routes
         stable, canary = routes.stable, routes.canary
         if stable is None:
@@ -328,6 +350,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.startup()
+        await gateway.start_drift()
         yield
         await gateway.shutdown()
 
@@ -356,6 +379,8 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if gateway.drift is not None:
+            gateway.metrics.set_drift(gateway.drift.report())
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")

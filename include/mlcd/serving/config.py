@@ -25,6 +25,8 @@ class GatewayConfig:
         feedback_capacity: predictions remembered for ``/feedback`` (oldest forgotten first).
         pinned_version: serve only this version (a Kubernetes Deployment per variant; aliases ignored).
         pinned_variant: the variant label a pinned gateway reports in its metrics.
+        drift: score ``/predict`` images for input drift and export it on ``/metrics``
+            (``MLCD_DRIFT=off`` disables it; off by default for gateways built in code).
     """
 
     model_name: str
@@ -38,6 +40,7 @@ class GatewayConfig:
     feedback_capacity: int = 200_000
     pinned_version: str | None = None
     pinned_variant: str = "stable"
+    drift: bool = False
 
     @classmethod
     def from_settings(cls, **overrides: object) -> GatewayConfig:
@@ -50,6 +53,7 @@ class GatewayConfig:
             "state_path": s.home / "gateway" / "state.json",
             "pinned_version": os.environ.get("MLCD_SERVE_VERSION") or None,
             "pinned_variant": os.environ.get("MLCD_SERVE_VARIANT") or "stable",
+            "drift": (os.environ.get("MLCD_DRIFT") or "on").strip().lower() not in ("off", "0", "false", "no"),
         }
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]

@@ -38,6 +38,25 @@ class GatewayMetrics:
         self.weight = Gauge("mlcd_gateway_canary_weight", "Percent of traffic routed to the canary", registry=r)
         self.model_info = Gauge("mlcd_gateway_model_info", "1 for each served (variant, version)", labels, registry=r)
         self._feedback_counts: dict[tuple[str, str], list[int]] = {}
+        # Input drift of live traffic against the training data (set only when the gateway monitors drift).
+        self.drift_psi = Gauge("mlcd_gateway_drift_psi", "Population stability index of live inputs vs training",
+                               ("feature",), registry=r)
+        self.drift_anomaly_share = Gauge("mlcd_gateway_drift_anomaly_share",
+                                         "Share of live images beyond the reference's anomaly line", registry=r)
+        self.drift_drifted = Gauge("mlcd_gateway_drift_drifted", "1 when the live window drifted", registry=r)
+        self.drift_images = Gauge("mlcd_gateway_drift_images", "Live images in the drift window", registry=r)
+
+    def set_drift(self, report: object) -> None:
+        """Copy a :class:`mlcd.guard.drift.DriftReport` into the gauges (NaN while a value is unknown)."""
+        nan = float("nan")
+        psi_mean = getattr(report, "psi_mean_intensity", None)
+        psi_ink = getattr(report, "psi_ink", None)
+        share = getattr(report, "anomaly_share", None)
+        self.drift_psi.labels("mean_intensity").set(nan if psi_mean is None else psi_mean)
+        self.drift_psi.labels("ink").set(nan if psi_ink is None else psi_ink)
+        self.drift_anomaly_share.set(nan if share is None else share)
+        self.drift_drifted.set(1 if getattr(report, "drifted", False) else 0)
+        self.drift_images.set(int(getattr(report, "n_images", 0)))
 
     def record_feedback(self, version: str, variant: str, correct: bool) -> None:
         self.feedback.labels(version, variant, "true" if correct else "false").inc()

@@ -1,0 +1,55 @@
+"""Input drift on a real gateway: the gauges on /metrics, and mlcd_drift_watch emitting the retrain Asset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from mlcd.guard.signals import read_drift, reference_cache_path
+from tests.modelkit import TOKEN, logged_models, rollout
+
+pytestmark = pytest.mark.dags
+
+
+def _send(url: str, images: np.ndarray) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(0, len(images), 100):
+            r = client.post("/predict", json={"images": images[i:i + 100].tolist()})
+            assert r.status_code == 200, r.text
+
+
+def test_drift_gauges_and_the_drift_signal(dagbag, tracking_uri, mlcd_home, mlflow_server, reference_data,  # type: ignore[no-untyped-def]
+                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    uris: dict[str, Any] = logged_models(mlflow_server.url, reference_data.x_train[:2000],
+                                         reference_data.y_train[:2000])
+    with rollout(mlflow_server.url, uris, "drift-dag", "healthy_b", tmp_path, weight=0, drift=True) as ro:
+        monkeypatch.setenv("MLCD_GATEWAY_URL", ro.url)
+        monkeypatch.setenv("MLCD_ADMIN_TOKEN", TOKEN)
+        # The reference was fitted from the reference data (no snapshot recorded) and cached under MLCD_HOME.
+        assert reference_cache_path(mlcd_home, None).exists()
+        text = httpx.get(f"{ro.url}/metrics").text
+        assert "mlcd_gateway_drift_drifted 0.0" in text and "mlcd_gateway_drift_images 0.0" in text
+
+        x = reference_data.x_test[:600]
+        _send(ro.url, x)
+        calm = read_drift(ro.url)
+        assert calm is not None and not calm.drifted and calm.n_images == 600
+        assert calm.psi_mean_intensity is not None and calm.psi_mean_intensity < 0.1
+
+        dag = dagbag.get_dag("mlcd_drift_watch")
+        quiet = dag.test()
+        assert {ti.task_id: str(ti.state) for ti in quiet.get_task_instances()} == {"check_drift": "skipped"}
+
+        _send(ro.url, 255 - reference_data.x_test[600:1400])  # inverted digits: a different population
+        drifted = read_drift(ro.url)
+        assert drifted is not None and drifted.drifted and drifted.n_images == 1400
+        assert drifted.psi_mean_intensity > 0.25 and drifted.anomaly_share > 0.05
+
+        fired = dag.test()
+        assert {ti.task_id: str(ti.state) for ti in fired.get_task_instances()} == {"check_drift": "success"}
+        again = dag.test()  # still drifted, but within the cooldown: no second retrain
+        assert {ti.task_id: str(ti.state) for ti in again.get_task_instances()} == {"check_drift": "skipped"}

@@ -1,0 +1,187 @@
+"""The guard's poll logic on constructed gateway counters (a real prometheus registry, no server), the event
+mapping, the canary pause rule, and the rollback notifier against a real webhook on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from mlcd.airflow.guard import GuardReason, RollbackNotifier, _reason_of, is_breach
+from mlcd.guard.watch import Decision, Guard, GuardConfig, GuardState, Phase, add_counters, parse_scrape
+from mlcd.registry.state import RolloutRecord, RolloutState
+from mlcd.rollout.canary import is_paused
+from mlcd.rollout.metrics import SeriesCounters
+from mlcd.serving.metrics import GatewayMetrics
+
+pytestmark = pytest.mark.unit
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Gw:
+    """A real GatewayMetrics registry standing in for the gateway's /metrics text."""
+
+    def __init__(self) -> None:
+        self.m = GatewayMetrics()
+
+    def serve(self, stable: str, canary: str | None, weight: int = 50) -> None:
+        self.m.set_served({"stable": stable, "canary": canary}, weight if canary else 0)
+
+    def hit(self, version: str, variant: str, n: int, cls: int | None = None, latency: float = 0.004) -> None:
+        for i in range(n):
+            self.m.requests.labels(version, variant).inc()
+            self.m.latency.labels(version, variant).observe(latency)
+            self.m.predictions.labels(version, variant, str(cls if cls is not None else i % 10)).inc()
+
+    def scrape(self, _url: str) -> Any:
+        return parse_scrape(generate_latest(self.m.registry).decode())
+
+
+def _guard(gw: Gw, clock: FakeClock, **kw: Any) -> Guard:
+    return Guard(GuardConfig("http://127.0.0.1:1", poll_interval_s=1, **kw), scrape=gw.scrape, clock=clock)
+
+
+def test_no_canary_within_the_grace_period_is_healthy() -> None:
+    gw, clock = Gw(), FakeClock()
+    gw.serve("1", None)
+    guard = _guard(gw, clock, grace_s=10)
+    r = guard.poll()
+    assert r.decision is Decision.WATCH and r.state.phase == Phase.WAITING.value
+    clock.t += 11
+    r = guard.poll(r.state)
+    assert r.decision is Decision.HEALTHY and r.reason.startswith("no_canary")
+    assert _reason_of(r.reason, r.state.phase, r.decision.value) is GuardReason.NO_CANARY
+
+
+def test_a_one_class_canary_breaches_and_traffic_before_the_baseline_is_ignored() -> None:
+    gw, clock = Gw(), FakeClock()
+    gw.serve("1", "2")
+    gw.hit("2", "canary", 500, cls=3)  # before the guard started: not its business
+    guard = _guard(gw, clock)
+    r = guard.poll()
+    assert (r.decision, r.state.version, r.state.stable) == (Decision.WATCH, "2", "1")
+    gw.hit("1", "stable", 60)
+    gw.hit("2", "canary", 20)  # healthy-looking so far, too few for the judge
+    r = guard.poll(r.state)
+    assert r.decision is Decision.WATCH and r.verdict is not None and r.verdict.outcome.value == "inconclusive"
+    gw.hit("1", "stable", 200)
+    gw.hit("2", "canary", 80, cls=3)
+    r = guard.poll(r.state)
+    assert r.decision is Decision.BREACH and "class_distribution" in r.reason
+    assert r.state.look == 2 and r.verdict is not None and r.verdict.canary["requests"] == 100
+    payload = r.as_dict()
+    json.dumps(payload)
+    assert is_breach(payload) and not is_breach({"decision": "healthy"}) and not is_breach(None)
+    assert _reason_of(r.reason, r.state.phase, "breach") is GuardReason.CANARY_FAILED
+
+
+def test_promotion_starts_the_bake_period_and_a_clean_bake_ends_healthy() -> None:
+    gw, clock = Gw(), FakeClock()
+    gw.serve("1", "2")
+    guard = _guard(gw, clock, bake_s=30)
+    r = guard.poll()
+    gw.hit("1", "stable", 200)
+    gw.hit("2", "canary", 200)
+    r = guard.poll(r.state)
+    assert r.decision is Decision.WATCH
+    gw.serve("2", None)  # the canary task promoted it
+    r = guard.poll(r.state)
+    assert r.state.phase == Phase.BAKE.value and r.decision is Decision.WATCH
+    gw.hit("2", "stable", 100)
+    clock.t += 10
+    r = guard.poll(r.state)
+    assert r.decision is Decision.WATCH and r.verdict is not None
+    assert r.verdict.canary["requests"] == 300  # canary phase + bake, against the old champion's 200
+    clock.t += 25
+    r = guard.poll(r.state)
+    assert r.decision is Decision.HEALTHY and r.reason.startswith("bake_complete")
+
+
+def test_a_champion_that_breaks_in_its_bake_period_breaches() -> None:
+    gw, clock = Gw(), FakeClock()
+    gw.serve("1", "2")
+    guard = _guard(gw, clock, bake_s=300)
+    r = guard.poll()
+    gw.hit("1", "stable", 300)
+    gw.hit("2", "canary", 10)
+    r = guard.poll(r.state)
+    gw.serve("2", None)
+    r = guard.poll(r.state)
+    gw.hit("2", "stable", 200, cls=7)
+    r = guard.poll(r.state)
+    assert r.decision is Decision.BREACH and r.state.phase == "bake"
+    assert _reason_of(r.reason, r.state.phase, "breach") is GuardReason.CHAMPION_FAILED
+
+
+def test_a_version_taken_out_elsewhere_ends_the_watch() -> None:
+    gw, clock = Gw(), FakeClock()
+    gw.serve("1", "2")
+    guard = _guard(gw, clock, version="2")
+    r = guard.poll()
+    gw.serve("1", None)  # the rollout aborted it itself
+    r = guard.poll(r.state)
+    assert r.decision is Decision.HEALTHY and r.reason.startswith("version_retired")
+    assert GuardState.from_dict(r.state.to_dict()) == r.state
+
+
+def test_add_counters_sums_two_periods() -> None:
+    a = SeriesCounters(requests=2, errors=1, buckets={0.1: 2.0}, classes={1: 2.0})
+    b = SeriesCounters(requests=3, buckets={0.1: 1.0, 1.0: 3.0}, classes={2: 3.0})
+    s = add_counters(a, b)
+    assert (s.requests, s.errors, s.buckets, s.classes) == (5, 1, {0.1: 3.0, 1.0: 3.0}, {1: 2.0, 2: 3.0})
+
+
+def test_pause_is_the_latest_of_paused_and_resumed() -> None:
+    def rec(*events: tuple[str, str]) -> RolloutRecord:
+        return RolloutRecord("2", RolloutState.CANARY, [{"t": t, "event": e} for e, t in events])
+
+    assert not is_paused(rec())
+    assert is_paused(rec(("paused", "2026-01-01T00:00:01.000Z")))
+    assert not is_paused(rec(("paused", "2026-01-01T00:00:01.000Z"), ("resumed", "2026-01-01T00:00:02.000Z")))
+    assert is_paused(rec(("resumed", "2026-01-01T00:00:01.000Z"), ("paused", "2026-01-01T00:00:03.000Z")))
+
+
+def test_notifier_posts_to_the_webhook_connection_and_logs_without_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append({"body": json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                             "auth": self.headers.get("Authorization"), "path": self.path})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_MLCD_ALERTS", json.dumps(
+            {"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hooks/mlcd", "password": "s3"}))
+        RollbackNotifier(message="version 2 rolled back: class_distribution").notify({})
+    finally:
+        server.shutdown()
+    assert received == [{"body": {"text": "version 2 rolled back: class_distribution", "source": "mlcd"},
+                         "auth": "Bearer s3", "path": "/hooks/mlcd"}]
+
+    monkeypatch.delenv("AIRFLOW_CONN_MLCD_ALERTS")
+    capsys.readouterr()
+    RollbackNotifier(message="version 3 rolled back").notify({})
+    out = capsys.readouterr()
+    # Airflow's structlog writes task-side logs to the console (and the task log in a run).
+    assert "ALERT (no mlcd_alerts connection, logged only): version 3 rolled back" in out.out + out.err
