@@ -39,6 +39,13 @@ with DAG(
                         description="Training epochs (early stopping may end sooner)."),
         "batch_size": Param(128, type="integer", minimum=8, maximum=4096),
         "seed": Param(0, type="integer", minimum=0),
+        "model": Param("cnn", type="string",
+                       description="Model builder: 'cnn' (the reference CNN) or 'package.module:factory'."),
+        "max_train_samples": Param(None, type=["null", "integer"], minimum=1,
+                                   description="Cap on training images (quick runs); empty for all."),
+        "gate": Param({}, type="object",
+                      description='Gate overrides, e.g. {"accuracy_floor": 0.95, "alpha": 0.05, '
+                                  '"require_improvement": true}.'),
         "allow_partial": Param(False, type="boolean",
                                description="Go on to training when some new batches were quarantined."),
         "force_promote": Param(False, type="boolean",
@@ -61,13 +68,14 @@ with DAG(
 
     @task
     def evaluate(train_result: dict, params: dict | None = None) -> dict:
-        return evaluate_step(train_result, force=bool((params or {}).get("force_promote")))
+        params = params or {}
+        return evaluate_step(train_result, force=bool(params.get("force_promote")), gate=params.get("gate") or None)
 
     @task(outlets=[CANARY_ASSET])
     def register(train_result: dict, evaluation: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
         return register_step(train_result, evaluation, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
-    train = make_train_task()
+    train = make_train_task(max_train_samples="{{ params.max_train_samples or '' }}", model="{{ params.model }}")
     canary = CanaryRolloutOperator(
         version="{{ ti.xcom_pull(task_ids='register')['version'] }}",
         skip_canary="{{ params.skip_canary }}",

@@ -35,6 +35,7 @@ class Settings:
     gateway_url: str
     admin_token: str | None
     data_path: str | None
+    canary_spec: str | None = None  # JSON overrides of the rollout spec for every canary (MLCD_CANARY_SPEC)
     project_root: Path = field(default_factory=_project_root)
 
     @property
@@ -96,6 +97,7 @@ def load_settings() -> Settings:
         gateway_url=_env("MLCD_GATEWAY_URL", "http://127.0.0.1:8000"),  # type: ignore[arg-type]
         admin_token=_env("MLCD_ADMIN_TOKEN"),
         data_path=_env("MLCD_DATA"),
+        canary_spec=_env("MLCD_CANARY_SPEC"),
         project_root=root,
     )
 

@@ -1,7 +1,7 @@
 """The ``canary`` task: a deferrable operator that walks a version through the rollout spec's traffic steps.
 
-Between steps the task defers on a ``TimeDeltaTrigger`` for the analysis window, so no worker slot is held
-while traffic accumulates; the rollout's progress travels in the deferral's kwargs. Every step's logic is
+Between steps the task defers on an ``AnalysisWindowTrigger`` for the analysis window, so no worker slot is held
+while traffic accumulates; the rollout's progress travels in the trigger and returns in its event. Every step's logic is
 :class:`mlcd.rollout.canary.CanaryRollout` (Airflow-free and tested without Airflow). Importing this module
 imports neither TensorFlow nor MLflow.
 """
@@ -9,13 +9,17 @@ imports neither TensorFlow nor MLflow.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping, Sequence
+import asyncio
+import enum
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from mlcd.rollout.spec import RolloutSpec
 
@@ -31,6 +35,28 @@ TRUE_STRINGS = {"true", "1", "yes", "on"}
 def _as_bool(value: Any) -> bool:
     """Rendered templates are strings: ``"False"`` must not be truthy."""
     return value.strip().lower() in TRUE_STRINGS if isinstance(value, str) else bool(value)
+
+
+class WindowEvent(str, enum.Enum):
+    ELAPSED = "window_elapsed"
+
+
+class AnalysisWindowTrigger(BaseTrigger):
+    """Waits out one analysis window in the triggerer and hands the rollout progress back."""
+
+    def __init__(self, progress: dict[str, Any], window_s: float) -> None:
+        super().__init__()
+        self.progress = progress
+        self.window_s = window_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"progress": self.progress, "window_s": self.window_s})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        started = float(self.progress.get("window_started") or time.time())
+        await asyncio.sleep(max(0.0, started + self.window_s - time.time()))
+        yield TriggerEvent({"status": WindowEvent.ELAPSED.value, "progress": self.progress})
 
 
 class CanaryRolloutOperator(BaseOperator):
@@ -83,7 +109,14 @@ class CanaryRolloutOperator(BaseOperator):
             spec = ast.literal_eval(spec) if spec.strip() else {}
             if not isinstance(spec, dict):
                 raise AirflowException(f"canary spec must be a mapping, got {type(spec).__name__}")
-        return RolloutSpec.from_dict(spec)
+        from mlcd.settings import get_settings
+
+        # Deploy-wide defaults (MLCD_CANARY_SPEC) first, then this run's overrides (the canary_spec param).
+        deploy = get_settings().canary_spec
+        base = json.loads(deploy) if deploy else {}
+        if not isinstance(base, dict):
+            raise AirflowException("MLCD_CANARY_SPEC must be a JSON object")
+        return RolloutSpec.from_dict({**base, **spec})
 
     def _rollout(self, context: Context) -> CanaryRollout:
         from mlcd.rollout.canary import rollout_from_settings
@@ -100,9 +133,10 @@ class CanaryRolloutOperator(BaseOperator):
     def _defer_window(self, progress: RolloutProgress) -> None:
         window = self._spec().analysis_window_s
         self.defer(
-            trigger=TimeDeltaTrigger(timedelta(seconds=window)),
+            # The progress rides in the trigger and comes back in its event: the event is the one channel
+            # every runner (the triggerer, dag.test()) hands back to execute_complete intact.
+            trigger=AnalysisWindowTrigger(progress=progress.to_dict(), window_s=float(window)),
             method_name=self.execute_complete.__name__,
-            kwargs={"progress": progress.to_dict()},
             timeout=timedelta(seconds=window * 3 + 300),  # a triggerer outage must not stall the rollout forever
         )
 
@@ -139,10 +173,12 @@ class CanaryRolloutOperator(BaseOperator):
                 return self._summary(progress)
             return self._step(rollout, progress)
         except (RolloutStopped, RolloutAborted) as exc:
-            raise AirflowException(str(exc)) from None
+            raise AirflowFailException(str(exc)) from None
 
     def execute_complete(self, context: Context, event: Any = None, progress: dict[str, Any] | None = None
                          ) -> dict[str, Any]:
+        if isinstance(event, dict) and event.get("status") == WindowEvent.ELAPSED.value:
+            progress = event.get("progress")
         """Resumed after an analysis window: judge it, then defer for the next step or finish."""
         from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped
 
@@ -157,4 +193,4 @@ class CanaryRolloutOperator(BaseOperator):
                 return self._summary(result.progress)
             return self._step(rollout, result.progress)
         except (RolloutStopped, RolloutAborted) as exc:
-            raise AirflowException(str(exc)) from None
+            raise AirflowFailException(str(exc)) from None
