@@ -1,12 +1,27 @@
-"""``make demo``: the story on the embedded default, one turn at a time, with a table after each turn.
+"""``make demo``: the whole story on the embedded default, through a real Airflow scheduler.
 
-Turn 1: a first batch and a deliberately bad one land; ``mlcd_retrain`` validates them: the good batch is accepted
-into a snapshot, the bad one is quarantined with its reason and the run stops, as it should.
+The demo starts the platform (Airflow api-server, scheduler, dag-processor, triggerer; MLflow; the gateway) on
+free loopback ports with its state in ``MLCD_HOME/demo``, then plays four turns and prints a table after each:
+
+1. a first batch lands → the landing watcher's deferrable sensor emits the landing Asset → ``mlcd_retrain``
+   validates, trains, gates (floor alone) and bootstraps the first champion;
+2. ``mlcd traffic`` sends live requests with feedback; a second batch lands → retrained → gated against the
+   champion → canary through the traffic steps → promoted;
+3. a corrupt (inverted) batch lands → quarantined with its reason, the run stops at ``validate``;
+4. a deliberately broken model (``mlcd.training.faulty:BlindModel``, forced past the gate) reaches canary →
+   ``mlcd_guard`` sees it and rolls it back with its evidence.
+
+It ends by stopping what it started; ``MLCD_HOME=.mlcd/demo make up`` brings the same platform back.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from mlcd.settings import get_settings
+from mlcd.settings import Settings, get_settings
+
+# Short windows so the story fits in minutes; a deployment keeps the spec's defaults (60 s per step).
+DEMO_CANARY_SPEC = {"steps": [25, 50, 100], "analysis_window_s": 10, "min_requests": 30, "min_stable_requests": 20}
+RUN_TIMEOUT_S = 900
 
 
 def progress(message: str) -> None:
@@ -27,71 +46,227 @@ def step(message: str) -> Iterator[None]:
     start = time.monotonic()
     progress(f"{message} ...")
     yield
-    progress(f"{message}: done in {time.monotonic() - start:.1f}s")
+    progress(f"{message}: done in {time.monotonic() - start:.0f}s")
 
 
-def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    widths = [min(w, 90) for w in widths]
-    line = "+".join("-" * (w + 2) for w in widths)
+def table(title: str, header: list[str], rows: list[list[Any]], width: int = 100) -> None:
+    cells = [[str(c) if len(str(c)) <= width else str(c)[: width - 3] + "..." for c in row] for row in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *cells, strict=False)]
     print(f"\n== {title} ==")
     print(" | ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=False)))
-    print(line)
-    for row in rows:
-        cells = [str(c) if len(str(c)) <= 90 else str(c)[:87] + "..." for c in row]
-        print(" | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)))
-    print()
+    print("-+-".join("-" * w for w in widths))
+    for row in cells or [["(none)"]]:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))
+    print(flush=True)
 
 
 def write_demo_batches(out: Path) -> dict[str, Path]:
-    """Two good batches cut from the reference data and one inverted (bad) batch."""
+    """Two good batches cut from the reference data and one inverted (corrupt) batch."""
     from mlcd.data.batch import save_batch
     from mlcd.data.reference import write_sample_batches
 
-    first, second, third = write_sample_batches(out, [4000, 4000, 1000], seed=7)
+    first, second, third = write_sample_batches(out, [8000, 8000, 1000], seed=7)
     bad = np.load(third, allow_pickle=False)
     inverted = save_batch(out / "batch-inverted.npz", (255 - bad["x"]).astype(np.uint8), bad["y"])
     third.unlink()
     return {"first": first, "second": second, "inverted": inverted}
 
 
-def ledger_table() -> None:
-    from mlcd.data.ledger import Ledger
+class Story:
+    """The demo's handle on the running platform."""
 
-    rows = [[r.name, r.state, r.n_images if r.n_images is not None else "", r.batch_hash[:12], r.reason or ""]
-            for r in Ledger(get_settings().ledger_path).list()]
-    table("batches (ledger)", ["batch", "state", "images", "hash", "reason"], rows)
+    def __init__(self, settings: Settings, api: Any, urls: dict[str, str]) -> None:
+        self.settings = settings
+        self.api = api
+        self.urls = urls
+        self.seen_runs: dict[str, set[str]] = {}
+
+    def remember_runs(self, dag_id: str) -> None:
+        self.seen_runs[dag_id] = {r["dag_run_id"] for r in self.api.dag_runs(dag_id)}
+
+    def wait_new_run(self, dag_id: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for run in self.api.dag_runs(dag_id):
+                if run["dag_run_id"] not in self.seen_runs.setdefault(dag_id, set()):
+                    self.seen_runs[dag_id].add(run["dag_run_id"])
+                    progress(f"{dag_id} started: {run['dag_run_id']} ({run.get('run_type')})")
+                    return str(run["dag_run_id"])
+            time.sleep(2)
+        raise TimeoutError(f"no new {dag_id} run within {timeout:.0f}s; see {self.settings.logs_dir}")
+
+    def wait_finished(self, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT_S) -> dict[str, str]:
+        """Wait for a run to finish, printing a progress line whenever a task changes state."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, str] = {}
+        start = time.monotonic()
+        while time.monotonic() < deadline:
+            states = {t["task_id"]: str(t.get("state")) for t in self.api.task_instances(dag_id, run_id)}
+            for task, state in states.items():
+                if last.get(task) != state and state not in ("None", "scheduled", "queued"):
+                    progress(f"  {dag_id}.{task}: {state} ({time.monotonic() - start:.0f}s)")
+            last = states
+            run = self.api.dag_run(dag_id, run_id)
+            if run["state"] in ("success", "failed"):
+                return {**states, "_run": str(run["state"])}
+            time.sleep(3)
+        raise TimeoutError(f"{dag_id} {run_id} not finished within {timeout:.0f}s; see {self.settings.logs_dir}")
+
+    def land(self, path: Path) -> None:
+        from mlcd.data.landing import LandingZone
+
+        landed = LandingZone(self.settings.landing_uri).land(path)
+        progress(f"landed {path.name} -> {landed.uri}")
+
+    def run_table(self, title: str, states: dict[str, str]) -> None:
+        rows = [[task, state] for task, state in states.items() if task != "_run"]
+        table(f"{title} (run {states['_run']})", ["task", "state"], rows)
+
+    def registry_tables(self) -> None:
+        from mlcd.registry import ModelRegistry
+
+        status = ModelRegistry(self.urls["mlflow"], self.settings.model_name).status()
+        aliases = status["aliases"]
+        table("registry aliases", ["champion", "canary", "previous"],
+              [[aliases.get("champion") or "-", aliases.get("canary") or "-", aliases.get("previous") or "-"]])
+        table("model versions", ["version", "state", "verdict", "accuracy", "p-value", "last reason"], [
+            [v["version"], v["state"], v.get("verdict") or "", v.get("accuracy") or "", v.get("p_value") or "",
+             v.get("reason") or ""] for v in status["versions"]
+        ])
+
+    def ledger_table(self) -> None:
+        from mlcd.data.ledger import Ledger
+
+        rows = [[r.name, r.state, r.n_images if r.n_images is not None else "", r.batch_hash[:12], r.reason or ""]
+                for r in Ledger(self.settings.ledger_path).list()]
+        table("batches (ledger)", ["batch", "state", "images", "hash", "reason"], rows, width=120)
+
+    def version_events(self, version: str, title: str) -> None:
+        from mlcd.registry import ModelRegistry
+
+        record = ModelRegistry(self.urls["mlflow"], self.settings.model_name).get_state(version)
+        rows = []
+        for entry in record.history:
+            entry = entry if isinstance(entry, dict) else dict(entry.__dict__)
+            what = entry.get("to") or entry.get("event") or ""
+            why = entry.get("why") or json.dumps(entry.get("details") or entry.get("d") or {})[:110]
+            rows.append([entry.get("t", ""), what, entry.get("by", ""), why])
+        table(title, ["when", "what", "by", "why"], rows, width=110)
 
 
-def run_retrain(conf: dict[str, Any] | None = None) -> dict[str, str]:
-    """One ``mlcd_retrain`` run through Airflow's ``dag.test()``; returns task states."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(get_settings().project_root / "dags")).get_dag("mlcd_retrain")
-    run = dag.test(run_conf=conf or {})
-    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+def _prepare_home(base: Settings) -> Path:
+    """A fresh demo home; the previous demo's state is kept aside, never deleted in place."""
+    home = base.home / "demo"
+    if home.exists():
+        previous = base.home / "demo.previous"
+        shutil.rmtree(previous, ignore_errors=True)  # only the demo's own, generated state
+        home.rename(previous)
+        progress(f"previous demo state kept in {previous}")
+    home.mkdir(parents=True)
+    return home
 
 
 def run_demo() -> int:
-    from mlcd.embedded import prepare_airflow
+    from mlcd.mlflow_server import free_port
+    from mlcd.platform import AirflowApi, Ports, airflow_password, down, up
 
+    base = get_settings()
+    home = _prepare_home(base)
+    os.environ.update({
+        "MLCD_HOME": str(home),
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "MLCD_ADMIN_TOKEN": secrets.token_urlsafe(24),
+        "MLCD_CANARY_SPEC": json.dumps(DEMO_CANARY_SPEC),
+    })
+    for var in ("MLCD_LANDING_URI", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(var, None)
     settings = get_settings()
-    progress(f"state under {settings.home}; reference data: {os.environ.get('MLCD_DATA') or 'scikit-learn digits'}")
-    with step("preparing the Airflow metadata DB"):
-        prepare_airflow(settings)
-    from mlcd.data.landing import LandingZone
+    ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
+    os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports.mlflow}"
+    os.environ["MLCD_GATEWAY_URL"] = f"http://127.0.0.1:{ports.gateway}"
+    progress(f"state under {home}; reference data: {os.environ.get('MLCD_DATA') or 'scikit-learn digits'}")
+    traffic: subprocess.Popen[bytes] | None = None
+    try:
+        with step("starting Airflow (api-server, scheduler, dag-processor, triggerer), MLflow and the gateway"):
+            urls = up(settings, ports)
+        api = AirflowApi(urls["airflow"], "admin", airflow_password(settings) or "")
+        story = Story(settings, api, urls)
+        progress(f"Airflow UI {urls['airflow']} (login {urls['login']}) · MLflow {urls['mlflow']} · "
+                 f"gateway {urls['gateway']}")
+        with step("waiting for the DAGs to be parsed"):
+            _wait_dags(api, {"mlcd_retrain", "mlcd_landing_watch"})
+        for dag_id in ("mlcd_retrain", "mlcd_guard"):
+            story.remember_runs(dag_id) if _has_dag(api, dag_id) else None
+        with step("cutting demo batches from the reference dataset"):
+            batches = write_demo_batches(home / "demo-batches")
 
-    zone = LandingZone(settings.landing_uri)
-    with step("cutting demo batches from the reference dataset"):
-        batches = write_demo_batches(settings.home / "demo-batches")
+        # Turn 1 ---------------------------------------------------------------------------------------
+        progress("TURN 1: the first batch lands; the data-arrival sensor starts mlcd_retrain")
+        story.land(batches["first"])
+        run = story.wait_new_run("mlcd_retrain")
+        story.run_table("turn 1: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.ledger_table()
+        story.registry_tables()
 
-    progress("turn 1: a first batch and an inverted batch land")
-    zone.land(batches["first"])
-    zone.land(batches["inverted"])
-    with step("mlcd_retrain (collect -> validate)"):
-        states = run_retrain()
-    table("mlcd_retrain run 1", ["task", "state"], [[k, v] for k, v in states.items()])
-    ledger_table()
-    progress(f"quarantined copies and reasons: {settings.quarantine_dir}")
-    progress(f"Data Docs: {settings.data_docs_dir / 'index.html'}")
-    return 0
+        # Turn 2 ---------------------------------------------------------------------------------------
+        progress("TURN 2: live traffic starts; a second batch lands; the new model is canaried and promoted")
+        traffic = subprocess.Popen(
+            [sys.executable, "-m", "mlcd.cli", "traffic", "--url", urls["gateway"], "--rate", "30",
+             "--duration", "900", "--feedback"],
+            stdout=open(settings.logs_dir / "traffic.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        )
+        story.land(batches["second"])
+        run = story.wait_new_run("mlcd_retrain")
+        story.run_table("turn 2: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.registry_tables()
+        story.version_events("2", "rollout record of version 2")
+
+        # Turn 3 ---------------------------------------------------------------------------------------
+        progress("TURN 3: a corrupt (inverted) batch lands")
+        story.land(batches["inverted"])
+        run = story.wait_new_run("mlcd_retrain")
+        story.run_table("turn 3: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.ledger_table()
+        progress(f"quarantined copies and reason.json: {settings.quarantine_dir}")
+
+        # Turn 4 ---------------------------------------------------------------------------------------
+        if _has_dag(api, "mlcd_guard"):
+            progress("TURN 4: a broken model (answers one class for every image) is forced past the gate")
+            story.remember_runs("mlcd_guard")
+            run = api.trigger("mlcd_retrain", {"model": "mlcd.training.faulty:BlindModel", "epochs": 1,
+                                               "force_promote": True})["dag_run_id"]
+            story.seen_runs["mlcd_retrain"].add(run)
+            progress(f"mlcd_retrain triggered by hand: {run}")
+            guard = story.wait_new_run("mlcd_guard")
+            story.run_table("turn 4: mlcd_guard", story.wait_finished("mlcd_guard", guard))
+            story.run_table("turn 4: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+            story.registry_tables()
+            story.version_events("3", "rollout record of version 3 (rolled back, with its evidence)")
+        else:
+            progress("TURN 4 skipped: mlcd_guard is not installed in this checkout")
+        return 0
+    finally:
+        if traffic is not None:
+            traffic.terminate()
+        with step("stopping the platform"):
+            down(settings)
+        progress(f"state of this demo: {home}")
+        progress(f"look again: MLCD_HOME={home} make up   (Airflow UI with the mlcd page, MLflow UI, gateway)")
+        progress(f"            MLCD_HOME={home} .venv/bin/mlcd status --tracking-uri http://127.0.0.1:<mlflow port>")
+        progress(f"Data Docs: {settings.data_docs_dir / 'index.html'}   logs: {settings.logs_dir}")
+
+
+def _has_dag(api: Any, dag_id: str) -> bool:
+    return any(d["dag_id"] == dag_id for d in api.dags())
+
+
+def _wait_dags(api: Any, wanted: set[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = {d["dag_id"] for d in api.dags()}
+        if wanted <= found:
+            for dag_id in found:
+                api.unpause(dag_id)
+            return
+        time.sleep(2)
+    raise TimeoutError(f"DAGs {sorted(wanted)} not parsed within {timeout:.0f}s")

@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlcd.embedded import airflow_env
 from mlcd.settings import Settings, get_settings
@@ -94,7 +96,8 @@ def services(settings: Settings, ports: Ports) -> list[Service]:
         Service("airflow-dag-processor", [airflow, "dag-processor"]),
         Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"]),
         Service("gateway", [_bin("mlcd"), "serve", "--port", str(ports.gateway)],
-                health_url=f"http://127.0.0.1:{ports.gateway}/healthz"),
+                # /healthz is 503 until a model is promoted, which is normal on a fresh platform.
+                health_url=f"http://127.0.0.1:{ports.gateway}/metrics"),
     ]
 
 
@@ -204,3 +207,50 @@ def down(settings: Settings | None = None) -> list[str]:
 def status(settings: Settings | None = None) -> dict[str, int | None]:
     settings = settings or get_settings()
     return {s.name: running_pid(settings, s.name) for s in services(settings, Ports())}
+
+
+class AirflowApi:
+    """A small client of the Airflow 3 REST API (``/api/v2``) with a token from ``/auth/token``."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._credentials = {"username": username, "password": password}
+        self._token: str | None = None
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, auth: bool = True) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        req = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            payload = resp.read()
+        return json.loads(payload) if payload else None
+
+    def token(self) -> str:
+        if self._token is None:
+            self._token = str(self._request("POST", "/auth/token", self._credentials, auth=False)["access_token"])
+        return self._token
+
+    def dag_runs(self, dag_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        out = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={limit}")
+        return list(out["dag_runs"])
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        out = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances")
+        return list(out["task_instances"])
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}}))
+
+    def unpause(self, dag_id: str) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def dags(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/api/v2/dags?limit=100")["dags"])
+
+    def get(self, path: str) -> Any:
+        return self._request("GET", path)
