@@ -15,6 +15,7 @@ from mlcd.airflow.canary import CanaryRolloutOperator
 from mlcd.airflow.steps import (
     CANARY_ASSET,
     DEFAULT_ARGS,
+    DRIFT_ASSET,
     LANDING_ASSET,
     collect_step,
     evaluate_step,
@@ -27,7 +28,8 @@ with DAG(
     dag_id="mlcd_retrain",
     description="Retrain, gate and canary the production model on newly landed data.",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=[LANDING_ASSET]
+        # Any of: a new batch landed, or live traffic drifted from the training data.
+        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=LANDING_ASSET | DRIFT_ASSET
     ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,

@@ -339,7 +339,8 @@ def make_train_task(
     if chosen == "kubernetes":
         return make_pod_operator(task_id, arguments, pod_config, **overrides)
     if chosen == "local":
-        # A local failure is deterministic (bad snapshot, bug): retrying only repeats it.
-        overrides.setdefault("retries", 0)
+        # Most local failures are deterministic (bad snapshot, bug), but an MLflow server restarting while the
+        # model is logged is not: one retry, not the DAG's default.
+        overrides.setdefault("retries", 1)
         return LocalTrainOperator(task_id=task_id, arguments=arguments, **overrides)
     raise ValueError(f"MLCD_TRAINING_BACKEND={chosen!r}: expected 'local' or 'kubernetes'")
