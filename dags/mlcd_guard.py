@@ -19,6 +19,7 @@ from airflow.sdk import DAG, Param, task
 
 from mlcd.airflow.guard import CanaryHealthSensor, is_breach, notify_step, rollback_step
 from mlcd.airflow.steps import CANARY_ASSET, DEFAULT_ARGS
+from mlcd.settings import get_settings
 
 with DAG(
     dag_id="mlcd_guard",
@@ -34,7 +35,7 @@ with DAG(
                          description="Version to watch; empty: the first canary the gateway serves."),
         "poll_interval_s": Param(2.0, type="number", minimum=0.1, maximum=300,
                                  description="Seconds between polls of the gateway's metrics."),
-        "bake_s": Param(300.0, type="number", minimum=0,
+        "bake_s": Param(get_settings().guard_bake_s, type="number", minimum=0,
                         description="Seconds a promoted champion is still watched."),
         "grace_s": Param(600.0, type="number", minimum=0,
                          description="Seconds to wait for a canary to appear before ending healthy."),

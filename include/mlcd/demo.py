@@ -34,6 +34,7 @@ from mlcd.settings import Settings, get_settings
 
 # Short windows so the story fits in minutes; a deployment keeps the spec's defaults (60 s per step).
 DEMO_CANARY_SPEC = {"steps": [25, 50, 100], "analysis_window_s": 10, "min_requests": 30, "min_stable_requests": 20}
+DEMO_BAKE_S = 30
 RUN_TIMEOUT_S = 900
 
 
@@ -101,7 +102,9 @@ class Story:
         last: dict[str, str] = {}
         start = time.monotonic()
         while time.monotonic() < deadline:
-            states = {t["task_id"]: str(t.get("state")) for t in self.api.task_instances(dag_id, run_id)}
+            tis = sorted(self.api.task_instances(dag_id, run_id), key=lambda t: (t.get("start_date") is None,
+                                                                                   t.get("start_date") or ""))
+            states = {t["task_id"]: str(t.get("state")) for t in tis}
             for task, state in states.items():
                 if last.get(task) != state and state not in ("None", "scheduled", "queued"):
                     progress(f"  {dag_id}.{task}: {state} ({time.monotonic() - start:.0f}s)")
@@ -130,7 +133,7 @@ class Story:
         table("registry aliases", ["champion", "canary", "previous"],
               [[aliases.get("champion") or "-", aliases.get("canary") or "-", aliases.get("previous") or "-"]])
         table("model versions", ["version", "state", "verdict", "accuracy", "p-value", "last reason"], [
-            [v["version"], v["state"], v.get("verdict") or "", v.get("accuracy") or "", v.get("p_value") or "",
+            [v["version"], v["state"], v.get("verdict") or "", _num(v.get("accuracy")), _num(v.get("p_value")),
              v.get("reason") or ""] for v in status["versions"]
         ])
 
@@ -149,7 +152,12 @@ class Story:
         for entry in record.history:
             entry = entry if isinstance(entry, dict) else dict(entry.__dict__)
             what = entry.get("to") or entry.get("event") or ""
-            why = entry.get("why") or json.dumps(entry.get("details") or entry.get("d") or {})[:110]
+            details = entry.get("details") or entry.get("d") or {}
+            if what == "canary_step" and isinstance(details, dict):
+                why = (f"{details.get('weight')}% traffic: {details.get('outcome', '')} -> {details.get('action', '')}; "
+                       + "; ".join(details.get("reasons") or []))
+            else:
+                why = entry.get("why") or json.dumps(details)[:110]
             rows.append([entry.get("t", ""), what, entry.get("by", ""), why])
         table(title, ["when", "what", "by", "why"], rows, width=110)
 
@@ -177,6 +185,7 @@ def run_demo() -> int:
         "AIRFLOW_HOME": str(home / "airflow"),
         "MLCD_ADMIN_TOKEN": secrets.token_urlsafe(24),
         "MLCD_CANARY_SPEC": json.dumps(DEMO_CANARY_SPEC),
+        "MLCD_GUARD_BAKE_S": str(DEMO_BAKE_S),
     })
     for var in ("MLCD_LANDING_URI", "MLFLOW_TRACKING_URI"):
         os.environ.pop(var, None)
@@ -220,6 +229,11 @@ def run_demo() -> int:
         story.run_table("turn 2: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
         story.registry_tables()
         story.version_events("2", "rollout record of version 2")
+        if _has_dag(api, "mlcd_guard"):
+            progress(f"mlcd_guard watched the canary and now bakes the new champion for {DEMO_BAKE_S}s")
+            guard = story.wait_new_run("mlcd_guard")
+            story.run_table("turn 2: mlcd_guard (healthy: nothing to roll back)",
+                            story.wait_finished("mlcd_guard", guard))
 
         # Turn 3 ---------------------------------------------------------------------------------------
         progress("TURN 3: a corrupt (inverted) batch lands")
@@ -254,6 +268,13 @@ def run_demo() -> int:
         progress(f"look again: MLCD_HOME={home} make up   (Airflow UI with the mlcd page, MLflow UI, gateway)")
         progress(f"            MLCD_HOME={home} .venv/bin/mlcd status --tracking-uri http://127.0.0.1:<mlflow port>")
         progress(f"Data Docs: {settings.data_docs_dir / 'index.html'}   logs: {settings.logs_dir}")
+
+
+def _num(value: Any) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return "-"
 
 
 def _has_dag(api: Any, dag_id: str) -> bool:

@@ -36,6 +36,7 @@ class Settings:
     admin_token: str | None
     data_path: str | None
     canary_spec: str | None = None  # JSON overrides of the rollout spec for every canary (MLCD_CANARY_SPEC)
+    guard_bake_s: float = 300.0  # how long mlcd_guard still watches a freshly promoted champion
     project_root: Path = field(default_factory=_project_root)
 
     @property
@@ -98,6 +99,7 @@ def load_settings() -> Settings:
         admin_token=_env("MLCD_ADMIN_TOKEN"),
         data_path=_env("MLCD_DATA"),
         canary_spec=_env("MLCD_CANARY_SPEC"),
+        guard_bake_s=float(_env("MLCD_GUARD_BAKE_S", "300")),  # type: ignore[arg-type]
         project_root=root,
     )
 

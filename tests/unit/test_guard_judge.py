@@ -429,3 +429,18 @@ def test_observation_from_gateway_counters() -> None:
     scaled = latencies_from_histogram({0.002: 4000, 0.005: 10000, math.inf: 10000}, max_samples=1000)
     assert len(scaled) == 1000 and scaled.count(0.001) == 400
     assert latencies_from_histogram({}) == [] and latencies_from_histogram({0.1: 0, math.inf: 0}) == []
+
+
+def test_skipped_checks_are_neither_run_nor_required() -> None:
+    """A bake period skips latency: a slower period under heavier load must not read as a slower model."""
+    rng = np.random.default_rng(3)
+    fast = VariantObservation(requests=400, errors=0, latencies_s=tuple(rng.normal(0.010, 0.001, 400)),
+                              class_counts=(40,) * 10)
+    slow = VariantObservation(requests=400, errors=0, latencies_s=tuple(rng.normal(0.030, 0.001, 400)),
+                              class_counts=(40,) * 10)
+    assert judge(slow, fast).outcome is Outcome.FAIL  # side by side, the slowdown is real evidence
+    skipped = judge(slow, fast, skip=("latency",))
+    assert skipped.outcome is not Outcome.FAIL
+    assert all(c.name != "latency" for c in skipped.checks)
+    with pytest.raises(ValueError, match="unknown checks"):
+        judge(slow, fast, skip=("latencyy",))

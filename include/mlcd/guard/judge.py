@@ -48,7 +48,7 @@ that always answers one class failed after 16–28 s, one with 20 % errors after
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -384,6 +384,7 @@ def judge(
     thresholds: GuardThresholds | None = None,
     *,
     look: int | None = None,
+    skip: Collection[str] = (),
 ) -> GuardVerdict:
     """Compare the canary with the stable variant.
 
@@ -393,23 +394,24 @@ def judge(
         thresholds: limits; defaults to :class:`GuardThresholds`.
         look: the 1-based number of this poll within the guard run, for alpha spending; ``None`` judges
             a single analysis window at the full ``alpha``.
+        skip: checks not to run (nor require), e.g. latency when the two observations were not taken side by
+            side under the same load (a bake period compares with what the old champion served earlier).
 
     Returns:
         The verdict, with every check's statistic, p-value, counts and reason.
     """
     t = thresholds or GuardThresholds()
     family_alpha = look_alpha(t.alpha, look)
-    raw = [
-        _error_rate(canary, stable, t),
-        _latency(canary, stable, t),
-        _class_distribution(canary, stable, t),
-        _accuracy(canary, stable, t),
-    ]
+    runners = {ERROR_RATE: _error_rate, LATENCY: _latency, CLASS_DISTRIBUTION: _class_distribution, ACCURACY: _accuracy}
+    unknown = sorted(set(skip) - set(runners))
+    if unknown:
+        raise ValueError(f"unknown checks to skip: {', '.join(unknown)}")
+    raw = [run(canary, stable, t) for name, run in runners.items() if name not in skip]
     thresholds_for = _corrected_alphas([r.p_value for r in raw], family_alpha, t.correction)
     checks = tuple(_decide(r, a) for r, a in zip(raw, thresholds_for, strict=True))
 
     failed = [c for c in checks if c.outcome is Outcome.FAIL]
-    short = [c for c in checks if c.name in t.required and c.outcome is not Outcome.PASS]
+    short = [c for c in checks if c.name in t.required and c.name not in skip and c.outcome is not Outcome.PASS]
     if failed:
         outcome, reasons = Outcome.FAIL, tuple(f"{c.name}: {c.reason}" for c in failed)
     elif short:

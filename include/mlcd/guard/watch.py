@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from mlcd.guard.judge import GuardThresholds, GuardVerdict, VariantObservation, judge
+from mlcd.guard.judge import LATENCY, GuardThresholds, GuardVerdict, VariantObservation, judge
 from mlcd.rollout.metrics import (
     SeriesCounters,
     Snapshot,
@@ -308,13 +308,17 @@ class Guard:
         if canary_v is not None and canary_v != v:
             pass  # a newer canary: the next guard run watches it; this one keeps judging v as stable
         version_obs = add_counters(_one(state.canary_part), bake_part)
-        result = self._judge(state, version_obs, _one(state.frozen_stable) or SeriesCounters(), "champion")
+        # Latency is not judged here: the old champion's numbers come from an earlier period, and load changes
+        # over time (a training job on the same node doubles latency) would read as a slower model.
+        result = self._judge(state, version_obs, _one(state.frozen_stable) or SeriesCounters(), "champion",
+                             skip=(LATENCY,))
         if result.decision is Decision.WATCH and now - (state.promoted_at or now) >= self.config.bake_s:
             return PollResult(Decision.HEALTHY, f"bake_complete: version {v} healthy for "
                               f"{self.config.bake_s:.0f}s after promotion", result.state, result.verdict)
         return result
 
-    def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, role: str) -> PollResult:
+    def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, role: str,
+               skip: tuple[str, ...] = ()) -> PollResult:
         t = self.config.thresholds
         state.look += 1
         verdict = judge(
@@ -322,6 +326,7 @@ class Guard:
             VariantObservation.from_series(stable, t.max_latency_samples),
             t,
             look=state.look,
+            skip=skip,
         )
         if verdict.outcome is Outcome.FAIL:
             return PollResult(Decision.BREACH, f"{role} version {state.version} failed: "
