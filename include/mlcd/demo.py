@@ -266,7 +266,7 @@ def run_demo() -> int:
             down(settings)
         progress(f"state of this demo: {home}")
         progress(f"look again: MLCD_HOME={home} make up   (Airflow UI with the mlcd page, MLflow UI, gateway)")
-        progress(f"            MLCD_HOME={home} .venv/bin/mlcd status --tracking-uri http://127.0.0.1:<mlflow port>")
+        progress(f"  then:     MLCD_HOME={home} .venv/bin/mlcd status   (and mlcd history, mlcd batches)")
         progress(f"Data Docs: {settings.data_docs_dir / 'index.html'}   logs: {settings.logs_dir}")
 
 

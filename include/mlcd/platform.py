@@ -110,8 +110,22 @@ def running_pid(settings: Settings, name: str) -> int | None:
     path = _pid_file(settings, name)
     try:
         pid = int(path.read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
+        return None
+    try:
+        # Reap it if it is our own child that exited (a zombie still answers kill(pid, 0)).
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return None
+    except FileNotFoundError:
+        pass  # no /proc (not Linux): kill(pid, 0) already said it exists
+    except OSError:
         return None
     return pid
 
@@ -182,26 +196,30 @@ def airflow_password(settings: Settings) -> str | None:
         return None
 
 
-def down(settings: Settings | None = None) -> list[str]:
-    """Stop every service we started (whole process groups); returns the names stopped."""
+def down(settings: Settings | None = None, timeout: float = 20.0) -> list[str]:
+    """Stop every service we started (whole process groups, all at once); returns the names stopped."""
     settings = settings or get_settings()
-    stopped = []
+    running: dict[str, int] = {}
     for path in sorted((settings.home / "run").glob("*.pid")):
-        name = path.stem
-        pid = running_pid(settings, name)
+        pid = running_pid(settings, path.stem)
         if pid:
+            running[path.stem] = pid
             try:
                 os.killpg(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and running_pid(settings, name):
-                time.sleep(0.3)
-            if running_pid(settings, name):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(running_pid(settings, name) for name in running):
+        time.sleep(0.3)
+    for name, pid in running.items():
+        if running_pid(settings, name):
+            try:
                 os.killpg(pid, signal.SIGKILL)
-            stopped.append(name)
+            except ProcessLookupError:
+                pass
+    for path in (settings.home / "run").glob("*.pid"):
         path.unlink(missing_ok=True)
-    return stopped
+    return sorted(running)
 
 
 def status(settings: Settings | None = None) -> dict[str, int | None]:
