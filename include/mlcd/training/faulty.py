@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlcd.training.model import IMAGE_SHAPE, NUM_CLASSES
+from mlcd.training.model import IMAGE_SHAPE, NUM_CLASSES, compile_classifier
 
 if TYPE_CHECKING:
     import keras
@@ -38,9 +38,4 @@ class BlindModel:
             ],
             name=self.name,
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-        return model
+        return compile_classifier(model, self.learning_rate)

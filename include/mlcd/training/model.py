@@ -34,6 +34,18 @@ class ModelBuilder(Protocol):
         ...
 
 
+def compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Adam and sparse categorical cross-entropy from logits: the training setup every builder shares."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
 @dataclass(frozen=True)
 class ReferenceCNN:
     """Conv2D 32 → MaxPool → Conv2D 64 → MaxPool → Flatten → Dense 64 → Dense 10 logits; Adam; sparse CE."""
@@ -68,12 +80,7 @@ class ReferenceCNN:
             ],
             name=self.name,
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=self.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-        return model
+        return compile_classifier(model, self.learning_rate)
 
 
 def get_builder(spec: str | None = None) -> ModelBuilder:
