@@ -115,6 +115,18 @@ class Story:
             time.sleep(3)
         raise TimeoutError(f"{dag_id} {run_id} not finished within {timeout:.0f}s; see {self.settings.logs_dir}")
 
+    def wait_guard_rollback(self, timeout: float = 120) -> str | None:
+        """The most recent mlcd_guard run whose rollback task succeeded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for run in self.api.dag_runs("mlcd_guard", limit=5):
+                states = {t["task_id"]: t.get("state") for t in self.api.task_instances("mlcd_guard", run["dag_run_id"])}
+                if states.get("rollback") == "success":
+                    return str(run["dag_run_id"])
+            time.sleep(3)
+        progress("no mlcd_guard run has rolled back yet")
+        return None
+
     def land(self, path: Path) -> None:
         from mlcd.data.landing import LandingZone
 
@@ -246,14 +258,16 @@ def run_demo() -> int:
         # Turn 4 ---------------------------------------------------------------------------------------
         if _has_dag(api, "mlcd_guard"):
             progress("TURN 4: a broken model (answers one class for every image) is forced past the gate")
-            story.remember_runs("mlcd_guard")
             run = api.trigger("mlcd_retrain", {"model": "mlcd.training.faulty:BlindModel", "epochs": 1,
                                                "force_promote": True})["dag_run_id"]
             story.seen_runs["mlcd_retrain"].add(run)
             progress(f"mlcd_retrain triggered by hand: {run}")
-            guard = story.wait_new_run("mlcd_guard")
-            story.run_table("turn 4: mlcd_guard", story.wait_finished("mlcd_guard", guard))
-            story.run_table("turn 4: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+            story.run_table("turn 4: mlcd_retrain (its canary stops: the guard rolled it back)",
+                            story.wait_finished("mlcd_retrain", run))
+            # The guard run that acted is whichever was watching when the canary began (runs queue per Asset).
+            guard = story.wait_guard_rollback()
+            if guard:
+                story.run_table(f"turn 4: mlcd_guard {guard}", story.wait_finished("mlcd_guard", guard))
             story.registry_tables()
             story.version_events("3", "rollout record of version 3 (rolled back, with its evidence)")
         else:
