@@ -61,6 +61,14 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
     }
 
 
+def _num(value: Any) -> str:
+    """Numbers as a person reads them (4 significant digits); a missing one as a dash."""
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return "-"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -100,7 +108,7 @@ def render_overview(data: dict[str, Any], data_docs_href: str = "data-docs/index
         versions = reg["data"]["status"]["versions"]
         rows = [[
             e(v["version"]), e(v["state"]), e(", ".join(v["aliases"])), e(str(v.get("verdict") or "")),
-            e(str(v.get("accuracy") or "")), e(str(v.get("p_value") or "")), e(str(v.get("reason") or "")),
+            e(_num(v.get("accuracy"))), e(_num(v.get("p_value"))), e(str(v.get("reason") or "")),
             f"<a href='{e(mlflow)}/#/runs/{e(str(v['run_id']))}' target='_blank'>run</a>" if v.get("run_id") else "",
         ] for v in reversed(versions[-15:])]
         parts.append("<h2>Versions and gate verdicts</h2>")
