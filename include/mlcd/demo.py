@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +128,18 @@ class Story:
         progress("no mlcd_guard run has rolled back yet")
         return None
 
+    def training_run(self, dag_run_id: str) -> None:
+        """The MLflow run the train task logged (its XCom), for the person reading the demo."""
+        path = (f"/api/v2/dags/mlcd_retrain/dagRuns/{urllib.parse.quote(dag_run_id)}/taskInstances/train/"
+                "xcomEntries/return_value")
+        try:
+            value = self.api.get(path).get("value")
+            result = json.loads(value) if isinstance(value, str) else value
+            progress(f"MLflow run {result['run_id']}: {result.get('run_url') or self.urls['mlflow']} "
+                     f"(val_accuracy {result['val_accuracy']:.4f}, {result['train_samples']} training images)")
+        except Exception as err:  # the story goes on without the link
+            progress(f"MLflow run of {dag_run_id}: not readable from the train task's XCom ({err})")
+
     def land(self, path: Path) -> None:
         from mlcd.data.landing import LandingZone
 
@@ -226,6 +239,7 @@ def run_demo() -> int:
         story.land(batches["first"])
         run = story.wait_new_run("mlcd_retrain")
         story.run_table("turn 1: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.training_run(run)
         story.ledger_table()
         story.registry_tables()
 
@@ -239,6 +253,7 @@ def run_demo() -> int:
         story.land(batches["second"])
         run = story.wait_new_run("mlcd_retrain")
         story.run_table("turn 2: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.training_run(run)
         story.registry_tables()
         story.version_events("2", "rollout record of version 2")
         if _has_dag(api, "mlcd_guard"):
