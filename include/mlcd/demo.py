@@ -131,7 +131,7 @@ class Story:
     def training_run(self, dag_run_id: str) -> None:
         """The MLflow run the train task logged (its XCom), for the person reading the demo."""
         path = (f"/api/v2/dags/mlcd_retrain/dagRuns/{urllib.parse.quote(dag_run_id)}/taskInstances/train/"
-                "xcomEntries/return_value")
+                "xcomEntries/return_value?deserialize=true")
         try:
             value = self.api.get(path).get("value")
             result = json.loads(value) if isinstance(value, str) else value
