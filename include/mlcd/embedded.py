@@ -27,18 +27,3 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         "MLCD_HOME": str(settings.home),
     }
 
-
-def prepare_airflow(settings: Settings | None = None) -> Path:
-    """Export the embedded Airflow environment into this process and migrate its metadata DB.
-
-    Must run before anything imports Airflow in this process (Airflow reads its config at import time).
-    """
-    env = airflow_env(settings)
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
-    home = Path(os.environ["AIRFLOW_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    from airflow.utils import db
-
-    db.initdb()
-    return home
