@@ -163,3 +163,16 @@ def test_histogram_quantile_matches_prometheus() -> None:
     assert histogram_quantile(0.75, buckets) == pytest.approx(0.15)
     assert histogram_quantile(0.99, {0.1: 0.0, math.inf: 0.0}) is None
     assert histogram_quantile(0.99, {0.1: 10.0, math.inf: 100.0}) == pytest.approx(0.1)  # top finite bound
+
+
+def test_latency_is_not_compared_with_an_earlier_window() -> None:
+    """At 100 % the stable numbers come from the previous window: a load change must not fail a healthy canary."""
+    spec = RolloutSpec(min_requests=50, min_stable_requests=50)
+    canary = VariantStats(requests=400, errors=0, p99_latency_s=0.0526)
+    earlier_stable = VariantStats(requests=200, errors=0, p99_latency_s=0.0266)
+    assert step_verdict(spec, canary, earlier_stable).outcome is Outcome.FAIL  # side by side it would be real
+    verdict = step_verdict(spec, canary, earlier_stable, concurrent=False)
+    assert verdict.outcome is Outcome.PASS
+    assert any("latency not compared" in r for r in verdict.reasons)
+    broken = VariantStats(requests=400, errors=40, p99_latency_s=0.02)
+    assert step_verdict(spec, broken, earlier_stable, concurrent=False).outcome is Outcome.FAIL  # errors still count

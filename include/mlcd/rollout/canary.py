@@ -181,12 +181,14 @@ class CanaryRollout:
         before = snapshot_from_dict(p.baseline)
         canary = window_stats(before, after, "canary", p.version)
         stable = window_stats(before, after, "stable", p.stable)
+        concurrent = True
         if stable.requests >= self.spec.min_stable_requests:
             p.last_stable = asdict(stable)
         elif p.last_stable is not None:
             # At 100 % the stable variant has no traffic: compare with its last window that had some.
             stable = VariantStats(**p.last_stable)
-        verdict = step_verdict(self.spec, canary, stable)
+            concurrent = False
+        verdict = step_verdict(self.spec, canary, stable, concurrent=concurrent)
         p.outcomes.append(verdict.outcome.value)
         action = next_action(self.spec, p.outcomes)
         elapsed = time.time() - p.window_started

@@ -149,11 +149,18 @@ def next_weight(spec: RolloutSpec, current_weight: int) -> int | None:
     return None
 
 
-def step_verdict(spec: RolloutSpec, canary_stats: VariantStats, stable_stats: VariantStats) -> StepVerdict:
+def step_verdict(
+    spec: RolloutSpec, canary_stats: VariantStats, stable_stats: VariantStats, *, concurrent: bool = True
+) -> StepVerdict:
     """Judge one analysis window: fail on any breached threshold, else inconclusive on thin data, else pass.
 
     A failure is reported even on thin data (errors already seen are evidence), but a pass needs
     ``min_requests`` canary requests and ``min_stable_requests`` stable requests to compare with.
+
+    Args:
+        concurrent: the stable stats were measured in the same window. When they come from an earlier window
+            (at 100 % the stable variant gets no traffic), latency is not compared: the machine's load changes
+            between windows and would read as a slower model. Error rates still are.
     """
     fails: list[str] = []
     thin: list[str] = []
@@ -183,8 +190,10 @@ def step_verdict(spec: RolloutSpec, canary_stats: VariantStats, stable_stats: Va
                 f"(> {spec.max_error_rate_increase:.2%})"
             )
 
-    # Latency: compared only when both sides have a p99 from enough requests.
-    if c.p99_latency_s is not None and s.p99_latency_s is not None and c.requests >= spec.min_requests:
+    # Latency: compared only side by side, and only when both sides have a p99 from enough requests.
+    if not concurrent:
+        pass
+    elif c.p99_latency_s is not None and s.p99_latency_s is not None and c.requests >= spec.min_requests:
         if not (math.isfinite(c.p99_latency_s) and math.isfinite(s.p99_latency_s)):
             thin.append("p99 latency is not finite (observations above the top histogram bucket)")
         else:
@@ -204,7 +213,8 @@ def step_verdict(spec: RolloutSpec, canary_stats: VariantStats, stable_stats: Va
     reasons = (
         f"canary {c.requests} requests, error rate {c.error_rate:.2%} vs stable {s.error_rate or 0.0:.2%}",
         f"canary p99 {c.p99_latency_s * 1000:.1f} ms vs stable {s.p99_latency_s * 1000:.1f} ms"  # type: ignore[operator]
-        if c.p99_latency_s is not None and s.p99_latency_s is not None
+        if concurrent and c.p99_latency_s is not None and s.p99_latency_s is not None
+        else "latency not compared (stable measured in an earlier window)" if not concurrent
         else "latency not compared",
     )
     return StepVerdict(Outcome.PASS, reasons, c, s)
