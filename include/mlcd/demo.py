@@ -180,6 +180,14 @@ class Story:
                 for r in Ledger(self.settings.ledger_path).list()]
         table("batches (ledger)", ["batch", "state", "images", "hash", "reason"], rows, width=120)
 
+    def registry(self) -> Any:
+        from mlcd.registry import ModelRegistry
+
+        return ModelRegistry(self.urls["mlflow"], self.settings.model_name)
+
+    def newest_version(self) -> str:
+        return str(max((int(v["version"]) for v in self.registry().status()["versions"]), default=0))
+
     def version_events(self, version: str, title: str) -> None:
         from mlcd.registry import ModelRegistry
 
@@ -270,7 +278,8 @@ def run_demo() -> int:
         story.run_table("turn 2: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
         story.training_run(run)
         story.registry_tables()
-        story.version_events("2", "rollout record of version 2")
+        promoted = story.registry().get_alias_version("champion") or story.newest_version()
+        story.version_events(promoted, f"rollout record of version {promoted}")
         if _has_dag(api, "mlcd_guard"):
             progress(f"mlcd_guard watched the canary and now bakes the new champion for {DEMO_BAKE_S}s")
             guard = story.wait_new_run("mlcd_guard")
@@ -299,7 +308,8 @@ def run_demo() -> int:
             if guard:
                 story.run_table(f"turn 4: mlcd_guard {guard}", story.wait_finished("mlcd_guard", guard))
             story.registry_tables()
-            story.version_events("3", "rollout record of version 3 (rolled back, with its evidence)")
+            broken = story.newest_version()
+            story.version_events(broken, f"rollout record of version {broken} (rolled back, with its evidence)")
         else:
             progress("TURN 4 skipped: mlcd_guard is not installed in this checkout")
         return 0
