@@ -8,7 +8,6 @@ rolled the version back.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from mlcd.airflow.canary import CanaryRolloutOperator
@@ -31,7 +30,8 @@ with DAG(
         # Any of: a new batch landed, or live traffic drifted from the training data.
         timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=LANDING_ASSET | DRIFT_ASSET
     ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    # No start_date: the first nightly run is the next 03:00, not a catch-up run for last night the moment the
+    # DAG is unpaused (which would race the first batch that lands).
     catchup=False,
     max_active_runs=1,  # registry moves and rollouts must never interleave
     default_args=DEFAULT_ARGS,

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcd.overview import format_number
 from mlcd.settings import Settings, get_settings
 
 # Short windows so the story fits in minutes; a deployment keeps the spec's defaults (60 s per step).
@@ -116,17 +117,6 @@ class Story:
             time.sleep(3)
         raise TimeoutError(f"{dag_id} {run_id} not finished within {timeout:.0f}s; see {self.settings.logs_dir}")
 
-    def settle_catch_up(self, dag_id: str, appear_s: float = 30) -> None:
-        deadline = time.monotonic() + appear_s
-        while time.monotonic() < deadline:
-            scheduled = [r for r in self.api.dag_runs(dag_id) if r.get("run_type") == "scheduled"]
-            if scheduled:
-                states = self.wait_finished(dag_id, scheduled[0]["dag_run_id"], timeout=300)
-                progress(f"  catch-up run {scheduled[0]['dag_run_id']}: {states['_run']} "
-                         f"(validate {states.get('validate', '?')}: no accepted data yet)")
-                return
-            time.sleep(2)
-
     def wait_guard_rollback(self, timeout: float = 120) -> str | None:
         """The most recent mlcd_guard run whose rollback task succeeded."""
         deadline = time.monotonic() + timeout
@@ -169,7 +159,7 @@ class Story:
         table("registry aliases", ["champion", "canary", "previous"],
               [[aliases.get("champion") or "-", aliases.get("canary") or "-", aliases.get("previous") or "-"]])
         table("model versions", ["version", "state", "verdict", "accuracy", "p-value", "last reason"], [
-            [v["version"], v["state"], v.get("verdict") or "", _num(v.get("accuracy")), _num(v.get("p_value")),
+            [v["version"], v["state"], v.get("verdict") or "", format_number(v.get("accuracy")), format_number(v.get("p_value")),
              v.get("reason") or ""] for v in status["versions"]
         ])
 
@@ -248,10 +238,6 @@ def run_demo() -> int:
                  f"gateway {urls['gateway']}")
         with step("waiting for the DAGs to be parsed"):
             _wait_dags(api, {"mlcd_retrain", "mlcd_landing_watch"})
-        with step("letting the nightly schedule's catch-up run see that no data has landed yet"):
-            # Unpaused with catchup=False, Airflow runs the most recent 03:00 schedule once, at once. Let it
-            # finish (it skips: nothing accepted yet) so it does not race the first batch.
-            story.settle_catch_up("mlcd_retrain")
         for dag_id in ("mlcd_retrain", "mlcd_guard"):
             story.remember_runs(dag_id) if _has_dag(api, dag_id) else None
         with step("cutting demo batches from the reference dataset"):
@@ -322,13 +308,6 @@ def run_demo() -> int:
         progress(f"look again: MLCD_HOME={home} make up   (Airflow UI with the mlcd page, MLflow UI, gateway)")
         progress(f"  then:     MLCD_HOME={home} .venv/bin/mlcd status   (and mlcd history, mlcd batches)")
         progress(f"Data Docs: {settings.data_docs_dir / 'index.html'}   logs: {settings.logs_dir}")
-
-
-def _num(value: Any) -> str:
-    try:
-        return f"{float(value):.4g}"
-    except (TypeError, ValueError):
-        return "-"
 
 
 def _has_dag(api: Any, dag_id: str) -> bool:

@@ -61,7 +61,7 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
     }
 
 
-def _num(value: Any) -> str:
+def format_number(value: Any) -> str:
     """Numbers as a person reads them (4 significant digits); a missing one as a dash."""
     try:
         return f"{float(value):.4g}"
@@ -108,7 +108,7 @@ def render_overview(data: dict[str, Any], data_docs_href: str = "data-docs/index
         versions = reg["data"]["status"]["versions"]
         rows = [[
             e(v["version"]), e(v["state"]), e(", ".join(v["aliases"])), e(str(v.get("verdict") or "")),
-            e(_num(v.get("accuracy"))), e(_num(v.get("p_value"))), e(str(v.get("reason") or "")),
+            e(format_number(v.get("accuracy"))), e(format_number(v.get("p_value"))), e(str(v.get("reason") or "")),
             f"<a href='{e(mlflow)}/#/runs/{e(str(v['run_id']))}' target='_blank'>run</a>" if v.get("run_id") else "",
         ] for v in reversed(versions[-15:])]
         parts.append("<h2>Versions and gate verdicts</h2>")

@@ -36,33 +36,23 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _log_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> list[str]:
+    """Versions 1 and 2: the shared healthy models (tests/modelkit.py); version 3: a model that fails on contract
+    input (it expects 784 flat features), the "canary raises" case."""
     import mlflow
     import tensorflow as tf
 
+    from mlcd.registry import ModelRegistry
+    from tests.modelkit import logged_models, register
+
+    shared = logged_models(tracking_uri, x, y)
+    out = [register(tracking_uri, MODEL, shared["healthy_a"]), register(tracking_uri, MODEL, shared["healthy_b"])]
+    broken = tf.keras.Sequential([tf.keras.Input((784,)), tf.keras.layers.Dense(10)])
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("gateway-tests")
-    versions = []
-    for seed in (0, 1):
-        tf.keras.utils.set_random_seed(seed)
-        model = tf.keras.Sequential([
-            tf.keras.Input((28, 28)),
-            tf.keras.layers.Rescaling(1 / 255),
-            tf.keras.layers.Flatten(),
-            tf.keras.layers.Dense(10),
-        ])
-        model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(x, y, epochs=3, batch_size=64, verbose=0)
-        versions.append(model)
-    broken = tf.keras.Sequential([tf.keras.Input((784,)), tf.keras.layers.Dense(10)])
-    from mlcd.registry import ModelRegistry
-
-    registry = ModelRegistry(tracking_uri, MODEL)
-    out = []
-    for model in [*versions, broken]:
-        with mlflow.start_run() as run:
-            # Explicit requirements skip MLflow's import-capturing subprocess (seconds per model).
-            info = mlflow.tensorflow.log_model(model, name="model", pip_requirements=["tensorflow-cpu"])
-        out.append(registry.register_run_model(run.info.run_id, info.model_uri))
+    with mlflow.start_run() as run:
+        # Explicit requirements skip MLflow's import-capturing subprocess (seconds per model).
+        info = mlflow.tensorflow.log_model(broken, name="model", pip_requirements=["tensorflow-cpu"])
+    out.append(ModelRegistry(tracking_uri, MODEL).register_run_model(run.info.run_id, info.model_uri))
     return out
 
 
@@ -72,7 +62,7 @@ def versions(mlflow_server: Any, reference_data: Any) -> list[str]:
 
     from mlcd.registry import ModelRegistry
 
-    v = _log_models(mlflow_server.url, reference_data.x_train[:600], reference_data.y_train[:600])
+    v = _log_models(mlflow_server.url, reference_data.x_train[:2000], reference_data.y_train[:2000])
     assert v == ["1", "2", "3"]
     ModelRegistry(mlflow_server.url, MODEL).bootstrap_champion("1", "tests")
     MlflowClient(mlflow_server.url, mlflow_server.url).set_registered_model_alias(MODEL, "canary", "2")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
+
+from mlcd.files import atomic_write_bytes
 
 BATCH_SUFFIX = ".npz"
 # A batch of 70,000 MNIST images is ~55 MB; refuse what cannot be a batch before reading it into memory.
@@ -92,19 +93,11 @@ class LandingZone:
         return LandedFile(uri=self._uri_of(target), name=name, size_bytes=len(data))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def store_accepted(data: bytes, batch_hash: str, accepted_dir: Path) -> Path:
     """Copy accepted bytes into the content-addressed store; idempotent."""
     target = accepted_dir / f"{batch_hash}.npz"
     if not target.exists():
-        _atomic_write(target, data)
+        atomic_write_bytes(target, data)
     return target
 
 
@@ -113,8 +106,8 @@ def quarantine(data: bytes, batch_hash: str, name: str, reason: str, details: di
     folder = qdir / batch_hash
     copy = folder / name
     if not copy.exists():
-        _atomic_write(copy, data)
+        atomic_write_bytes(copy, data)
     record = {"batch_hash": batch_hash, "name": name, "reason": reason, "details": details}
-    _atomic_write(folder / "reason.json", json.dumps(record, indent=2, default=str).encode())
+    atomic_write_bytes(folder / "reason.json", json.dumps(record, indent=2, default=str).encode())
     return folder
 

@@ -66,13 +66,6 @@ def snapshot_id_for(batch_hashes: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _atomic_write_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez(fh, x=x, y=y)
-    os.replace(tmp, path)
-
-
 def build_snapshot(batch_files: dict[str, str | Path], snapshots_dir: str | Path) -> Snapshot:
     """Combine accepted batches into a snapshot, or return the existing one with the same id.
 
@@ -111,7 +104,9 @@ def write_snapshot(
     for code, split in enumerate(SPLITS):
         mask = codes == code
         counts[split] = int(mask.sum())
-        _atomic_write_npz(staging / f"{split}.npz", x[mask], y[mask])
+        # Plain writes: the whole staging folder becomes visible at once by the rename below.
+        with open(staging / f"{split}.npz", "wb") as fh:
+            np.savez(fh, x=x[mask], y=y[mask])
     manifest = {
         "snapshot_id": snapshot_id,
         "batches": list(batches),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from mlcd.files import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,5 @@ def save_state(path: Path, state: RouteState) -> RouteState:
     """Write ``state`` via a temporary file, fsync and ``os.replace`` (atomic on POSIX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stamped = RouteState(state.stable, state.canary, state.canary_weight, datetime.now(UTC).isoformat())
-    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(stamped.to_dict(), fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, json.dumps(stamped.to_dict(), indent=2, sort_keys=True).encode())
     return stamped
