@@ -208,9 +208,11 @@ class CanaryRollout:
     def _abort(self, p: RolloutProgress, action: Action, verdict: StepVerdict) -> None:
         why = "failed its analysis" if action is Action.ABORT_FAILED else "stayed inconclusive too long"
         reason = f"canary {why} at {p.weight}%: " + "; ".join(verdict.reasons)
-        self.router.set_routes(str(p.stable), None, 0)  # traffic first: users before bookkeeping
-        self.registry.rollback(p.version, reason, {"outcomes": p.outcomes, "last": verdict.to_dict()},
-                               self.actor, self.dag_run_id)
+        # The one rollback the guard and people use too: traffic first (users before bookkeeping), then the record.
+        from mlcd.guard.watch import rollback
+
+        rollback(self.registry, self.router, p.version, reason, {"outcomes": p.outcomes, "last": verdict.to_dict()},
+                 self.actor, self.dag_run_id)
         p.done, p.result = True, reason
         raise RolloutAborted(reason)
 
