@@ -22,6 +22,7 @@ from mlcd.data.landing import (
     LandedFile,
     LandingZone,
     SourceError,
+    SourceGone,
     quarantine_file,
     store_accepted_file,
     uri_of,
@@ -109,6 +110,8 @@ def scan(settings: Settings | None = None, *, now: float | None = None) -> Scan:
                                             "reason": "changed while it was read"})
                     continue
                 ledger.note_sighting(landed.uri, landed.size_bytes, landed.mtime_ns, batch_hash)
+        except SourceGone:
+            continue  # tidied away between the listing and the read: nothing to judge
         except SourceError as err:
             # Unreadable or too large: recorded under a key made of its place, size and mtime, and quarantined
             # by validate with this reason; a new copy (other size or mtime) is looked at afresh.
@@ -192,6 +195,10 @@ def _decide_one(item: dict[str, Any], settings: Settings, ledger: Ledger, gate: 
     try:
         try:
             content_hash, _size = LandingZone(settings.landing_uri).copy_to(landed, staged, settings.max_batch_bytes)
+        except SourceGone as err:
+            log.warning("%s %s", name, err)
+            report.left.append({"batch_hash": batch_hash, "name": name, "reason": str(err)})
+            return
         except SourceError as err:
             reason = str(err)
             folder = quarantine_file(None, batch_hash, name, reason, {"stage": "read"}, settings.quarantine_dir)

@@ -27,7 +27,11 @@ _HEX_REF = "fsbytes:"
 
 
 class SourceError(OSError):
-    """The landed file itself could not be read (vanished, permissions, too large, changed): its fault, not ours."""
+    """The landed file itself could not be read (permissions, not a file, too large): its fault, not ours."""
+
+
+class SourceGone(SourceError):
+    """The landed file is no longer there (tidied away after it was listed): nothing to judge, nothing refused."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class LandedFile:
     name: str
     size_bytes: int
     mtime: float | None = None  # seconds since the epoch; None where the store has none (objects appear whole)
+    regular: bool = True  # False: a FIFO, device or broken link named *.npz, listed only to be refused unopened
 
     @property
     def display_name(self) -> str:
@@ -105,18 +110,20 @@ class LandingZone:
         """Every regular ``*.npz`` file directly in the landing zone, sorted by name; a missing zone is empty.
 
         Only the listing's stat is used (name, type, size, mtime): no file is opened. Dot-names are in-flight
-        copies; FIFOs, devices and folders are not files and are never opened (a FIFO would block a read).
+        copies and folders are skipped; FIFOs, devices and broken links are listed with ``regular=False`` so that
+        intake can refuse them by name, and are never opened (a FIFO would block a read).
         """
         if not self.fs.exists(self.root):
             return []
         files = []
         for info in self.fs.ls(self.root, detail=True):
             name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-            if info.get("type") != "file" or not name.endswith(BATCH_SUFFIX) or name.startswith("."):
+            kind = info.get("type")
+            if kind not in ("file", "other") or not name.endswith(BATCH_SUFFIX) or name.startswith("."):
                 continue
             files.append(
                 LandedFile(uri=self._uri_of(info["name"]), name=name, size_bytes=int(info.get("size") or 0),
-                           mtime=_mtime(info))
+                           mtime=_mtime(info), regular=kind == "file")
             )
         return sorted(files, key=lambda f: f.display_name)
 
@@ -126,7 +133,10 @@ class LandingZone:
 
     def stat(self, landed: LandedFile) -> LandedFile:
         """The file as it is now (size and mtime re-read)."""
-        info = self.fs.info(landed.uri)
+        try:
+            info = self.fs.info(landed.uri)
+        except FileNotFoundError:
+            raise SourceGone("vanished from the landing zone after it was listed") from None
         return LandedFile(uri=landed.uri, name=landed.name, size_bytes=int(info.get("size") or 0), mtime=_mtime(info))
 
     def read(self, landed: LandedFile, max_bytes: int | None = None) -> bytes:
@@ -162,6 +172,8 @@ class LandingZone:
         return digest.hexdigest(), size
 
     def _stream(self, landed: LandedFile, limit: int, sink: Any) -> int:
+        if not landed.regular:
+            raise SourceError("not a regular file (a FIFO, device or broken link); refused without opening it")
         if landed.size_bytes > limit:
             raise SourceError(f"file is {landed.size_bytes:,} bytes; the limit is {limit:,} (MLCD_MAX_BATCH_BYTES)")
         size = 0
@@ -174,6 +186,8 @@ class LandingZone:
                     sink(chunk)
         except SourceError:
             raise
+        except FileNotFoundError:
+            raise SourceGone("vanished from the landing zone after it was listed") from None
         except OSError as err:
             raise SourceError(f"cannot read: {printable_name(err.strerror or str(err))}") from None
         return size
