@@ -137,3 +137,36 @@ def zip_bomb(inflated_bytes: int = 1_250_000_000) -> bytes:
                           directory_start, 0))
     return out.getvalue()
 
+
+
+# --- Peak memory of a child process ---
+
+# Linux carries a process's peak RSS across fork and exec: a child forked from a large process (pytest with GX
+# loaded) reports at least its parent's size. So the measured command is started by this small wrapper (a bare
+# interpreter, about 10 MB), and the wrapper reports the rusage of that one child, as the kernel counted it.
+_MEASURE = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, fh)
+"""
+
+
+def run_measured(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> tuple[int, str, str, int, float]:
+    """Run ``args``: ``(exit code, stdout, stderr, peak RSS in bytes of that process alone, seconds)``."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _MEASURE, report.name, *args], capture_output=True,
+                              text=True, env=env if env is not None else dict(os.environ), timeout=timeout)
+        seconds = time.perf_counter() - t0
+        assert done.returncode == 0, done.stderr
+        measured = json.loads(open(report.name).read())
+    return int(measured["code"]), done.stdout, done.stderr, int(measured["maxrss_kib"]) * 1024, seconds

@@ -1,23 +1,22 @@
 """The validating process's memory stays bounded whatever a landed file declares (issue 14).
 
 ``mlcd validate`` and ``mlcd intake`` run as child processes, exactly as an operator or a worker runs them, and
-their peak resident memory is read from the kernel when they exit (``os.wait4`` gives the rusage of that child
-alone). Before bounded decoding the zip bomb alone took ``mlcd validate`` to 2.6 GB and the billions-of-images
-header crashed it.
+their peak resident memory is read from the kernel when they exit (``os.wait4`` in a small wrapper process gives
+the rusage of that child alone; see ``tests.badbatches.run_measured``). Before bounded decoding the zip bomb
+alone took ``mlcd validate`` to 2.6 GB and the billions-of-images header crashed it with a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.badbatches import billions_of_images, forged_shape, good_bytes, zip_bomb
+from tests.badbatches import billions_of_images, forged_shape, good_bytes, run_measured, zip_bomb
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +28,9 @@ HOSTILE_OVERHEAD_BOUND = 48 * MiB  # hostile files may cost at most this much ov
 
 def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, int]:
     """Run ``mlcd ARGS`` as a child: ``(exit code, stdout, peak RSS bytes of that child)``."""
-    proc = subprocess.Popen([sys.executable, "-m", "mlcd.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True)
-    out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    code, out, err, peak, _ = run_measured([sys.executable, "-m", "mlcd.cli", *args], env)
     assert "Traceback" not in err, err
-    return proc.returncode, out, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+    return code, out, peak
 
 
 @pytest.fixture(scope="module")
