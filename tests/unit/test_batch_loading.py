@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 import tracemalloc
 import warnings
@@ -58,6 +59,9 @@ def test_object_arrays_are_never_unpickled(tmp_path, sample) -> None:  # type: i
 def test_unreadable_path_is_a_batch_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(BatchError, match="cannot read"):
         load_batch(tmp_path / "missing.npz")
+    os.mkfifo(tmp_path / "pipe.npz")  # opening it for reading would block forever
+    with pytest.raises(BatchError, match="not a regular file"):
+        load_batch(tmp_path / "pipe.npz")
 
 
 # --- Hostile files: refused from the zip directory and the npy headers, before anything is allocated ---

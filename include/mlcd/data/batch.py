@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -122,6 +124,8 @@ def load_batch(source: bytes | str | Path, limits: BatchLimits | None = None) ->
     limits = limits if limits is not None else BatchLimits.from_settings()
     if isinstance(source, (str, Path)):
         try:
+            if not stat.S_ISREG(os.stat(source).st_mode):  # a FIFO or device would block or never end
+                raise BatchError(f"{printable_name(str(source))} is not a regular file; refused without opening it")
             with open(source, "rb") as fh:
                 return _load(fh, _size_of(fh), limits)
         except OSError as err:
