@@ -11,18 +11,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
+# At module level: FastAPI resolves the route's (postponed) annotations in this module's globals.
+from starlette.requests import Request
+
 URL_PREFIX = "/mlcd"
 
 
 def create_app() -> Any:
     from airflow.api_fastapi.core_api.security import get_user
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import Depends, FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.staticfiles import StaticFiles
 
     from mlcd.settings import get_settings
 
-    app = FastAPI(title="mlcd", docs_url=None, redoc_url=None, dependencies=[Depends(get_user)])
+    # No OpenAPI schema route: FastAPI serves it outside the app-level dependencies (it answered without a login).
+    app = FastAPI(title="mlcd", docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(get_user)])
 
     def _overview() -> dict[str, Any]:
         from mlcd.airflow.hooks import MlflowHook
