@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the trainer; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    from mlcd.training import seal_result
     from mlcd.training.trainer import train
 
     try:
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             patience=args.patience,
         )
+        seal_result(result)
     except KeyboardInterrupt:
         print(ERROR_PREFIX + "interrupted", file=sys.stderr, flush=True)
         return 130
