@@ -79,13 +79,17 @@ def test_every_plugin_route_refuses_a_request_without_a_session(api_server: dict
     routes = _plugin_routes()
     assert {"/mlcd/", "/mlcd/api/overview", "/mlcd/data-docs/index.html"} <= set(routes), routes
     routes.update({"/mlcd/data-docs/": {"GET", "HEAD"}, "/mlcd/data-docs/no-such-file.html": {"GET"}})
+    open_routes = []
     for path, methods in routes.items():
         for method in sorted(methods):
             status, _ = _request(api_server["url"] + path, method)
-            assert status in (401, 403), f"{method} {path} answered {status} without a login"
+            if status not in (401, 403):
+                open_routes.append(f"{method} {path} answered {status} without a login")
         # A forged or expired token is no session either.
         status, _ = _request(api_server["url"] + path, headers={"Authorization": "Bearer not-a-real-token"})
-        assert status in (401, 403), f"{path} answered {status} to a forged token"
+        if status not in (401, 403):
+            open_routes.append(f"GET {path} answered {status} to a forged token")
+    assert not open_routes, open_routes
 
 
 def test_a_logged_in_user_reads_the_data_docs_and_nothing_outside_them(api_server: dict[str, Any]) -> None:

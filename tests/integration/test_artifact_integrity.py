@@ -146,7 +146,8 @@ def test_code_injected_into_the_artifact_never_runs(tracking_uri: str, models: d
     (art / "code").mkdir()
     (art / "code" / "mlcd_injected.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
     mlmodel = (art / "MLmodel").read_text()
-    mlmodel = mlmodel.replace("    code: null", "    code: code").replace("    keras_version:", "    keras_module: mlcd_injected\n    keras_version:")
+    mlmodel = mlmodel.replace("    code: null", "    code: code")
+    mlmodel = mlmodel.replace("    keras_version:", "    keras_module: mlcd_injected\n    keras_version:")
     (art / "MLmodel").write_text(mlmodel)
     (art / "data" / "keras_module.txt").write_text("mlcd_injected")
 
