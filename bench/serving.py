@@ -47,6 +47,7 @@ def train_and_register(tracking_uri: str) -> tuple[str, str]:
 
     from mlcd.data.reference import load_reference
     from mlcd.registry import ModelRegistry
+    from mlcd.training.tracking import seal_model
 
     ref = load_reference()
     tf.keras.utils.set_random_seed(0)
@@ -71,6 +72,7 @@ def train_and_register(tracking_uri: str) -> tuple[str, str]:
     for _ in range(2):
         with mlflow.start_run() as run:
             info = mlflow.tensorflow.log_model(model, name="model", pip_requirements=["tensorflow-cpu"])
+        seal_model(info.model_uri, tracking_uri)  # as the trainer does: the gateway refuses an unsealed model
         versions.append(registry.register_run_model(run.info.run_id, info.model_uri))
     registry.bootstrap_champion(versions[0], "bench")
     return versions[0], versions[1]

@@ -42,7 +42,8 @@ with DAG(
         "batch_size": Param(128, type="integer", minimum=8, maximum=4096),
         "seed": Param(0, type="integer", minimum=0),
         "model": Param("cnn", type="string",
-                       description="Model builder: 'cnn' (the reference CNN) or 'package.module:factory'."),
+                       description="Model builder: 'cnn' (the reference CNN), 'mlcd.training.faulty:BlindModel' "
+                                   "or an installed 'mlcd.models' entry point."),
         "max_train_samples": Param(None, type=["null", "integer"], minimum=1,
                                    description="Cap on training images (quick runs); empty for all."),
         "gate": Param({}, type="object",
