@@ -215,6 +215,66 @@ def test_dataset_pipeline_yields_float_pixels() -> None:
     assert sorted(np.concatenate([b[1].numpy() for b in batches]).tolist()) == list(range(10))
 
 
+def test_dataset_pipeline_is_seeded_and_reshuffles_each_epoch() -> None:
+    from mlcd.training.data import make_dataset
+
+    x = np.repeat(np.arange(50, dtype=np.uint8), 28 * 28).reshape(50, 28, 28)
+    y = np.arange(50, dtype=np.int64)
+
+    def orders(seed: int) -> list[list[int]]:
+        ds = make_dataset(x, y, 8, shuffle=True, seed=seed)
+        return [np.concatenate([b[1].numpy() for b in ds]).tolist() for _ in range(2)]
+
+    first, second = orders(3)
+    assert sorted(first) == list(range(50)) and first != second  # every image once per epoch, a new order each
+    assert orders(3) == [first, second]  # the same seed, the same orders: a run is repeatable
+    # Images and labels stay paired through the per-batch gather, and the cast keeps pixel values.
+    for xb, yb in make_dataset(x, y, 8, shuffle=True, seed=3):
+        np.testing.assert_array_equal(xb.numpy()[:, 0, 0], yb.numpy().astype(np.float32))
+    unshuffled = np.concatenate([b[1].numpy() for b in make_dataset(x, y, 8, shuffle=False)])
+    assert unshuffled.tolist() == list(range(50))
+
+
+def test_trainer_fit_learns_the_same_as_one_step_per_call() -> None:
+    """Several steps per call change speed only: same weights, same history as Keras' default of one step."""
+    import keras
+
+    from mlcd.training.data import TrainingData, make_dataset
+    from mlcd.training.model import ReferenceCNN
+    from mlcd.training.trainer import STEPS_PER_EXECUTION, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, size=200).astype(np.int64)
+    data = TrainingData("s", "s", x[:150], y[:150], x[150:], y[150:])
+
+    keras.utils.set_random_seed(0)
+    plain = ReferenceCNN().build()
+    assert plain.steps_per_execution == 1
+    expected = plain.fit(
+        make_dataset(data.x_train, data.y_train, 32, shuffle=True, seed=0),
+        validation_data=make_dataset(data.x_val, data.y_val, 32, shuffle=False),
+        epochs=2,
+        verbose=0,
+    )
+    keras.utils.set_random_seed(0)
+    tuned = ReferenceCNN().build()
+    history, _ = fit(tuned, data, epochs=2, batch_size=32, seed=0)
+    # 5 batches per epoch, fewer than one execution: Keras must stop at the epoch's end, not run on.
+    assert tuned.steps_per_execution == STEPS_PER_EXECUTION > 5
+    assert history.history.keys() == expected.history.keys()
+    for key, values in expected.history.items():
+        np.testing.assert_allclose(history.history[key], values, rtol=1e-5)
+    for got, want in zip(tuned.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    keras.utils.set_random_seed(0)
+    own = ReferenceCNN().build()
+    own.steps_per_execution = 3  # a builder that compiled its own value keeps it
+    fit(own, data, epochs=1, batch_size=32, seed=0)
+    assert own.steps_per_execution == 3
+
+
 def test_per_class_metrics() -> None:
     from mlcd.training.tracking import confusion_matrix, per_class_metric_dict, per_class_metrics
 

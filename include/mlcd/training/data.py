@@ -104,12 +104,15 @@ def load_training_data(snapshot: str | Path, max_train_samples: int | None = Non
 def make_dataset(
     x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0
 ) -> tf.data.Dataset:
-    """A batched pipeline of ``(float32 N×28×28 pixels 0–255, int64 labels)``.
+    """A batched pipeline of ``(float32 N×28×28 pixels 0–255, int64 labels)`` over uint8 images held once.
 
-    The uint8 images are held once in memory (a quarter of float32's size) and each batch is one vectorised
-    gather + cast of shuffled indices, instead of per-image ops: measured in bench/training.py against
-    ``model.fit`` on NumPy arrays. Shuffling reshuffles every epoch (seeded); the unshuffled (validation)
-    pipeline caches its prepared batches after the first pass; prefetch overlaps input with the train step.
+    The images stay uint8 in memory (a quarter of float32's bytes; ``model.fit`` on NumPy arrays needs a
+    float32 copy of the whole set) and are cast in-graph, per batch: one vectorised gather + cast of a batch
+    of shuffled indices. The scaling to 0–1 lives in the model (its ``Rescaling`` layer), so serving and
+    training cannot disagree. Profiled on 2 CPU cores (bench/training.py, bench/RESULTS.md): producing a batch
+    costs about 1 ms against 60 ms or more for the CNN's train step, so the pipeline is never the bottleneck;
+    shuffling reshuffles every epoch, seeded, so a run is repeatable. Nothing is cached: a cache after the
+    cast would hold float32 copies again, and re-gathering a batch is cheaper than a train step's noise.
     """
     import tensorflow as tf
 
@@ -122,7 +125,6 @@ def make_dataset(
     ds = ds.map(
         lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.gather(labels, idx)),
         num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,  # batches in the seeded order whatever the parallelism: repeatable runs
     )
-    if not shuffle:
-        ds = ds.cache()
     return ds.prefetch(tf.data.AUTOTUNE)
