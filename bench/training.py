@@ -4,7 +4,7 @@ Part 1, in one process: the same model (the reference CNN, same seed), the same 
 validated every epoch on the same split. The peer is ``model.fit(x_float32, y, validation_data=…, shuffle=True)``
 (a float32 copy of the images, Keras slices it); mlcd's side is :func:`mlcd.training.trainer.fit`, exactly what
 ``mlcd train`` runs (uint8 ``tf.data`` pipelines from :func:`mlcd.training.data.make_dataset`, cast per batch in
-the graph, steps per execution). Each pair of runs alternates its order (peer, mlcd, mlcd, peer …) so drift on a
+the graph). Each pair of runs alternates its order (peer, mlcd, mlcd, peer …) so drift on a
 shared machine hits both sides; reported: median and min–max of every side, and the median of the per-pair
 ratios (peer seconds / mlcd seconds, > 1 means mlcd is faster). Also timed: one pass over the batches alone.
 
@@ -13,7 +13,7 @@ evaluation, MLflow logging of params, metrics, plot and model to a real ``mlflow
 plain Keras script (read the same snapshot arrays, train the same model with the same settings, save it to a
 ``.keras`` file), each a fresh Python process, alternating; the ratio of wall times is mlcd's overhead.
 
-    make bench   # or: .venv/bin/python bench/training.py [--images 6000 --repeats 5 --e2e-images 12000 ...]
+    make bench   # or: .venv/bin/python bench/training.py [--images 6000 --repeats 5 --e2e-images 8000 ...]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def fit_comparison(args: argparse.Namespace) -> None:
 
     from mlcd.training.data import TrainingData, make_dataset
     from mlcd.training.model import ReferenceCNN
-    from mlcd.training.trainer import STEPS_PER_EXECUTION, fit
+    from mlcd.training.trainer import fit
 
     ref = load_reference()
     x, y = ref.x_train[: args.images], ref.y_train[: args.images]
@@ -90,7 +90,7 @@ def fit_comparison(args: argparse.Namespace) -> None:
     data = TrainingData("bench", "bench", x, y, xv, yv)
     print(f"part 1: {len(x)} train + {len(xv)} val images from {ref.source}; {args.epochs} epoch(s), batch "
           f"{args.batch_size}, {args.repeats} alternating pairs; TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}; mlcd steps_per_execution {STEPS_PER_EXECUTION}",
+          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}",
           flush=True)
 
     def fresh_model() -> keras.Model:
@@ -214,9 +214,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5, help="alternating pairs of runs in part 1")
-    parser.add_argument("--e2e-images", type=int, default=12_000, help="images in part 2's snapshot (80 %% train)")
+    parser.add_argument("--e2e-images", type=int, default=8_000, help="images in part 2's snapshot (80 %% train)")
     parser.add_argument("--e2e-epochs", type=int, default=2, help="at most the trainer's patience: no early stop")
-    parser.add_argument("--e2e-repeats", type=int, default=5, help="alternating pairs of runs in part 2")
+    parser.add_argument("--e2e-repeats", type=int, default=3, help="alternating pairs of runs in part 2")
     parser.add_argument("--skip-e2e", action="store_true", help="part 1 only")
     args = parser.parse_args()
     started = time.perf_counter()

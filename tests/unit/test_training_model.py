@@ -235,44 +235,35 @@ def test_dataset_pipeline_is_seeded_and_reshuffles_each_epoch() -> None:
     assert unshuffled.tolist() == list(range(50))
 
 
-def test_trainer_fit_learns_the_same_as_one_step_per_call() -> None:
-    """Several steps per call change speed only: same weights, same history as Keras' default of one step."""
+def test_trainer_fit_validates_every_epoch_and_repeats_with_the_seed() -> None:
     import keras
 
     from mlcd.training.data import TrainingData, make_dataset
     from mlcd.training.model import ReferenceCNN
-    from mlcd.training.trainer import STEPS_PER_EXECUTION, fit
+    from mlcd.training.trainer import fit
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
     y = rng.integers(0, 10, size=200).astype(np.int64)
     data = TrainingData("s", "s", x[:150], y[:150], x[150:], y[150:])
 
-    keras.utils.set_random_seed(0)
-    plain = ReferenceCNN().build()
-    assert plain.steps_per_execution == 1
-    expected = plain.fit(
-        make_dataset(data.x_train, data.y_train, 32, shuffle=True, seed=0),
-        validation_data=make_dataset(data.x_val, data.y_val, 32, shuffle=False),
-        epochs=2,
-        verbose=0,
-    )
-    keras.utils.set_random_seed(0)
-    tuned = ReferenceCNN().build()
-    history, _ = fit(tuned, data, epochs=2, batch_size=32, seed=0)
-    # 5 batches per epoch, fewer than one execution: Keras must stop at the epoch's end, not run on.
-    assert tuned.steps_per_execution == STEPS_PER_EXECUTION > 5
-    assert history.history.keys() == expected.history.keys()
-    for key, values in expected.history.items():
-        np.testing.assert_allclose(history.history[key], values, rtol=1e-5)
-    for got, want in zip(tuned.get_weights(), plain.get_weights(), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    runs = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        net = ReferenceCNN().build()
+        history, val_ds = fit(net, data, epochs=2, batch_size=32, seed=0)
+        runs.append((history.history, net.get_weights()))
+    history, weights = runs[0]
+    assert len(history["val_loss"]) == len(history["loss"]) == 2  # validated after every epoch
+    assert history == runs[1][0]
+    for got, want in zip(runs[1][1], weights, strict=True):
+        np.testing.assert_array_equal(got, want)  # the same seed trains the same weights
+    assert np.concatenate([b[1].numpy() for b in val_ds]).tolist() == data.y_val.tolist()
 
-    keras.utils.set_random_seed(0)
-    own = ReferenceCNN().build()
-    own.steps_per_execution = 3  # a builder that compiled its own value keeps it
-    fit(own, data, epochs=1, batch_size=32, seed=0)
-    assert own.steps_per_execution == 3
+    # The GPU settings (parallel map, autotuned prefetch) yield the very same batches in the same order.
+    cpu = [b[1].numpy().tolist() for b in make_dataset(x, y, 16, shuffle=True, seed=5)]
+    gpu = [b[1].numpy().tolist() for b in make_dataset(x, y, 16, shuffle=True, seed=5, accelerated=True)]
+    assert cpu == gpu
 
 
 def test_per_class_metrics() -> None:

@@ -50,21 +50,6 @@ def select_strategy() -> tuple[tf.distribute.Strategy, bool]:
     return tf.distribute.get_strategy(), False
 
 
-# Steps run per call into the compiled train function. Keras' default (1) pays a Python round trip, the
-# callback hooks and a tf.function dispatch for every batch; on 2 CPU cores that is a few per cent of a
-# reference-CNN step (bench/training.py). Our callbacks are per epoch (progress, MLflow, early stopping) and
-# Keras clips the last execution at the epoch's end, so the weights, metrics and stopping epoch are
-# identical to a per-step loop (tests/unit/test_training_model.py checks it).
-STEPS_PER_EXECUTION = 16
-
-
-def _use_steps_per_execution(net: keras.Model) -> int:
-    """Raise Keras' default of one step per call to :data:`STEPS_PER_EXECUTION`; a builder's own value wins."""
-    if int(getattr(net, "steps_per_execution", 1) or 1) == 1:
-        net.steps_per_execution = STEPS_PER_EXECUTION
-    return int(net.steps_per_execution)
-
-
 def fit(
     net: keras.Model,
     data: TrainingData,
@@ -73,19 +58,20 @@ def fit(
     batch_size: int,
     seed: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    accelerated: bool = False,
 ) -> tuple[keras.callbacks.History, tf.data.Dataset]:
     """Fit a compiled model on a snapshot's train split, validating on its val split every epoch.
 
     The one fit path of the trainer, also what bench/training.py measures against ``model.fit`` on arrays:
-    uint8 pipelines from :func:`make_dataset`, and :data:`STEPS_PER_EXECUTION` steps per call unless the
-    builder compiled its own value.
+    uint8 pipelines from :func:`make_dataset` (``accelerated``: the GPU settings). Keras' default of one
+    step per call is kept: 16 steps per call traces a multi-step loop that cost more than it saved on the
+    benchmark's fits (bench/RESULTS.md), and callbacks keep their per-batch hooks.
 
     Returns:
         Keras' history and the validation pipeline (reused for the final evaluation).
     """
-    _use_steps_per_execution(net)
-    train_ds = make_dataset(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed)
-    val_ds = make_dataset(data.x_val, data.y_val, batch_size, shuffle=False)
+    train_ds = make_dataset(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed, accelerated=accelerated)
+    val_ds = make_dataset(data.x_val, data.y_val, batch_size, shuffle=False, accelerated=accelerated)
     # shuffle=False: the pipeline shuffles itself (seeded); Keras would ignore True for a dataset and warn.
     history = net.fit(
         train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks or [], shuffle=False, verbose=0
@@ -202,7 +188,6 @@ def train(
     global_batch = batch_size * replicas
     with strategy.scope():
         net = builder.build()
-    _use_steps_per_execution(net)
 
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.set_experiment(experiment)
@@ -232,7 +217,6 @@ def train(
                 "strategy": type(strategy).__name__,
                 "replicas": replicas,
                 "mixed_precision": mixed_precision,
-                "steps_per_execution": int(net.steps_per_execution),
                 "tensorflow_version": tf.__version__,
                 "keras_version": keras.__version__,
                 **builder.params(),
@@ -248,7 +232,9 @@ def train(
             _make_progress_callback(epochs, len(data.x_train), progress, log_to_mlflow=True),
         ]
         started = time.perf_counter()
-        history, val_ds = fit(net, data, epochs=epochs, batch_size=global_batch, seed=seed, callbacks=callbacks)
+        history, val_ds = fit(
+            net, data, epochs=epochs, batch_size=global_batch, seed=seed, callbacks=callbacks, accelerated=mixed_precision
+        )
         train_seconds = time.perf_counter() - started
         val_losses = [float(v) for v in history.history.get("val_loss", [])]
         epochs_run = len(history.history.get("loss", []))
@@ -276,11 +262,6 @@ def train(
             # Explicit requirements: inferring them re-loads the model in a subprocess (seconds, for nothing).
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
             tags={"mlcd.snapshot_id": data.snapshot_id, "mlcd.code_version": version},
-            # MLflow's own check re-loads the saved model as a pyfunc to predict the 5-image example (seconds
-            # on 2 cores). The signature above is this model's output on that example, and the evaluate
-            # step loads the logged model and predicts the whole frozen test split before anything is
-            # registered, a stricter check of the same artifact.
-            validate_serving_input=False,
         )
         model_id = getattr(info, "model_id", None)
         # Logged after the model and linked to it by id: logged before, log_model links them itself with one
