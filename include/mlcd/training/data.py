@@ -130,9 +130,9 @@ def make_dataset(
     ds = ds.map(
         lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.gather(labels, idx)),
         num_parallel_calls=tf.data.AUTOTUNE if accelerated else None,
-        deterministic=True,  # batches in the seeded order whatever the parallelism: repeatable runs
     )
     options = tf.data.Options()
+    options.deterministic = True  # batches in the seeded order whatever the parallelism: repeatable runs
     options.experimental_optimization.apply_default_optimizations = False
     options.autotune.enabled = accelerated
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE if accelerated else 2)
