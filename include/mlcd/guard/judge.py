@@ -381,7 +381,6 @@ class Analysis:
     def verdict(self, skip: Collection[str] = ()) -> GuardVerdict:
         st, t = self.state, self.t
         c, s, alone = _one(st["canary"]), _one(st["stable"]), _one(st["alone"])
-        a = t.check_alpha
         checks = [
             self._decide(ERROR_RATE, "msprt_error_share_stratified", *_error_effect(c, s, t),
                          enough=c.requests >= t.min_requests and s.requests >= 1,
