@@ -490,13 +490,13 @@ def one_sample_log_lr(errors: float, n: float, p0: float, grid: tuple[float, ...
     return errors * np.log(p1 / p0) + (n - errors) * np.log((1 - p1) / (1 - p0))
 
 
-def _mixture(log_e: np.ndarray) -> float:
+def _mixture(log_e: Any) -> float:
     """``log(mean(exp(log_e)))`` without overflow."""
-    log_e = np.asarray(log_e, dtype=np.float64)
-    if log_e.size == 0:
+    values = [float(v) for v in log_e]
+    if not values:
         return 0.0
-    top = float(log_e.max())
-    return top + math.log(float(np.exp(log_e - top).mean()))
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
 
 
 def holm(p_values: list[float], alpha: float) -> list[bool]:
@@ -612,10 +612,10 @@ def _above(buckets: Mapping[float, float], edge: float) -> float:
 def _vec(classes: Mapping[int, float] | np.ndarray) -> np.ndarray:
     if isinstance(classes, np.ndarray):
         return classes.astype(np.float64)
-    size = max([NUM_CLASSES, *(int(k) + 1 for k in classes)])
-    out = np.zeros(size, dtype=np.float64)
-    for k, v in classes.items():
-        out[int(k)] = max(0.0, float(v))
+    keys = [int(k) for k in classes]
+    out = np.zeros(max(NUM_CLASSES, max(keys, default=0) + 1), dtype=np.float64)
+    if keys:
+        out[keys] = np.maximum(0.0, np.fromiter(classes.values(), dtype=np.float64, count=len(keys)))
     return out
 
 
