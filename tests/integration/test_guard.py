@@ -46,10 +46,10 @@ def test_a_broken_canary_is_rolled_back_with_its_evidence(mlflow_server: Any, ur
             result = watch(guard, timeout_s=45, on_poll=polls.append)
             rb = rollback(ro.registry, ro.router, ro.canary, result.reason, result.as_dict(), "tests")
             assert ro.router.get_routes() == RouteStatus(ro.stable, None, 0)
-            time.sleep(1.0)
-            after_rollback = sum(load.by_version.values())
-            time.sleep(1.5)
-            served_after = {v for v in load.by_version if v == ro.canary}
+            time.sleep(1.0)  # requests already in flight at the switch finish
+            at_switch = dict(load.by_version)
+            time.sleep(2.0)
+            after_switch = dict(load.by_version)
         elapsed = time.monotonic() - t0
 
         assert result.decision is Decision.BREACH, result.reason
@@ -58,8 +58,9 @@ def test_a_broken_canary_is_rolled_back_with_its_evidence(mlflow_server: Any, ur
         assert "class_distribution" in failed
         assert all(p.decision is Decision.WATCH for p in polls[:-1])
         assert (rb.version, rb.restored, rb.already, rb.state) == (ro.canary, ro.stable, False, "rolled_back")
-        assert sum(load.by_version.values()) > after_rollback and served_after <= {ro.canary}
-        # Requests after the switch all went to stable.
+        # Requests after the switch all went to stable: stable's count grew, the canary's did not move.
+        assert after_switch.get(ro.stable, 0) > at_switch.get(ro.stable, 0)
+        assert after_switch.get(ro.canary, 0) == at_switch.get(ro.canary, 0) > 0
         assert load.failed == 0
 
         record = ro.registry.get_state(ro.canary)
@@ -68,7 +69,8 @@ def test_a_broken_canary_is_rolled_back_with_its_evidence(mlflow_server: Any, ur
         evidence = json.loads(record.tags["mlcd.rollback_evidence"])
         check = next(c for c in evidence["verdict"]["checks"] if c["name"] == "class_distribution")
         assert check["p_value"] < check["alpha"] and check["counts"]["canary_shares"][BROKEN_CLASS] > 0.99
-        assert evidence["verdict"]["canary"]["requests"] >= 50
+        # A handful of canary predictions is overwhelming evidence (the sequential test), not a fixed 50.
+        assert 1 <= evidence["verdict"]["canary"]["requests"] < 200
         assert record.tags["mlcd.rolled_back_by"] == "tests"
         assert "class_distribution" in record.tags["mlcd.rollback_checks"]
         entries = len(record.history)
