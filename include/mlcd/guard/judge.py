@@ -32,7 +32,7 @@ anytime-valid ``min(1, 1/max_t M_t)``.
   martingale stays valid). Null: the canary's share above the edge ``<=`` ``latency_margin`` × stable's.
 * **predicted-class distribution** (label-free: catches a model that answers one class): a plug-in
   likelihood ratio of which variant predicted each class, the alternative being the class shares estimated
-  from the intervals before (smoothed). A one-class canary at 5 % of 50 requests/s is caught within seconds.
+  from the intervals before (lightly smoothed). A one-class canary at 5 % of 50 requests/s is caught within seconds.
 * **live accuracy** from feedback: the canary's share of wrong answers (null: ``accuracy_margin`` × stable's
   wrong rate).
 * **versus reference** (intervals where the version serves alone: the 100 % step, a bake period): the
@@ -73,6 +73,8 @@ PROCESSES: tuple[str, ...] = (*CHECKS, ERROR_VS_REFERENCE, CLASSES_VS_REFERENCE)
 GRID: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
 # Reference predictions needed before the version-alone class check runs (its null is the reference's shares).
 MIN_REFERENCE_PREDICTIONS = 300
+# Pseudo-count per class of the canary's estimated class shares (the plug-in alternative).
+CANARY_PRIOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -470,7 +472,9 @@ def classes_log_lr(c: np.ndarray, s: np.ndarray, c_before: np.ndarray, s_before:
     if not 0 < pi < 1:
         return 0.0
     k = max(c.size, s.size)
-    shares_c = (_pad(c_before, k) + 0.5) / (_pad(c_before, k).sum() + 0.5 * k)
+    # A light prior on the canary (0.1 per class) lets a few of its predictions shape the alternative, which is
+    # what catches a one-class model at a few requests per second; validity does not depend on the prior.
+    shares_c = (_pad(c_before, k) + CANARY_PRIOR) / (_pad(c_before, k).sum() + CANARY_PRIOR * k)
     shares_s = (_pad(s_before, k) + 0.5) / (_pad(s_before, k).sum() + 0.5 * k)
     r = shares_c / shares_s
     q = pi * r / (pi * r + 1 - pi)

@@ -45,8 +45,8 @@ from mlcd.rollout.metrics import (
     SeriesCounters,
     Snapshot,
     diff,
-    parse_metrics,
     snapshot_from_dict,
+    snapshot_from_families,
     snapshot_to_dict,
 )
 from mlcd.rollout.router import Router
@@ -192,9 +192,14 @@ def parse_scrape(text: str) -> Scrape:
     """Counters (:func:`mlcd.rollout.metrics.parse_metrics`) plus ``model_info`` and the canary weight ratio."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    return scrape_from_families(list(text_string_to_metric_families(text)))
+
+
+def scrape_from_families(families: list[Any]) -> Scrape:
+    """One pass over metric families (parsed text, or a registry's ``collect()``): counters, served, weight."""
     served: dict[str, str] = {}
     weight = 0.0
-    for family in text_string_to_metric_families(text):
+    for family in families:
         for sample in family.samples:
             if sample.name == "mlcd_gateway_model_info" and sample.value == 1:
                 served[sample.labels["variant"]] = sample.labels["version"]
@@ -202,7 +207,7 @@ def parse_scrape(text: str) -> Scrape:
                 weight = float(sample.value)
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"mlcd_gateway_canary_weight must be a 0-1 ratio, got {weight}")
-    return Scrape(parse_metrics(text), served, weight)
+    return Scrape(snapshot_from_families(families), served, weight)
 
 
 def fetch_scrape(gateway_url: str, timeout: float = 5.0) -> Scrape:
