@@ -65,7 +65,7 @@ class RolloutProgress:
         window: this weight's counters so far (``{"canary": …, "stable": …}``, ``SeriesCounters.to_dict``).
         analysis: the engine's state for the whole rollout.
         verdict: the engine's latest verdict (``GuardVerdict.as_dict``).
-        window_started: when this weight's window began.
+        window_started: when the current window began.
     """
 
     version: str
@@ -222,12 +222,11 @@ class CanaryRollout:
             raise ValueError(f"rollout of {p.version} is past its last step")
         self.router.set_routes(str(p.stable), p.version, target)
         if target != p.weight:
-            p.window, p.held, p.window_started = {}, 0, time.time()
+            p.window, p.held = {}, 0  # a new weight: its own counts (a stretched window keeps adding up)
         p.weight, p.repeat = target, False
         # The interval starts after the weight is set: each window is one stratum at one weight.
         p.last = snapshot_to_dict(self.scrape(self.metrics_url))
-        if not p.window_started:
-            p.window_started = time.time()
+        p.window_started = time.time()  # this window's start: the trigger waits a full window from here
         log.info("canary %s at %d%% (stable %s), window %.0fs", p.version, target, p.stable,
                  self.spec.analysis_window_s)
         return p
