@@ -21,6 +21,7 @@ from mlcd.guard.judge import GuardThresholds
 from mlcd.guard.watch import Decision, Guard, GuardConfig, PollResult, rollback, watch
 from mlcd.registry.state import RolloutState
 from mlcd.rollout.router import RouteStatus
+from mlcd.rollout.spec import Outcome
 from tests.modelkit import BROKEN_CLASS, logged_models, rollout, traffic
 
 pytestmark = pytest.mark.integration
@@ -107,7 +108,11 @@ def test_a_healthy_canary_is_not_rolled_back_and_bakes_to_healthy(mlflow_server:
                 time.sleep(1.0)
         assert result.decision is Decision.HEALTHY and result.reason.startswith("bake_complete"), result.reason
         judged = [p.verdict for p in polls if p.verdict is not None]
-        assert judged and judged[-1].canary["requests"] >= 100
+        # Side by side, the honest retrain had enough data to pass (not merely "no data yet") and never failed;
+        # in the bake the engine judged the new champion alone against what the old one served.
+        assert any(v.outcome is Outcome.PASS for v in judged)
+        assert all(v.outcome is not Outcome.FAIL for v in judged)
+        assert judged[-1].check("error_rate_vs_reference").counts["requests"] > 0
         assert ro.registry.get_state(ro.canary).state is RolloutState.CHAMPION
 
 
