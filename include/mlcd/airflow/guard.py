@@ -39,6 +39,7 @@ class GuardStatus(str, Enum):
 
     BREACH = "breach"
     HEALTHY = "healthy"
+    UNVERIFIED = "unverified"
     ERROR = "error"
 
 
@@ -48,6 +49,7 @@ class GuardReason(str, Enum):
     CANARY_FAILED = "canary_failed"  # breach of a canary
     CHAMPION_FAILED = "champion_failed"  # breach in the bake period after promotion
     BAKE_COMPLETE = "bake_complete"
+    BAKE_UNVERIFIED = "bake_unverified"  # the bake period saw too little traffic to call the version healthy
     NO_CANARY = "no_canary"
     VERSION_RETIRED = "version_retired"
     SCRAPE_FAILED = "scrape_failed"  # the gateway did not answer several polls in a row
@@ -71,6 +73,8 @@ def _reason_of(result_reason: str, phase: str, decision: str) -> GuardReason:
     """Map a :class:`~mlcd.guard.watch.PollResult` to its event reason."""
     if decision == "breach":
         return GuardReason.CHAMPION_FAILED if phase == "bake" else GuardReason.CANARY_FAILED
+    if decision == "unverified":
+        return GuardReason.BAKE_UNVERIFIED
     head = result_reason.split(":", 1)[0]
     try:
         return GuardReason(head)
@@ -99,6 +103,47 @@ def guard_config(
         grace_s=float(grace_s),
         thresholds=GuardThresholds.from_dict(dict(thresholds or {})),
     )
+
+
+def _checkpoint_path(state: Mapping[str, Any]) -> Any:
+    """``MLCD_HOME/guard/<version>-<started_at>.json``: one guard run's latest state."""
+    from mlcd.settings import get_settings
+
+    key = f"{state.get('version') or 'waiting'}-{float(state.get('started_at') or 0):.3f}"
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in key)
+    return get_settings().home / "guard" / f"{safe}.json"
+
+
+def _save_checkpoint(state: Any) -> None:
+    """Write the guard's state after a poll (atomically); a failed write only costs restart safety."""
+    import os
+    import tempfile
+
+    data = state.to_dict()
+    try:
+        path = _checkpoint_path(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError:  # noqa: PERF203 - best effort by design
+        pass
+
+
+def _newest(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The serialised state, or the checkpoint of the same guard run when it has seen more polls."""
+    data = dict(state)
+    try:
+        path = _checkpoint_path(data)
+        if path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            same = saved.get("started_at") == data.get("started_at") and saved.get("version") == data.get("version")
+            if same and int(saved.get("polls", 0)) > int(data.get("polls", 0)):
+                return dict(saved)
+    except (OSError, ValueError):
+        pass
+    return data
 
 
 class CanaryHealthTrigger(BaseTrigger):
@@ -163,7 +208,7 @@ class CanaryHealthTrigger(BaseTrigger):
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
                                   self.grace_s, self.thresholds)
             guard = Guard(config)
-            state = GuardState.from_dict(self.state) if self.state else None
+            state = GuardState.from_dict(_newest(self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
             while True:
@@ -182,8 +227,13 @@ class CanaryHealthTrigger(BaseTrigger):
                     continue
                 state = result.state
                 self.log.info("guard: %s", result.reason)
+                # serialize() now returns the state after this poll (evidence, samples, looks), and the checkpoint
+                # lets a restarted triggerer continue the same sequential test instead of starting a fresh one.
+                self.state = state.to_dict()
+                _save_checkpoint(state)
                 if result.decision is not Decision.WATCH:
-                    status = GuardStatus.BREACH if result.decision is Decision.BREACH else GuardStatus.HEALTHY
+                    status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED}.get(
+                        result.decision, GuardStatus.HEALTHY)
                     reason = _reason_of(result.reason, state.phase, result.decision.value)
                     yield self._event(status, reason, result.reason, result=result.as_dict())
                     return
@@ -241,13 +291,14 @@ class CanaryHealthSensor(BaseOperator):
     def _thresholds(self) -> dict[str, Any]:
         value = self.thresholds
         if isinstance(value, str):
-            import ast
-
-            # A rendered dict param reads as a Python literal; literal_eval never runs code.
-            value = ast.literal_eval(value) if value.strip() else {}
-        if not isinstance(value, dict):
+            # A dict param arrives natively as a dict; as text it must be JSON.
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise AirflowException(f"guard thresholds must be a JSON object: {exc}") from None
+        if not isinstance(value, Mapping):
             raise AirflowException(f"guard thresholds must be a mapping, got {type(value).__name__}")
-        return value
+        return dict(value)
 
     def _trigger_kwargs(self) -> dict[str, Any]:
         cfg = guard_config(self.gateway_url, self.version, float(self.poll_interval_s), float(self.bake_s),
@@ -294,6 +345,9 @@ class CanaryHealthSensor(BaseOperator):
             return dict(event["result"])
         if reason in (GuardReason.BAKE_COMPLETE, GuardReason.NO_CANARY, GuardReason.VERSION_RETIRED):
             self.log.info("healthy: %s", message)
+            return dict(event["result"])
+        if reason is GuardReason.BAKE_UNVERIFIED:
+            self.log.warning("UNVERIFIED (not rolled back, not verified healthy): %s", message)
             return dict(event["result"])
         if reason is GuardReason.SCRAPE_FAILED:
             raise GuardScrapeError(message)
