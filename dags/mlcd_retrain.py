@@ -8,14 +8,18 @@ rolled the version back.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from mlcd.airflow.canary import CanaryRolloutOperator
+from mlcd.airflow.notifiers import PROMOTED_MESSAGE, RUN_FAILED_MESSAGE, RolloutNotifier
 from mlcd.airflow.steps import (
     CANARY_ASSET,
     DEFAULT_ARGS,
     DRIFT_ASSET,
     LANDING_ASSET,
+    TRAINING_POOL,
     collect_step,
     evaluate_step,
     register_step,
@@ -35,6 +39,9 @@ with DAG(
     catchup=False,
     max_active_runs=1,  # registry moves and rollouts must never interleave
     default_args=DEFAULT_ARGS,
+    dagrun_timeout=timedelta(hours=24),  # the next nightly run must not queue behind a stuck one forever
+    render_template_as_native_obj=True,  # dict and bool params reach operators as dicts and bools
+    on_failure_callback=RolloutNotifier(message=RUN_FAILED_MESSAGE),
     tags=["mlcd", "training"],
     params={
         "epochs": Param(3, type="integer", minimum=1, maximum=100,
@@ -77,11 +84,14 @@ with DAG(
     def register(train_result: dict, evaluation: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
         return register_step(train_result, evaluation, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
-    train = make_train_task(max_train_samples="{{ params.max_train_samples or '' }}", model="{{ params.model }}")
+    train = make_train_task(max_train_samples="{{ params.max_train_samples or '' }}", model="{{ params.model }}",
+                            pool=TRAINING_POOL, execution_timeout=timedelta(hours=6))
     canary = CanaryRolloutOperator(
         version="{{ ti.xcom_pull(task_ids='register')['version'] }}",
         skip_canary="{{ params.skip_canary }}",
         spec="{{ params.canary_spec }}",
+        execution_timeout=timedelta(hours=12),  # every step's analysis window, deferred, end to end
+        on_success_callback=RolloutNotifier(message=PROMOTED_MESSAGE),
     )
 
     validated = validate(collect())

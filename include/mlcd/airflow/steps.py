@@ -7,6 +7,7 @@ without Airflow. Heavy imports (GX, TensorFlow, MLflow) happen inside the functi
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset
@@ -21,7 +22,12 @@ DEFAULT_ARGS: dict[str, Any] = {
     "owner": "mlcd",
     "retries": 2,
     "retry_exponential_backoff": True,
+    # Every task has a bound; long ones (train, canary, watch) set their own in the DAG file.
+    "execution_timeout": timedelta(minutes=30),
 }
+# The pool the train task runs in (created by `make up` / the demo, see mlcd.embedded.ensure_pools): one
+# training at a time on the embedded default, the GPU nodes' capacity on a cluster.
+TRAINING_POOL = "training"
 
 
 def collect_step() -> list[dict[str, Any]]:
