@@ -1,9 +1,11 @@
 """mlcd_retrain: collect → validate → train → evaluate → register → canary, nightly or when a batch lands.
 
 Wiring only: every task body is one call into ``mlcd.airflow`` (see ../include/mlcd). A quarantined batch stops
-the run at ``validate``; a challenger the gate rejects stops it at ``register`` with the verdict as the reason and
-the champion untouched; ``canary`` moves live traffic step by step and promotes, or stops when ``mlcd_guard``
-rolled the version back.
+the run at ``validate``; a snapshot already trained with the same params stops it at ``unchanged`` (skipped, with
+the version it already is; param ``force_retrain`` trains anyway); a challenger the gate rejects stops it at
+``register`` with the verdict as the reason and the champion untouched; ``canary`` moves live traffic step by step
+and promotes, or stops when ``mlcd_guard`` rolled the version back. ``announce_canary`` emits the ``mlcd_canary``
+Asset (starting ``mlcd_guard``) only for a version that becomes a canary, not for a bootstrapped first champion.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from mlcd.airflow.steps import (
     DRIFT_ASSET,
     LANDING_ASSET,
     TRAINING_POOL,
+    announce_canary_step,
     collect_step,
     evaluate_step,
     register_step,
+    unchanged_step,
     validate_step,
 )
 from mlcd.airflow.training import make_train_task
@@ -60,6 +64,8 @@ with DAG(
         "force_promote": Param(False, type="boolean",
                                description="Register even if the gate rejects (recorded as an override)."),
         "skip_canary": Param(False, type="boolean", description="Promote without the canary traffic steps."),
+        "force_retrain": Param(False, type="boolean",
+                               description="Train even when this snapshot was already trained with these params."),
         "canary_spec": Param({}, type="object",
                              description='Rollout spec overrides, e.g. {"steps": [10, 50, 100], '
                                          '"analysis_window_s": 30, "min_requests": 50}.'),
@@ -80,9 +86,19 @@ with DAG(
         params = params or {}
         return evaluate_step(train_result, force=bool(params.get("force_promote")), gate=params.get("gate") or None)
 
+    @task
+    def unchanged(report: dict, params: dict | None = None) -> dict:
+        params = params or {}
+        return unchanged_step(report, params, force=bool(params.get("force_retrain")))
+
+    @task
+    def register(train_result: dict, evaluation: dict, check: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
+        return register_step(train_result, evaluation, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                             fingerprint=check.get("fingerprint"))
+
     @task(outlets=[CANARY_ASSET])
-    def register(train_result: dict, evaluation: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
-        return register_step(train_result, evaluation, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+    def announce_canary(registered: dict) -> dict:
+        return announce_canary_step(registered)
 
     train = make_train_task(max_train_samples="{{ params.max_train_samples or '' }}", model="{{ params.model }}",
                             pool=TRAINING_POOL, execution_timeout=timedelta(hours=6))
@@ -95,6 +111,8 @@ with DAG(
     )
 
     validated = validate(collect())
-    validated >> train
-    registered = register(train.output, evaluate(train.output))
+    check = unchanged(validated)
+    check >> train
+    registered = register(train.output, evaluate(train.output), check)
     registered >> canary
+    announce_canary(registered)
