@@ -24,6 +24,8 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.logs_dir / "airflow"),
         "AIRFLOW_CONN_FS_DEFAULT": '{"conn_type": "fs", "extra": {"path": "/"}}',
+        # Airflow 3 ships the Connection form's Test button disabled; the embedded default is one user's machine.
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
         "MLCD_HOME": str(settings.home),
     }
 
