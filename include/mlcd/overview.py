@@ -341,7 +341,8 @@ def rollout_chart_svg(series: dict[str, Any], width: int = 760) -> str:
         mx = x(m["t"])
         parts.append(f"<g class='mark' data-to='{e(m['to'])}'><line x1='{mx:.1f}' y1='8' x2='{mx:.1f}' "
                      f"y2='{bottom_all}' stroke='{colour}' stroke-dasharray='4 3'/>"
-                     f"<text x='{mx + 3:.1f}' y='{bottom_all + 12}' class='tick' fill='{colour}'>{e(label)}</text>"
+                     f"<text x='{mx + 3 if mx < right - 80 else mx - 3:.1f}' y='{bottom_all + 12}' class='tick' "
+                     f"text-anchor='{'start' if mx < right - 80 else 'end'}' fill='{colour}'>{e(label)}</text>"
                      f"<title>{e(m['to'])}: {e(m['why'])}</title></g>")
     from datetime import datetime
 
