@@ -204,7 +204,9 @@ def start_mlserver(bin_dir: Path, tracking_uri: str, version: str, root: Path, e
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     (root / "mlserver" / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "debug": False, "parallel_workers": 1,
+        "debug": False,
+        # Inference in the server process, as the gateway does (a worker pool adds a process hop on 2 cores).
+        "parallel_workers": 0,
     }))
     (model_dir / "model-settings.json").write_text(json.dumps({
         "name": MODEL, "implementation": "mlserver_mlflow.MLflowRuntime",
