@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlcd.embedded import airflow_env
+from mlcd.embedded import airflow_env, ensure_pools
 from mlcd.settings import Settings, get_settings
 
 ADMIN_USER = "admin"
@@ -262,6 +262,7 @@ def up(settings: Settings | None = None, ports: Ports | None = None, *, with_gat
     # Migrate once, before the scheduler and the api-server race to do it.
     subprocess.run([_bin("airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL,
                    cwd=settings.project_root)
+    ensure_pools(_bin("airflow"), env, settings.project_root)  # the train task's pool, before the scheduler
     todo = [s for s in services(settings, ports) if with_gateway or s.name != "gateway"]
     for service in todo:
         start(service, settings, env)

@@ -12,18 +12,17 @@ Importing this module imports neither TensorFlow nor MLflow.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseNotifier, BaseOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from mlcd.airflow.notifiers import RollbackNotifier
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -433,66 +432,6 @@ def triggering_user(dag_run: Any) -> str:
 
 
 # --- notifier ----------------------------------------------------------------------------------------------
-
-
-class RollbackNotifier(BaseNotifier):
-    """Posts a rollback's reason to a webhook (Connection ``mlcd_alerts``, host = URL), else to the task log.
-
-    The body is ``{"text": message, "source": "mlcd"}`` (Slack-compatible incoming-webhook shape). Without the
-    Connection (the embedded default) the message goes to the log at WARNING, so it is still where the on-call
-    engineer reads why a run stopped.
-
-    Args:
-        message: the text (templated).
-        conn_id: the Connection holding the URL in ``host`` (``schema`` is used as the scheme when the host has
-            none, ``password`` as a bearer token when set).
-        timeout: seconds for the POST.
-    """
-
-    template_fields: Sequence[str] = ("message", "conn_id")
-
-    def __init__(self, message: str = "", conn_id: str = ALERTS_CONN_ID, timeout: float = 10.0) -> None:
-        super().__init__()
-        self.message = message
-        self.conn_id = conn_id
-        self.timeout = timeout
-
-    def _url(self) -> tuple[str, str | None] | None:
-        from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
-        try:
-            conn = BaseHook.get_connection(self.conn_id)
-        except AirflowNotFoundException:
-            return None
-        host = (conn.host or "").strip()
-        if not host:
-            return None
-        if "://" not in host:
-            host = f"{conn.schema or 'https'}://{host}"
-            if conn.port:
-                scheme_end = host.index("://") + 3
-                slash = host.find("/", scheme_end)
-                host = (f"{host}:{conn.port}" if slash < 0 else f"{host[:slash]}:{conn.port}{host[slash:]}")
-        return host, conn.password or None
-
-    def notify(self, context: Any) -> None:
-        text = str(self.message or "mlcd: rollback (no message)")
-        target = self._url()
-        if target is None:
-            self.log.warning("ALERT (no %s connection, logged only): %s", self.conn_id, text)
-            return
-        url, token = target
-        req = urllib.request.Request(url, data=json.dumps({"text": text, "source": "mlcd"}).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - configured URL
-                self.log.info("alert posted to %s (%s): %s", self.conn_id, resp.status, text)
-        except (urllib.error.URLError, OSError) as exc:
-            # The rollback already happened; a lost alert must not undo or fail it, but must be visible.
-            self.log.error("alert to %s failed (%s); message was: %s", self.conn_id, exc, text)
 
 
 def notify_step(result: Mapping[str, Any], conn_id: str = ALERTS_CONN_ID) -> str:

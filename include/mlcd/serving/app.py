@@ -65,6 +65,21 @@ class Routes:
         }
 
 
+@dataclass(frozen=True)
+class Served:
+    """One routed answer: which version and variant answered, its ``N×10`` probabilities, and whether the
+    canary failed and the stable model answered instead."""
+
+    version: str
+    variant: str
+    probs: np.ndarray
+    fallback: bool
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.asarray(self.probs).argmax(axis=1)
+
+
 def sticky_bucket(client_id: str) -> int:
     """A stable bucket in 0..9999 for a client; a client inside the canary's share stays there as it grows."""
     digest = hashlib.blake2b(client_id.encode("utf-8"), digest_size=8).digest()
@@ -100,16 +115,23 @@ def parse_images(payload: Any, max_batch: int) -> tuple[np.ndarray, str | None]:
         arr = np.asarray(images)
     except (ValueError, TypeError):
         raise RequestError(422, "each image must be a 28x28 list of lists of numbers (ragged input)") from None
+    return check_pixels(arr), client_id
+
+
+def check_pixels(arr: np.ndarray, status: int = 422) -> np.ndarray:
+    """``N×28×28`` finite numbers in 0..255 as float32, or :class:`RequestError` with ``status`` saying why."""
     if arr.ndim != 3 or arr.shape[1:] != (28, 28):
-        raise RequestError(422, f"images must have shape Nx28x28, got {'x'.join(map(str, arr.shape))}")
+        raise RequestError(status, f"images must have shape Nx28x28, got {'x'.join(map(str, arr.shape))}")
     if arr.dtype.kind not in "iuf":
-        raise RequestError(422, f"pixels must be numbers, got {arr.dtype.kind!r} values")
+        raise RequestError(status, f"pixels must be numbers, got {arr.dtype.kind!r} values")
+    if len(arr) == 0:
+        raise RequestError(status, "no images: the batch dimension is 0")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise RequestError(422, "pixels must be finite numbers (no NaN or Infinity)")
+        raise RequestError(status, "pixels must be finite numbers (no NaN or Infinity)")
     lo, hi = arr.min(), arr.max()
     if lo < 0 or hi > 255:
-        raise RequestError(422, f"pixel values must be in 0..255, got {lo}..{hi}")
-    return arr.astype(np.float32, copy=False), client_id
+        raise RequestError(status, f"pixel values must be in 0..255, got {lo}..{hi}")
+    return arr.astype(np.float32, copy=False)
 
 
 class Gateway:
@@ -221,6 +243,19 @@ class Gateway:
         return self.config.pinned_variant if self.config.pinned_version else variant
 
     async def predict(self, x: np.ndarray, client_id: str | None) -> dict[str, Any]:
+        """``/predict``: route, answer with per-image classes, probabilities and prediction ids."""
+        served = await self.route(x, client_id)
+        return self._answer(served)
+
+    async def route(self, x: np.ndarray, client_id: str | None, version: str | None = None) -> Served:
+        """Answer ``x`` through the canary logic; every protocol (``/predict``, Open Inference) comes through here.
+
+        Args:
+            x: float32 ``N×28×28`` pixels in 0..255, already checked.
+            client_id: sticky routing key; ``None`` routes each request by chance at the canary's weight.
+            version: answer with exactly this served version (stable or canary); no weighting, no fallback:
+                a caller that names a version gets that version's answer or its error.
+        """
         if self.drift is not None:
             try:
                 self.drift.update(x)  # inputs drift whatever the model answers: scored before the model call
@@ -230,6 +265,8 @@ class Gateway:
         stable, canary = routes.stable, routes.canary
         if stable is None:
             raise RequestError(503, f"no model is being served ({self.ready_error})")
+        if version is not None:
+            return await self._route_pinned(x, version, routes)
         variant = choose_variant(routes.canary_weight, client_id, self.rng) if canary is not None else STABLE
         held = [stable] if variant == STABLE else [stable, canary]
         for slot in held:
@@ -243,10 +280,7 @@ class Gateway:
                     probs = await canary.predict(x)
                     self._observe(canary, CANARY, t0, len(x))
                 except Exception as exc:  # noqa: BLE001 - counted against the canary, answered by stable
-                    label = self._variant_label(CANARY)
-                    self.metrics.requests.labels(canary.version, label).inc()
-                    self.metrics.errors.labels(canary.version, label).inc()
-                    self.metrics.fallbacks.labels(canary.version, label).inc()
+                    self._count_failure(canary, CANARY, fallback=True)
                     log.warning("canary %s failed, answering with stable: %s", canary.version, exc)
                     variant, fallback = STABLE, True
             if variant == STABLE:
@@ -254,9 +288,7 @@ class Gateway:
                 try:
                     probs = await stable.predict(x)
                 except Exception as exc:
-                    label = self._variant_label(STABLE)
-                    self.metrics.requests.labels(stable.version, label).inc()
-                    self.metrics.errors.labels(stable.version, label).inc()
+                    self._count_failure(stable, STABLE, fallback=False)
                     raise RequestError(500, f"model version {stable.version} failed: {type(exc).__name__}") from exc
                 self._observe(stable, STABLE, t0, len(x))
         finally:
@@ -264,26 +296,61 @@ class Gateway:
                 slot.release()  # type: ignore[union-attr]
         served = stable if variant == STABLE else canary
         assert served is not None
-        return self._answer(served.version, self._variant_label(variant), probs, fallback)
+        return Served(served.version, self._variant_label(variant), probs, fallback)
+
+    async def _route_pinned(self, x: np.ndarray, version: str, routes: Routes) -> Served:
+        slots = {v: s for v, s in ((STABLE, routes.stable), (CANARY, routes.canary)) if s is not None}
+        match = [(variant, slot) for variant, slot in slots.items() if slot.version == version]
+        if not match:
+            serving = ", ".join(slot.version for slot in slots.values())
+            raise RequestError(404, f"model version {version} is not being served (serving: {serving})")
+        variant, slot = match[0]
+        slot.hold()
+        try:
+            t0 = time.perf_counter()
+            try:
+                probs = await slot.predict(x)
+            except Exception as exc:
+                self._count_failure(slot, variant, fallback=False)
+                raise RequestError(500, f"model version {slot.version} failed: {type(exc).__name__}") from exc
+            self._observe(slot, variant, t0, len(x))
+        finally:
+            slot.release()
+        return Served(slot.version, self._variant_label(variant), probs, False)
+
+    def _count_failure(self, slot: ModelSlot, variant: str, fallback: bool) -> None:
+        label = self._variant_label(variant)
+        self.metrics.requests.labels(slot.version, label).inc()
+        self.metrics.errors.labels(slot.version, label).inc()
+        if fallback:
+            self.metrics.fallbacks.labels(slot.version, label).inc()
 
     def _observe(self, slot: ModelSlot, variant: str, t0: float, n: int) -> None:
         label = self._variant_label(variant)
         self.metrics.latency.labels(slot.version, label).observe(time.perf_counter() - t0)
         self.metrics.requests.labels(slot.version, label).inc()
 
-    def _answer(self, version: str, variant: str, probs: np.ndarray, fallback: bool) -> dict[str, Any]:
-        classes = probs.argmax(axis=1)
-        predictions = []
-        for cls, row in zip(classes.tolist(), probs.tolist(), strict=True):
+    def remember(self, served: Served) -> list[str]:
+        """Count each image's predicted class and keep a prediction id per image for ``/feedback``."""
+        ids = []
+        for cls in served.classes.tolist():
             pid = uuid.uuid4().hex
-            self._remember(pid, (version, variant, cls))
-            self.metrics.predictions.labels(version, variant, str(cls)).inc()
-            predictions.append({"prediction_id": pid, "class": cls, "probabilities": row})
+            self._remember(pid, (served.version, served.variant, cls))
+            self.metrics.predictions.labels(served.version, served.variant, str(cls)).inc()
+            ids.append(pid)
+        return ids
+
+    def _answer(self, served: Served) -> dict[str, Any]:
+        ids = self.remember(served)
+        predictions = [
+            {"prediction_id": pid, "class": cls, "probabilities": row}
+            for pid, cls, row in zip(ids, served.classes.tolist(), served.probs.tolist(), strict=True)
+        ]
         return {
             "model": self.config.model_name,
-            "version": version,
-            "variant": variant,
-            "fallback": fallback,
+            "version": served.version,
+            "variant": served.variant,
+            "fallback": served.fallback,
             "predictions": predictions,
         }
 
@@ -318,8 +385,8 @@ class Gateway:
             raise RequestError(401, "missing or wrong bearer token")
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing oversized bodies before reading them whole."""
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The whole body, refusing an oversized one (declared or streamed) before reading it whole."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -327,23 +394,31 @@ async def _read_json(request: Request, limit: int) -> Any:
                 raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
         except ValueError:
             raise RequestError(400, "invalid Content-Length header") from None
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise RequestError(415, f"content type must be application/json, got {ctype}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing oversized bodies before reading them whole."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise RequestError(415, f"content type must be application/json, got {ctype}")
+    body = await read_bounded(request, limit)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"body is not valid JSON: {str(exc).splitlines()[0]}") from None
 
 
 def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None = None) -> FastAPI:
     """Build the gateway application; models load at startup (in a thread, so the loop stays responsive)."""
+    from mlcd.serving.v2 import V2_PREFIX, add_v2_routes  # v2 builds on this module's Gateway
+
     config = config or GatewayConfig.from_settings()
     gateway = Gateway(config, loader)
 
@@ -357,14 +432,18 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     app = FastAPI(title="mlcd gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
 
-    def refuse(err: RequestError) -> JSONResponse:
+    def refuse(err: RequestError, path: str) -> JSONResponse:
         if 400 <= err.status < 500:
             gateway.metrics.rejected.labels(str(err.status)).inc()
-        return JSONResponse({"detail": err.reason}, status_code=err.status)
+        # The Open Inference Protocol's error body is {"error": ...}; mlcd's own routes keep FastAPI's "detail".
+        key = "error" if path.startswith(V2_PREFIX) else "detail"
+        return JSONResponse({key: err.reason}, status_code=err.status)
 
     @app.exception_handler(RequestError)
-    async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-        return refuse(err)
+    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+        return refuse(err, request.url.path)
+
+    add_v2_routes(app, gateway)
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
