@@ -128,7 +128,9 @@ def history_command(
         click.echo(json.dumps({"aliases": intervals, "entries": entries}, indent=2))
         return
     click.echo(f"model {registry.model_name} at {registry.tracking_uri}\n")
-    champions = [iv for iv in intervals if iv["alias"] == "champion"]
+    from mlcd.registry.tags import Alias
+
+    champions = [iv for iv in intervals if iv["alias"] == Alias.CHAMPION]
     click.echo("champion timeline")
     if champions:
         click.echo(
@@ -139,7 +141,7 @@ def history_command(
         )
     else:
         click.echo("no champion yet")
-    others = [iv for iv in intervals if iv["alias"] != "champion"]
+    others = [iv for iv in intervals if iv["alias"] != Alias.CHAMPION]
     if others:
         click.echo("\nother aliases")
         click.echo(

@@ -12,7 +12,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -378,8 +380,24 @@ def _parser_pool() -> ProcessPoolExecutor:
         if _PARSER is None:
             import multiprocessing
 
-            _PARSER = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _PARSER = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+            )
         return _PARSER
+
+
+def _die_with_parent() -> None:
+    """In the parser process: exit when the gateway dies, even by SIGKILL (no orphaned parsers)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def _drop_parser_pool() -> None:
@@ -459,6 +477,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
             log.warning("JSON parser process not started (%s); large bodies are parsed in a thread", exc)
         yield
         await gateway.shutdown()
+        _drop_parser_pool()
 
     app = FastAPI(title="mlcd gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
