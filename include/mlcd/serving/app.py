@@ -12,11 +12,16 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
+import signal
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +43,13 @@ MAX_CLIENT_ID = 256
 
 
 class RequestError(Exception):
-    """A refused request: HTTP status and a one-line reason."""
+    """A refused request: HTTP status and a one-line reason (``extra``: more fields for the JSON answer)."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, extra: dict[str, Any] | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.extra = extra or {}
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,14 @@ class Routes:
     stable: ModelSlot | None = None
     canary: ModelSlot | None = None
     canary_weight: int = 0
+    generation: int = 0  # grows by one with every route change; persisted; the compare-and-set token
 
     def describe(self) -> dict[str, Any]:
         return {
             "stable": self.stable.version if self.stable else None,
             "canary": self.canary.version if self.canary else None,
             "canary_weight": self.canary_weight if self.canary else 0,
+            "generation": self.generation,
             "warnings": {
                 variant: slot.warning
                 for variant, slot in ((STABLE, self.stable), (CANARY, self.canary))
@@ -176,8 +184,22 @@ class Gateway:
             build_slot, version, self.loader, self.config.batch_max_rows, self.config.batch_max_wait_s
         )
 
-    async def set_routes(self, stable: str | None, canary: str | None, canary_weight: int, persist: bool = True) -> Routes:
-        """Load what is not loaded yet, then switch routes in one assignment and retire unused slots."""
+    async def set_routes(
+        self,
+        stable: str | None,
+        canary: str | None,
+        canary_weight: int,
+        persist: bool = True,
+        expected_generation: int | None = None,
+        generation: int | None = None,
+    ) -> Routes:
+        """Load what is not loaded yet, persist the new routes, then switch in one assignment.
+
+        Persist first: a failed save answers an error with traffic unchanged (the new slots are dropped), so what
+        the gateway serves is always what a restart would serve. With ``expected_generation`` the move applies
+        only if the routes are still at that generation (409 otherwise): a stale canary step cannot undo a
+        rollback. ``generation`` restores a persisted generation at startup instead of counting up.
+        """
         if not 0 <= canary_weight <= 100:
             raise RequestError(422, f"canary_weight must be in 0..100, got {canary_weight}")
         if stable is None and canary is not None:
@@ -186,25 +208,47 @@ class Gateway:
             canary = None  # the same version twice is just the stable model
         async with self._admin_lock:
             old = self.routes
+            if expected_generation is not None and expected_generation != old.generation:
+                raise RequestError(
+                    409,
+                    f"routes are at generation {old.generation}, not {expected_generation}: another writer moved "
+                    "them; nothing changed",
+                    {"conflict": "generation", "expected_generation": expected_generation,
+                     "current_generation": old.generation, "routes": old.describe()},
+                )
             current = [old.stable, old.canary]
             new_stable = await self._slot_for(stable, current)
             new_canary = await self._slot_for(canary, current)
-            self.routes = Routes(new_stable, new_canary, canary_weight if new_canary else 0)
+            new_gen = old.generation + 1 if generation is None else generation
+            routes = Routes(new_stable, new_canary, canary_weight if new_canary else 0, new_gen)
+            if persist and self.config.pinned_version is None:
+                try:
+                    await asyncio.to_thread(
+                        save_state, self.config.state_path,
+                        RouteState(stable, canary if new_canary else None, routes.canary_weight, generation=new_gen),
+                    )
+                except Exception as exc:  # noqa: BLE001 - nothing switched; drop what was loaded for it
+                    for slot in (new_stable, new_canary):
+                        if slot is not None and slot not in current:
+                            self._retire(slot)
+                    raise RequestError(
+                        503, f"could not persist the routes, traffic unchanged: {type(exc).__name__}: {exc}"
+                    ) from exc
+            self.routes = routes
             for slot in current:
                 if slot is not None and slot not in (new_stable, new_canary):
-                    task = asyncio.get_running_loop().create_task(slot.retire())
-                    self._retiring.add(task)
-                    task.add_done_callback(self._retiring.discard)
+                    self._retire(slot)
             self.ready_error = None if new_stable else "no stable model version configured"
             self.metrics.set_served(
                 {STABLE: stable, CANARY: canary if new_canary else None}, self.routes.canary_weight
             )
-            if persist and self.config.pinned_version is None:
-                await asyncio.to_thread(
-                    save_state, self.config.state_path, RouteState(stable, canary, self.routes.canary_weight)
-                )
             log.info("routes: %s", self.routes.describe())
             return self.routes
+
+    def _retire(self, slot: ModelSlot) -> None:
+        task = asyncio.get_running_loop().create_task(slot.retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def resolve_aliases(self) -> tuple[str | None, str | None]:
         name, uri = self.config.model_name, self.config.tracking_uri
@@ -225,7 +269,10 @@ class Gateway:
                 return
             saved = await asyncio.to_thread(load_state, self.config.state_path)
             if saved is not None and saved.stable is not None:
-                await self.set_routes(saved.stable, saved.canary, saved.canary_weight, persist=False)
+                # The persisted routes at their persisted generation, before the first request is answered
+                # (uvicorn binds the port only after this lifespan startup returns).
+                await self.set_routes(saved.stable, saved.canary, saved.canary_weight, persist=False,
+                                      generation=saved.generation)
             else:
                 await self.reload_aliases()
         except Exception as exc:  # noqa: BLE001 - the process stays up and says why on /healthz
@@ -385,6 +432,79 @@ class Gateway:
             raise RequestError(401, "missing or wrong bearer token")
 
 
+# Bodies larger than this are parsed in a worker *process*: json.loads holds the GIL for its whole run (a worker
+# thread would stall the event loop, and with it /metrics and /healthz, just the same), while unpickling the
+# parsed result costs about a quarter of parsing it. Small bodies are cheaper to parse inline.
+PARSE_INLINE_BYTES = 64 * 1024
+_PARSER: ProcessPoolExecutor | None = None
+_PARSER_LOCK = threading.Lock()
+
+
+def _parser_pool() -> ProcessPoolExecutor:
+    """One spawned parser process per gateway process, started on first use (spawn: never fork TensorFlow)."""
+    global _PARSER
+    with _PARSER_LOCK:
+        if _PARSER is None:
+            import multiprocessing
+
+            _PARSER = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+            )
+        return _PARSER
+
+
+def _die_with_parent() -> None:
+    """In the parser process: exit when the gateway dies, even by SIGKILL (no orphaned parsers)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _drop_parser_pool() -> None:
+    global _PARSER
+    with _PARSER_LOCK:
+        pool, _PARSER = _PARSER, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _parse_outcome(raw: bytes) -> tuple[bool, Any]:
+    """In the parser process: ``(True, value)`` or ``(False, one-line reason)`` (exceptions do not pickle well)."""
+    try:
+        return True, _parse_json(raw)
+    except RequestError as err:
+        return False, err.reason
+
+
+async def _parse_off_loop(raw: bytes) -> Any:
+    try:
+        ok, value = await asyncio.get_running_loop().run_in_executor(_parser_pool(), _parse_outcome, raw)
+    except (BrokenProcessPool, RuntimeError, OSError) as exc:  # the parser died or was shut down: parse here
+        log.warning("JSON parser process unavailable (%s: %s); parsing in a thread", type(exc).__name__, exc)
+        _drop_parser_pool()
+        return await asyncio.to_thread(_parse_json, raw)
+    if not ok:
+        raise RequestError(400, str(value))
+    return value
+
+
+def _parse_json(raw: bytes) -> Any:
+    """``json.loads`` with every failure as a one-line 400 (syntax, encoding, nesting too deep)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, "body is not acceptable JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"body is not valid JSON: {str(exc).splitlines()[0]}") from None
+
+
 async def read_bounded(request: Request, limit: int) -> bytes:
     """The whole body, refusing an oversized one (declared or streamed) before reading it whole."""
     declared = request.headers.get("content-length")
@@ -404,15 +524,14 @@ async def read_bounded(request: Request, limit: int) -> bytes:
 
 
 async def _read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing oversized bodies before reading them whole."""
+    """The body as JSON, refusing oversized bodies before reading them whole; parse errors are a one-line 400."""
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise RequestError(415, f"content type must be application/json, got {ctype}")
-    body = await read_bounded(request, limit)
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not valid JSON: {str(exc).splitlines()[0]}") from None
+    raw = await read_bounded(request, limit)
+    if len(raw) <= PARSE_INLINE_BYTES:
+        return _parse_json(raw)
+    return await _parse_off_loop(raw)
 
 
 def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None = None) -> FastAPI:
@@ -426,8 +545,13 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.startup()
         await gateway.start_drift()
+        try:
+            _parser_pool().submit(int)  # start the parser process now, not on the first large body
+        except (RuntimeError, OSError) as exc:
+            log.warning("JSON parser process not started (%s); large bodies are parsed in a thread", exc)
         yield
         await gateway.shutdown()
+        _drop_parser_pool()
 
     app = FastAPI(title="mlcd gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
@@ -437,7 +561,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
             gateway.metrics.rejected.labels(str(err.status)).inc()
         # The Open Inference Protocol's error body is {"error": ...}; mlcd's own routes keep FastAPI's "detail".
         key = "error" if path.startswith(V2_PREFIX) else "detail"
-        return JSONResponse({key: err.reason}, status_code=err.status)
+        return JSONResponse({key: err.reason, **err.extra}, status_code=err.status)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -488,14 +612,18 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
             raise RequestError(422, "body must be {'stable': version, 'canary': version|null, 'canary_weight': 0..100}")
         stable, canary = body.get("stable"), body.get("canary")
         weight = body.get("canary_weight", 0)
+        expected = body.get("expected_generation")
         for name, value in (("stable", stable), ("canary", canary)):
             if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)):
                 raise RequestError(422, f"'{name}' must be a version string or null")
         if isinstance(weight, bool) or not isinstance(weight, int):
             raise RequestError(422, "'canary_weight' must be an integer percent")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise RequestError(422, "'expected_generation' must be an integer (the 'generation' last read)")
         try:
             routes = await gateway.set_routes(
-                None if stable is None else str(stable), None if canary is None else str(canary), weight
+                None if stable is None else str(stable), None if canary is None else str(canary), weight,
+                expected_generation=expected,
             )
         except RequestError:
             raise
@@ -509,13 +637,20 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
         body = await _read_json(request, 1024)
         weight = body.get("canary_weight") if isinstance(body, dict) else None
         if isinstance(weight, bool) or not isinstance(weight, int):
-            raise RequestError(422, "body must be {'canary_weight': 0..100}")
+            raise RequestError(422, "body must be {'canary_weight': 0..100, 'expected_generation'?: int}")
+        expected = body.get("expected_generation")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise RequestError(422, "'expected_generation' must be an integer (the 'generation' last read)")
         routes = gateway.routes
         if routes.canary is None and weight > 0:
             raise RequestError(409, "no canary is loaded; set routes or reload aliases first")
         stable = routes.stable.version if routes.stable else None
         canary = routes.canary.version if routes.canary else None
-        return JSONResponse((await gateway.set_routes(stable, canary, weight)).describe())
+        # Without an expected generation, the one just read: the weight applies to exactly these routes.
+        expected = routes.generation if expected is None else expected
+        return JSONResponse(
+            (await gateway.set_routes(stable, canary, weight, expected_generation=expected)).describe()
+        )
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> JSONResponse:

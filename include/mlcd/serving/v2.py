@@ -84,6 +84,8 @@ def parse_infer(body: bytes, header_length: str | None, max_images: int) -> Infe
         head, tail = body, b""
     try:
         payload = json.loads(head)
+    except RecursionError:
+        raise _bad("inference header is not acceptable JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad(f"inference header is not valid JSON: {str(exc).splitlines()[0]}") from None
     if not isinstance(payload, dict):
