@@ -33,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 INCLUDE = REPO / "include"
@@ -44,6 +45,7 @@ class Module:
 
     files: tuple[str, ...]
     tests: tuple[str, ...]
+    mlflow: bool = False  # the tests use the session's MLflow server: start one here and share it
 
 
 MODULES: dict[str, Module] = {
@@ -71,7 +73,10 @@ MODULES: dict[str, Module] = {
         tests=(
             "tests/unit/test_rollout_state.py",
             "tests/integration/test_registry.py",
+            # the tests that log and evaluate real Keras models (minutes each) or restart a server of their own
+            "-k", "not evaluate_and_register and not registration_is_idempotent and not killed_server and not hook",
         ),
+        mlflow=True,
     ),
     "intake": Module(
         files=("mlcd/data/intake.py",),
@@ -264,6 +269,26 @@ def mutated_source(m: Mutant) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ running
+class SharedMlflow:
+    """pytest plugin: the session's ``mlflow_server`` fixture is one server started here, shared by every mutant.
+
+    A server takes 15-30 s to start on a loaded 2-core machine; started once it makes a registry mutant cost
+    seconds. Each test uses its own registered-model name, so mutants never see each other's state.
+    """
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def pytest_fixture_setup(self, fixturedef: Any, request: Any) -> Any:
+        if fixturedef.argname != "mlflow_server":
+            return None
+        fixturedef.cached_result = (self.server, fixturedef.cache_key(request), None)
+        return self.server
+
+
+_PLUGINS: list[Any] = []
+
+
 def _run_child(overlay: Path, tests: tuple[str, ...], log: Path) -> None:
     """In the forked child: forget our own modules, put the overlay first and run pytest. Never returns."""
     code = 3
@@ -280,7 +305,8 @@ def _run_child(overlay: Path, tests: tuple[str, ...], log: Path) -> None:
         os.chdir(REPO)
         import pytest
 
-        code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", *tests]))
+        code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-W", "ignore", *tests],
+                               plugins=_PLUGINS))
     except BaseException as exc:  # noqa: BLE001 - anything in the child is a test outcome, reported by code
         print(f"child error: {exc!r}", flush=True)
     finally:
@@ -353,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(INCLUDE, overlay, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for mod in PRELOAD:
         __import__(mod)
+    server = None
+    if any(MODULES[name].mlflow for name in names):
+        sys.path.insert(0, str(INCLUDE))
+        from mlcd.mlflow_server import LocalMlflowServer
+
+        server = LocalMlflowServer(root=work / "mlflow").start()
+        _PLUGINS.append(SharedMlflow(server))
+        sys.path.remove(str(INCLUDE))
     print(f"mutation: modules {', '.join(names)}; sample {args.sample or 'all'} per module, seed {args.seed}; work {work}")
     results: dict[str, list[tuple[Mutant, str]]] = {}
     wall = time.monotonic()
@@ -365,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                 print((work / f"{name}-baseline.log").read_text()[-3000:])
                 return 1
             timeout_s = args.timeout_factor * base_s + 30
-            print(f"[{name}] baseline passed in {base_s:.1f} s; {len(plan[name])} of {totals[name]} mutants; timeout {timeout_s:.0f} s", flush=True)
+            print(f"[{name}] baseline passed in {base_s:.1f} s; {len(plan[name])} of {totals[name]} mutants; "
+                  f"timeout {timeout_s:.0f} s", flush=True)
             results[name] = []
             for i, m in enumerate(plan[name], 1):
                 target = overlay / m.file
@@ -379,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append((m, verdict))
                 print(f"  {i:3d} {verdict:8s} {outcome:9s} {secs:5.1f}s  {m.name}: {m.before}  ->  {m.after}", flush=True)
     finally:
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmutation score (killed / sampled), {time.monotonic() - wall:.0f} s in all")
