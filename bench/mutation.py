@@ -87,7 +87,7 @@ MODULES: dict[str, Module] = {
     ),
     "validation_gate": Module(
         files=("mlcd/validation/gate.py",),
-        tests=("tests/integration/test_validation_gate.py", "-k", "not cli"),
+        tests=("tests/unit/test_validation_gate_rules.py", "tests/integration/test_validation_gate.py", "-k", "not cli"),
     ),
 }
 
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(INCLUDE))
         from mlcd.mlflow_server import LocalMlflowServer
 
-        server = LocalMlflowServer(root=work / "mlflow").start()
+        server = LocalMlflowServer(root=work / "mlflow").start(timeout=600)  # a loaded machine starts it slowly
         _PLUGINS.append(SharedMlflow(server))
         sys.path.remove(str(INCLUDE))
     print(f"mutation: modules {', '.join(names)}; sample {args.sample or 'all'} per module, seed {args.seed}; work {work}")
