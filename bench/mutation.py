@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=30, help="mutants per module, fixed seed; 0 = every mutant")
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="timeout = factor × baseline + 30 s")
+    parser.add_argument("--budget-s", type=float, default=1200, help="per module: stop drawing mutants after this")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = parser.parse_args(argv)
     names = args.module or list(MODULES)
@@ -402,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] baseline passed in {base_s:.1f} s; {len(plan[name])} of {totals[name]} mutants; "
                   f"timeout {timeout_s:.0f} s", flush=True)
             results[name] = []
+            module_start = time.monotonic()
             for i, m in enumerate(plan[name], 1):
+                if time.monotonic() - module_start > args.budget_s:
+                    print(f"[{name}] budget of {args.budget_s:.0f} s spent: {i - 1} of {len(plan[name])} sampled mutants run")
+                    break
                 target = overlay / m.file
                 original = target.read_text()
                 target.write_text(mutated_source(m))
