@@ -249,8 +249,8 @@ def enumerate_mutants(rel: str) -> list[Mutant]:
     skip = _skipped_nodes(tree)
     out: list[Mutant] = []
     for index, node in enumerate(ast.walk(tree)):
-        if id(node) in skip:
-            continue
+        if id(node) in skip or (isinstance(node, ast.Expr) and id(node.value) in skip):
+            continue  # (a log line's statement as well as the call in it)
         for op in _ops_for(node):
             before = ast.unparse(node) if not isinstance(node, ast.stmt) else ast.unparse(node).splitlines()[0]
             mutated = _apply(copy.deepcopy(node), op)
