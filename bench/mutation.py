@@ -72,6 +72,7 @@ MODULES: dict[str, Module] = {
         files=("mlcd/registry/client.py", "mlcd/registry/state.py", "mlcd/registry/task.py"),
         tests=(
             "tests/unit/test_rollout_state.py",
+            "tests/unit/test_registry_helpers.py",
             "tests/integration/test_registry.py",
             # the tests that log and evaluate real Keras models (minutes each) or restart a server of their own
             "-k", "not evaluate_and_register and not registration_is_idempotent and not killed_server and not hook",
