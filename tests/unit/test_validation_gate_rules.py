@@ -116,7 +116,7 @@ def test_gate_reports_an_expectation_that_raised(suite_dir: Path) -> None:
 def test_gates_are_cached_per_suite_content_and_docs_folder(suite_dir: Path, tmp_path: Path) -> None:
     first = get_gate(suite_dir, "tiny_suite")
     assert get_gate(suite_dir, "tiny_suite") is first
-    docs = tmp_path / "docs"
+    docs = tmp_path / "site" / "docs"  # a folder whose parent does not exist yet
     with_docs = get_gate(suite_dir, "tiny_suite", docs)
     assert with_docs is not first and docs.is_dir()
     out = with_docs.validate_frame(_frame([1, 2], [0.2, 0.2]))
