@@ -6,6 +6,7 @@ branch of the gate is reached in well under a second once GX is imported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -83,6 +84,8 @@ def test_outcome_as_dict() -> None:
     out = ValidationOutcome(passed=False, reason="r", failures=[{"a": 1}], n_images=3, data_docs="/d/index.html")
     assert out.as_dict() == {"passed": False, "reason": "r", "failures": [{"a": 1}], "n_images": 3,
                              "data_docs": "/d/index.html"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.passed = True  # type: ignore[misc]  # a verdict, once given, is not edited downstream
 
 
 def test_gate_passes_a_clean_frame_and_explains_each_failure(suite_dir: Path) -> None:
