@@ -341,6 +341,27 @@ def test_status_and_history_of_an_absent_model(moves: Any) -> None:
     assert moves.history() == [] and moves.alias_history() == [] and moves.champion_at("2100-01-01") is None
 
 
+def test_a_version_made_elsewhere_gets_a_record_and_entries_stay_whole(moves: Any, experiment: str) -> None:
+    """A version created outside mlcd starts its record on first registration; big details are kept whole."""
+    from mlcd.registry.client import MAX_DETAILS_CHARS
+
+    registry = moves
+    registry.ensure_registered_model()
+    registry.ensure_registered_model()  # idempotent
+    run_id = _empty_run(registry.client, experiment)
+    registry.client.create_model_version(registry.model_name, f"runs:/{run_id}/model", run_id=run_id)
+    version = registry.register_run_model(run_id, f"runs:/{run_id}/model", {"mlcd.verdict": "pass"})
+    assert version == "1"
+    rec = registry.get_state(version)
+    assert rec.state.value == "registered" and rec.tags["mlcd.verdict"] == "pass"
+    assert [(e["to"], e["why"], e["run_id"]) for e in rec.transitions()] == [("registered", "record started", run_id)]
+    assert "dag_run" not in rec.transitions()[0] and "by" not in rec.transitions()[0]  # empty fields are left out
+    # Details just under the per-details bound are kept whole in the entry (the entry's own bound is larger).
+    details = {"evidence": "e" * (MAX_DETAILS_CHARS - 100)}
+    registry.record_event(version, "canary_step", details, actor="guard")
+    assert registry.get_state(version).history[-1]["d"] == details
+
+
 def test_register_challenger_acts_on_each_verdict(tracking_uri: str, experiment: str) -> None:
     """The register task without TensorFlow: hand-built evaluations of cheap runs, every branch."""
     from mlflow import MlflowClient
