@@ -11,13 +11,14 @@ ifneq ($(wildcard $(SHARED_MNIST)),)
 export MLCD_DATA ?= $(SHARED_MNIST)
 endif
 
-.PHONY: help venv demo test test-fast bench up down lint clean
+.PHONY: help venv demo test test-fast bench mutation up down lint clean
 
 help:
 	@echo "make demo      - set up .venv and run the whole loop on the embedded default (state in $(MLCD_HOME))"
 	@echo "make test      - set up .venv and run the whole test suite"
 	@echo "make test-fast - unit layer only (seconds)"
 	@echo "make bench     - benchmarks, each against a peer in the same run"
+	@echo "make mutation  - mutation score of the safety-critical modules (not part of make test)"
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,10 @@ bench: venv
 	$(BIN)/python bench/validation.py
 	@for b in training serving rollback; do \
 	  if [ -f bench/$$b.py ]; then $(BIN)/python bench/$$b.py || exit 1; fi; done
+
+# Sampled and time-boxed per module; MUTATION_ARGS="--module registry --sample 0" runs one module in full.
+mutation: venv
+	$(BIN)/python bench/mutation.py $(MUTATION_ARGS)
 
 lint: venv
 	$(BIN)/ruff check include dags plugins tests bench

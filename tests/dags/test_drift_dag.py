@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlcd.guard.signals import read_drift, reference_cache_path
+from tests.dags.test_asset_events import asset_events, queued_runs
 from tests.modelkit import TOKEN, logged_models, rollout
 
 pytestmark = pytest.mark.dags
@@ -20,6 +21,15 @@ def _send(url: str, images: np.ndarray) -> None:
         for i in range(0, len(images), 100):
             r = client.post("/predict", json={"images": images[i:i + 100].tolist()})
             assert r.status_code == 200, r.text
+
+
+def _clear_retrain_queue() -> None:
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == "mlcd_retrain"))
 
 
 def test_drift_gauges_and_the_drift_signal(dagbag, tracking_uri, mlcd_home, mlflow_server, reference_data,  # type: ignore[no-untyped-def]
@@ -43,6 +53,8 @@ def test_drift_gauges_and_the_drift_signal(dagbag, tracking_uri, mlcd_home, mlfl
         dag = dagbag.get_dag("mlcd_drift_watch")
         quiet = dag.test()
         assert {ti.task_id: str(ti.state) for ti in quiet.get_task_instances()} == {"check_drift": "skipped"}
+        assert asset_events("mlcd_drift", quiet) == []  # no drift, no retrain
+        _clear_retrain_queue()
 
         _send(ro.url, 255 - reference_data.x_test[600:1400])  # inverted digits: a different population
         drifted = read_drift(ro.url)
@@ -51,5 +63,10 @@ def test_drift_gauges_and_the_drift_signal(dagbag, tracking_uri, mlcd_home, mlfl
 
         fired = dag.test()
         assert {ti.task_id: str(ti.state) for ti in fired.get_task_instances()} == {"check_drift": "success"}
+        # drift → retrain: one mlcd_drift event from this run, and Airflow queued mlcd_retrain on it.
+        events = asset_events("mlcd_drift", fired)
+        assert [(e["dag_id"], e["task_id"]) for e in events] == [("mlcd_drift_watch", "check_drift")], events
+        assert queued_runs("mlcd_drift", "mlcd_retrain") == 1
         again = dag.test()  # still drifted, but within the cooldown: no second retrain
         assert {ti.task_id: str(ti.state) for ti in again.get_task_instances()} == {"check_drift": "skipped"}
+        assert asset_events("mlcd_drift", again) == []

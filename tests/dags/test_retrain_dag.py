@@ -20,6 +20,7 @@ import pytest
 
 from mlcd.mlflow_server import free_port
 from tests.badbatches import good_bytes
+from tests.dags.test_asset_events import asset_events, queued_runs
 
 pytestmark = pytest.mark.dags
 
@@ -58,6 +59,26 @@ def _traffic(url: str, seconds: int) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _served_version(url: str, images: Any) -> set[tuple[str, str]]:
+    """(variant, version) of the answers to a few real /predict calls."""
+    seen = set()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(5):
+            r = client.post("/predict", json={"images": [images[i].tolist()]})
+            assert r.status_code == 200, r.text
+            seen.add((r.json()["variant"], str(r.json()["version"])))
+    return seen
+
+
+def _clear_queue(dag_id: str) -> None:
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == dag_id))
+
+
 def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], dagbag: Any, reference_data: Any) -> None:
     from mlcd.registry import ModelRegistry
 
@@ -73,12 +94,13 @@ def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], d
     assert str(first.state) == "success", _states(first)
     assert registry.get_alias_version("champion") == "1"
     assert registry.get_state("1").state.value == "champion"
-    routes = httpx.get(f"{platform['gateway'].url}/admin/routes", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert str(routes["stable"]["version"] if isinstance(routes.get("stable"), dict) else routes.get("stable")) == "1"
+    assert _served_version(platform["gateway"].url, reference_data.x_test) == {("stable", "1")}
 
     # 2. Second batch under live traffic: gated, canaried through 50 % and 100 %, promoted.
     (landing / "batch-2.npz").write_bytes(good_bytes(x[3000:6000], y[3000:6000]))
-    traffic = _traffic(platform["gateway"].url, 240)
+    _clear_queue("mlcd_guard")
+    # Bounded, and stopped as soon as the run ends: long enough to cover training on a loaded machine.
+    traffic = _traffic(platform["gateway"].url, 900)
     try:
         second = dag.test(run_conf={"epochs": 2, "gate": GATE, "canary_spec": FAST_CANARY})
     finally:
@@ -91,7 +113,17 @@ def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], d
     record = registry.get_state("2")
     events = [h.get("event") or h.get("to") for h in (e if isinstance(e, dict) else e.__dict__ for e in record.history)]
     assert sum(1 for e in events if e == "canary_step") >= 2, events
-    assert record.tags.get("mlcd.verdict") in ("pass", "forced")
+    # Gated against champion 1 and passed on its own merits: not an override.
+    assert (record.tags.get("mlcd.verdict"), record.tags.get("mlcd.forced")) == ("pass", "false")
+    assert record.tags.get("mlcd.champion_at_eval") == "1"
+    # The gateway now answers from the promoted version alone.
+    health = httpx.get(f"{platform['gateway'].url}/healthz").json()
+    assert (health["stable"], health["canary"]) == ("2", None), health
+    assert _served_version(platform["gateway"].url, reference_data.x_test) == {("stable", "2")}
+    # register → guard: the canary registration emitted the mlcd_canary Asset once, which queued mlcd_guard.
+    events = asset_events("mlcd_canary", second)
+    assert [(e["dag_id"], e["task_id"]) for e in events] == [("mlcd_retrain", "register")], events
+    assert queued_runs("mlcd_canary", "mlcd_guard") == 1
 
     # 3. A weak model: rejected with the verdict as the reason, the champion untouched.
     third = dag.test(run_conf={"epochs": 1, "max_train_samples": 64, "gate": GATE, "canary_spec": FAST_CANARY})
@@ -101,3 +133,5 @@ def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], d
     assert registry.get_alias_version("champion") == "2"
     assert registry.get_state("3").state.value == "rejected"
     assert registry.get_state("3").tags.get("mlcd.verdict") == "fail"
+    assert asset_events("mlcd_canary", third) == []  # a rejected version starts no guard
+    assert _served_version(platform["gateway"].url, reference_data.x_test) == {("stable", "2")}

@@ -5,6 +5,7 @@ Starts the whole platform once (about a minute) on free ports with its own MLCD_
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -54,19 +55,58 @@ def _get(url: str, token: str | None = None) -> tuple[int, str]:
         return err.code, err.read().decode(errors="replace")
 
 
+def _listening_sockets(sessions: set[int]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket held by a process of the given sessions.
+
+    Every service is started in its own session, so its workers (uvicorn, gunicorn, LocalExecutor, the triggerer's
+    children) are found by session id even when they were re-parented.
+    """
+    import psutil
+
+    found: list[tuple[str, str, int]] = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if os.getsid(proc.pid) not in sessions:
+                continue
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((proc.info["name"], conn.laddr.ip, conn.laddr.port))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+    return found
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 def test_every_service_answers_on_loopback_only(platform: dict[str, Any]) -> None:
-    urls = platform["urls"]
+    import psutil
+
+    from mlcd.platform import status
+
+    urls, ports = platform["urls"], platform["ports"]
     assert _get(f"{urls['airflow']}/api/v2/monitor/health")[0] == 200
     assert _get(f"{urls['mlflow']}/health")[0] == 200
     assert _get(f"{urls['gateway']}/metrics")[0] == 200
-    for port in (platform["ports"].airflow, platform["ports"].mlflow, platform["ports"].gateway):
-        # Nothing listens on the machine's other addresses: a connection to a non-loopback address is refused.
-        with socket.socket() as sock:
-            sock.settimeout(2)
-            host = socket.gethostbyname(socket.gethostname())
-            if host.startswith("127."):
-                continue
-            assert sock.connect_ex((host, port)) != 0
+    pids = status(platform["settings"])
+    assert all(pids.values()), pids
+    sockets = _listening_sockets({pid for pid in pids.values() if pid})
+    # The three public ports are among the sockets seen, so the check below inspects the real listeners.
+    assert {ports.airflow, ports.mlflow, ports.gateway} <= {port for _, _, port in sockets}, sockets
+    exposed = [s for s in sockets if not _is_loopback(s[1])]  # 0.0.0.0, ::, or a real interface's address
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    # And from the outside: a connection to each of the machine's non-loopback addresses is refused.
+    others = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+              if a.family == socket.AF_INET and not _is_loopback(a.address)]
+    for host in others:
+        for port in (ports.airflow, ports.mlflow, ports.gateway):
+            with socket.socket() as sock:
+                sock.settimeout(2)
+                assert sock.connect_ex((host, port)) != 0, f"{host}:{port} accepted a connection"
 
 
 def test_the_mlcd_page_is_in_the_airflow_ui_and_needs_a_login(platform: dict[str, Any]) -> None:

@@ -187,9 +187,11 @@ def test_a_failing_canary_is_answered_by_stable_and_counted_against_the_canary(
 
 
 def test_hot_swap_under_concurrent_load_drops_nothing(gateway: GatewayServer, images: np.ndarray) -> None:
+    """Routes change while requests flow: nothing fails, and each phase is answered by the versions it routes to."""
     admin(gateway, "1", "2", 50)
     stop = threading.Event()
-    results: list[int] = []
+    answered: list[tuple[float, float, str, str]] = []  # (sent, received, variant, version)
+    statuses: list[int] = []
     errors: list[str] = []
 
     def load() -> None:
@@ -197,28 +199,48 @@ def test_hot_swap_under_concurrent_load_drops_nothing(gateway: GatewayServer, im
             i = 0
             while not stop.is_set():
                 try:
+                    sent = time.monotonic()
                     r = client.post("/predict", json={"images": [images[i % len(images)].tolist()]})
-                    results.append(r.status_code)
+                    statuses.append(r.status_code)
                     if r.status_code != 200:
                         errors.append(r.text)
+                    else:
+                        body = r.json()
+                        answered.append((sent, time.monotonic(), body["variant"], body["version"]))
                 except httpx.HTTPError as exc:
                     errors.append(repr(exc))
                 i += 1
 
+    phases = [("1", "2", 50), ("2", None, 0), ("1", "2", 20), ("2", "1", 50), ("1", None, 0), ("1", "2", 10)]
+    windows: list[tuple[float, float]] = []  # per phase: from the admin call's return to the next call's start
     threads = [threading.Thread(target=load) for _ in range(6)]
     for t in threads:
         t.start()
     try:
-        time.sleep(0.3)
-        for stable, canary, weight in [("2", None, 0), ("1", "2", 20), ("2", "1", 50), ("1", None, 0), ("1", "2", 10)]:
-            admin(gateway, stable, canary, weight)  # loads / reuses / retires models while requests flow
-            time.sleep(0.3)
+        begun = time.monotonic()
+        for n, (stable, canary, weight) in enumerate(phases):
+            if n:
+                windows.append((begun, time.monotonic()))
+                admin(gateway, stable, canary, weight)  # loads / reuses / retires models while requests flow
+                begun = time.monotonic()
+            # Let each phase run until a few requests sent inside it came back (bounded: the machine may be slow).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sum(1 for a in list(answered) if a[0] >= begun) < 8:
+                time.sleep(0.1)
+        windows.append((begun, time.monotonic()))
     finally:
         stop.set()
         for t in threads:
             t.join()
-    assert len(results) > 50
-    assert errors == [] and set(results) == {200}
+    assert len(statuses) > 50
+    assert errors == [] and set(statuses) == {200}
+    for (stable, canary, weight), (lo, hi) in zip(phases, windows, strict=True):
+        # Requests sent after this phase's routes were set and answered before the next change.
+        seen = {(variant, version) for sent, received, variant, version in answered if sent >= lo and received <= hi}
+        assert seen, f"no request completed inside phase {(stable, canary, weight)}"
+        allowed = {("stable", stable)} | ({("canary", canary)} if canary and weight else set())
+        assert seen <= allowed, f"phase {(stable, canary, weight)} answered by {seen}"
+        assert ("stable", stable) in seen, f"phase {(stable, canary, weight)}: the stable version never answered"
 
 
 def test_restart_keeps_versions_and_weights(versions: list[str], mlflow_server: Any, tmp_path: Path) -> None:

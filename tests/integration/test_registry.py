@@ -70,13 +70,28 @@ def registry(tracking_uri: str, logged: dict[str, Any]) -> Any:
     return ModelRegistry(tracking_uri, f"test-{uuid.uuid4().hex[:8]}")
 
 
-def _versions(registry: Any, n: int, logged: dict[str, Any]) -> list[str]:
-    return [
-        registry.register_run_model(
-            _empty_run(registry.client, logged["experiment_id"]), logged["good"]["model_uri"], {"k": "v"}
-        )
-        for _ in range(n)
-    ]
+@pytest.fixture(scope="module")
+def experiment(mlflow_server) -> str:  # type: ignore[no-untyped-def]
+    """An experiment for cheap empty runs (no model logged: registry moves do not read the weights)."""
+    from mlflow import MlflowClient
+
+    return str(MlflowClient(mlflow_server.url).create_experiment(f"registry-moves-{uuid.uuid4().hex[:8]}"))
+
+
+def _versions(registry: Any, n: int, experiment: str) -> list[str]:
+    out = []
+    for _ in range(n):
+        run_id = _empty_run(registry.client, experiment)
+        out.append(registry.register_run_model(run_id, f"runs:/{run_id}/model", {"k": "v"}))
+    return out
+
+
+@pytest.fixture
+def moves(tracking_uri: str, experiment: str) -> Any:
+    """A fresh registered-model name on the session server, for tests that need no logged weights."""
+    from mlcd.registry import ModelRegistry
+
+    return ModelRegistry(tracking_uri, f"moves-{uuid.uuid4().hex[:8]}")
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -112,10 +127,11 @@ def test_names_are_validated_before_calling(tracking_uri: str) -> None:
     assert reg.get_alias_version("champion") is None  # model absent: no alias, no error
 
 
-def test_compare_then_set_refuses_a_stale_promotion(registry: Any, logged: dict[str, Any]) -> None:
+def test_compare_then_set_refuses_a_stale_promotion(moves: Any, experiment: str) -> None:
+    registry = moves
     from mlcd.registry import StaleAliasError
 
-    v1, v2, v3 = _versions(registry, 3, logged)
+    v1, v2, v3 = _versions(registry, 3, experiment)
     registry.set_alias("champion", v1, expected=None)
     registry.set_alias("champion", v1, expected=None)  # re-run of a done move is fine
     # Two DAG runs both read champion == v1; the first promotes v2 ...
@@ -132,10 +148,11 @@ def test_compare_then_set_refuses_a_stale_promotion(registry: Any, logged: dict[
     assert registry.get_state(v3).state.value == "registered"
 
 
-def test_promote_and_rollback_move_aliases_and_record_states(registry: Any, logged: dict[str, Any]) -> None:
+def test_promote_and_rollback_move_aliases_and_record_states(moves: Any, experiment: str) -> None:
+    registry = moves
     from mlcd.registry import IllegalTransitionError, RolloutError, StaleAliasError
 
-    v1, v2, v3, v4 = _versions(registry, 4, logged)
+    v1, v2, v3, v4 = _versions(registry, 4, experiment)
     registry.bootstrap_champion(v1, actor="alice", dag_run_id="run-1")
     assert registry.aliases() == {"champion": v1}
 
@@ -192,8 +209,9 @@ def test_promote_and_rollback_move_aliases_and_record_states(registry: Any, logg
     assert registry.champion_at("1970-01-01T00:00:00.000Z") is None
 
 
-def test_promote_converges_after_a_crash_halfway(registry: Any, logged: dict[str, Any]) -> None:
-    v1, v2 = _versions(registry, 2, logged)
+def test_promote_converges_after_a_crash_halfway(moves: Any, experiment: str) -> None:
+    registry = moves
+    v1, v2 = _versions(registry, 2, experiment)
     registry.bootstrap_champion(v1, actor="test")
     registry.start_canary(v2, actor="test", reason="gate passed")
     # What a promote that died right after moving the champion alias leaves behind:
@@ -204,6 +222,198 @@ def test_promote_converges_after_a_crash_halfway(registry: Any, logged: dict[str
     registry.promote(v2, actor="test", reason="re-run")
     assert registry.aliases() == {"champion": v2, "previous": v1}
     assert registry.status()["consistent"]
+
+
+def test_moves_refuse_what_the_state_machine_refuses(moves: Any, experiment: str) -> None:
+    """Illegal moves raise and change nothing; a move to the state already held is a no-op without a new entry."""
+    from mlcd.registry import IllegalTransitionError, RolloutError
+
+    registry = moves
+    v1, v2, v3 = _versions(registry, 3, experiment)
+    with pytest.raises(RolloutError, match="only a canary or a champion"):
+        registry.rollback(v1, "not in service", {}, actor="guard")
+    registry.reject(v2, "accuracy 0.41 < floor 0.90", actor="airflow")  # a single reason given as a string
+    rec2 = registry.get_state(v2)
+    assert rec2.state.value == "rejected" and json.loads(rec2.tags["mlcd.reasons"]) == ["accuracy 0.41 < floor 0.90"]
+    assert rec2.transitions()[-1]["why"] == "gate rejected: accuracy 0.41 < floor 0.90"
+    for move in (lambda: registry.start_canary(v2, actor="a", reason="r"),
+                 lambda: registry.promote(v2, actor="a", reason="r"),
+                 lambda: registry.bootstrap_champion(v2, actor="a")):
+        with pytest.raises(IllegalTransitionError):
+            move()
+    assert registry.aliases() == {} and registry.get_state(v2).state.value == "rejected"
+    n = len(registry.get_state(v2).history)
+    assert registry.record_transition(v2, "rejected", "again", actor="a").state.value == "rejected"
+    assert len(registry.get_state(v2).history) == n
+    with pytest.raises(ValueError, match="owned by the rollout record"):
+        registry.set_version_tags(v3, {"mlcd.history": "[]"})
+    with pytest.raises(ValueError, match="owned by the rollout record"):
+        registry.set_version_tags(v3, {"mlcd.state": "champion"})
+    registry.set_version_tags(v3, {"note": 5})
+    assert registry.get_version_info(v3)["tags"]["note"] == "5"
+    # A transition carries who, why, which run and its details.
+    rec = registry.record_transition(v3, "canary", "by hand", actor="bob", dag_run_id="run-9", details={"w": 5})
+    last = rec.transitions()[-1]
+    assert (last["from"], last["to"], last["why"], last["by"], last["dag_run"], last["d"]) == (
+        "registered", "canary", "by hand", "bob", "run-9", {"w": 5})
+    assert registry.get_version_info(v3)["tags"]["mlcd.state"] == "canary"
+
+
+def test_promote_without_a_canary_and_a_leftover_canary_alias(moves: Any, experiment: str) -> None:
+    registry = moves
+    v1, v2, v3, v4 = _versions(registry, 4, experiment)
+    # No champion yet: promoting a registered version is the bootstrap.
+    assert registry.promote(v1, actor="alice", reason="first").state.value == "champion"
+    assert registry.aliases() == {"champion": v1}
+    assert [e.get("to") for e in registry.get_state(v1).transitions()] == ["registered", "champion"]
+    # With a champion: the canary is skipped by hand, and the record says so.
+    registry.promote(v2, actor="bob", reason="hotfix", dag_run_id="run-2")
+    assert registry.aliases() == {"champion": v2, "previous": v1}
+    whys = [(e.get("to"), e.get("why")) for e in registry.get_state(v2).transitions()]
+    assert whys == [("registered", "registered from training run"), ("canary", "canary skipped: hotfix"),
+                    ("champion", "hotfix")]
+    assert registry.get_state(v1).transitions()[-1]["why"] == f"replaced by version {v2}"
+    # A canary rolled back leaves no alias; a leftover alias of a finished version is replaced by the next canary.
+    registry.start_canary(v3, actor="a", reason="gate passed")
+    registry.rollback(v3, "broken", {"p": 0.001}, actor="guard")
+    tags3 = registry.get_version_info(v3)["tags"]
+    assert tags3["mlcd.rollback_reason"] == "broken" and json.loads(tags3["mlcd.rollback_evidence"]) == {"p": 0.001}
+    registry.client.set_registered_model_alias(registry.model_name, "canary", v3)  # stale leftover
+    registry.start_canary(v4, actor="a", reason="gate passed")
+    assert registry.aliases()["canary"] == v4
+    registry.start_canary(v4, actor="a", reason="re-run")  # a re-run is fine
+    assert registry.get_state(v4).state.value == "canary"
+    # Promoting a version that is already champion only clears a canary alias left on it.
+    registry.promote(v4, actor="a", reason="passed")
+    registry.client.set_registered_model_alias(registry.model_name, "canary", v4)
+    registry.promote(v4, actor="a", reason="re-run")
+    assert registry.aliases() == {"champion": v4, "previous": v2}
+    assert registry.get_state(v1).state.value == "archived"
+    assert registry.get_state(v1).transitions()[-1]["why"] == f"previous alias taken by {v2}"
+
+
+def test_promote_back_a_previous_version_and_a_champion_out_of_line(moves: Any, experiment: str) -> None:
+    from mlcd.registry import RolloutError
+
+    registry = moves
+    v1, v2 = _versions(registry, 2, experiment)
+    registry.bootstrap_champion(v1, actor="a")
+    registry.start_canary(v2, actor="a", reason="gate passed")
+    registry.promote(v2, actor="a", reason="passed")
+    # Promote the previous version back by hand: the aliases swap, no alias is left dangling.
+    registry.promote(v1, actor="bob", reason="roll forward to the old one")
+    assert registry.aliases() == {"champion": v1, "previous": v2}
+    assert (registry.get_state(v1).state.value, registry.get_state(v2).state.value) == ("champion", "previous")
+    assert registry.status()["consistent"]
+    # A champion record whose alias points elsewhere is refused with a readable line, not "fixed" silently.
+    registry.client.set_registered_model_alias(registry.model_name, "champion", v2)
+    with pytest.raises(RolloutError, match="recorded champion but the champion alias points at"):
+        registry.promote(v1, actor="a", reason="again")
+    status = registry.status()
+    assert not status["consistent"]
+    assert f"alias champion -> version {v2}, but its state is previous" in status["problems"]
+    assert f"version {v1} is champion but alias champion -> {v2}" in status["problems"]
+    with pytest.raises(RolloutError, match="recorded champion but the alias points at"):
+        registry.rollback(v1, "bad", {}, actor="guard")
+
+
+def test_champion_rollback_converges_after_a_crash_halfway(moves: Any, experiment: str) -> None:
+    registry = moves
+    v1, v2 = _versions(registry, 2, experiment)
+    registry.bootstrap_champion(v1, actor="a")
+    registry.start_canary(v2, actor="a", reason="gate passed")
+    registry.promote(v2, actor="a", reason="passed")
+    # What a bake-period rollback that died right after moving the champion alias leaves behind:
+    registry.record_event(v2, "rollback_started", {"restore": v1}, actor="guard")
+    registry.set_alias("champion", v1, expected=v2)
+    assert registry.aliases() == {"champion": v1, "previous": v1}
+    rec = registry.rollback(v2, "accuracy dropped", {"acc": [0.9, 0.98]}, actor="guard", dag_run_id="g-1")
+    assert rec.state.value == "rolled_back" and rec.transitions()[-1]["d"] == {"evidence": {"acc": [0.9, 0.98]}}
+    assert registry.aliases() == {"champion": v1}
+    restored = registry.get_state(v1)
+    assert restored.state.value == "champion"
+    assert restored.transitions()[-1]["why"] == f"restored by rollback of version {v2}: accuracy dropped"
+    assert registry.status()["consistent"]
+
+
+def test_status_and_history_of_an_absent_model(moves: Any) -> None:
+    status = moves.status()
+    assert (status["versions"], status["consistent"], status["problems"]) == ([], True, [])
+    assert status["aliases"] == {"champion": None, "canary": None, "previous": None}
+    assert moves.history() == [] and moves.alias_history() == [] and moves.champion_at("2100-01-01") is None
+
+
+def test_a_version_made_elsewhere_gets_a_record_and_entries_stay_whole(moves: Any, experiment: str) -> None:
+    """A version created outside mlcd starts its record on first registration; big details are kept whole."""
+    from mlcd.registry.client import MAX_DETAILS_CHARS
+
+    registry = moves
+    registry.ensure_registered_model()
+    registry.ensure_registered_model()  # idempotent
+    run_id = _empty_run(registry.client, experiment)
+    registry.client.create_model_version(registry.model_name, f"runs:/{run_id}/model", run_id=run_id)
+    version = registry.register_run_model(run_id, f"runs:/{run_id}/model", {"mlcd.verdict": "pass"})
+    assert version == "1"
+    rec = registry.get_state(version)
+    assert rec.state.value == "registered" and rec.tags["mlcd.verdict"] == "pass"
+    assert [(e["to"], e["why"], e["run_id"]) for e in rec.transitions()] == [("registered", "record started", run_id)]
+    assert "dag_run" not in rec.transitions()[0] and "by" not in rec.transitions()[0]  # empty fields are left out
+    # Details just under the per-details bound are kept whole in the entry (the entry's own bound is larger).
+    details = {"evidence": "e" * (MAX_DETAILS_CHARS - 100)}
+    registry.record_event(version, "canary_step", details, actor="guard")
+    assert registry.get_state(version).history[-1]["d"] == details
+
+
+def test_register_challenger_acts_on_each_verdict(tracking_uri: str, experiment: str) -> None:
+    """The register task without TensorFlow: hand-built evaluations of cheap runs, every branch."""
+    from mlflow import MlflowClient
+
+    from mlcd.registry import GateRejected, ModelRegistry, StaleAliasError
+    from mlcd.registry.task import register_challenger
+
+    client = MlflowClient(tracking_uri)
+    name = f"task-{uuid.uuid4().hex[:8]}"
+    common = {"tracking_uri": tracking_uri, "model_name": name, "actor": "airflow"}
+
+    def train(run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, "model_uri": f"runs:/{run_id}/model", "snapshot_path": "/snapshots/snap-1"}
+
+    def evaluation(passed: bool, champion: str | None, **extra: Any) -> dict[str, Any]:
+        verdict = "pass" if passed else "fail"
+        return {"passed": passed, "verdict": verdict, "reasons": [f"r-{verdict}"], "summary": f"gate {verdict}",
+                "metrics": {"challenger": {"accuracy": 0.97, "n": 100, "other": 1}}, "p_value": 0.0123456789,
+                "b": 3, "c": 9, "champion_version": champion, **extra}
+
+    runs = [_empty_run(client, experiment) for _ in range(4)]
+    first = register_challenger(train(runs[0]), evaluation(True, None), dag_run_id="d1", **common)
+    assert first == {"model_name": name, "version": "1", "state": "champion", "champion_version": "1",
+                     "verdict": "pass", "passed": True, "model_uri": f"models:/{name}/1"}
+    reg = ModelRegistry(tracking_uri, name)
+    tags = reg.get_version_info("1")["tags"]
+    assert (tags["mlcd.verdict"], tags["mlcd.forced"], tags["mlcd.snapshot_id"], tags["mlcd.dag_run_id"]) == (
+        "pass", "false", "snap-1", "d1")
+    assert tags["mlcd.p_value"] == "0.0123457" and tags["mlcd.discordant"] == "b=3,c=9"
+    assert json.loads(tags["mlcd.metrics"]) == {"accuracy": 0.97, "n": 100}
+    assert reg.get_state("1").transitions()[-1]["why"] == "first model: no champion to compare with; gate pass"
+
+    second = register_challenger(train(runs[1]), evaluation(True, "1", forced=True), dag_run_id="d2", **common)
+    assert (second["version"], second["state"], second["champion_version"]) == ("2", "registered", "1")
+    assert reg.get_version_info("2")["tags"]["mlcd.forced"] == "true"
+    assert reg.aliases() == {"champion": "1"}  # the canary task moves it, not register
+
+    # The champion changed since this challenger was evaluated: refuse, evaluate again.
+    with pytest.raises(StaleAliasError, match="evaluated against 9"):
+        register_challenger(train(runs[2]), evaluation(True, "9"), dag_run_id="d3", **common)
+    assert reg.get_state("3").state.value == "registered"
+
+    with pytest.raises(GateRejected, match="gate fail") as err:
+        register_challenger(train(runs[3]), evaluation(False, "1"), dag_run_id="d4", **common)
+    assert (err.value.version, err.value.verdict) == ("4", "gate fail")
+    assert reg.get_state("4").state.value == "rejected"
+    # A retry of a rejected run whose evaluation now passes is still rejected: a rejection is final.
+    with pytest.raises(GateRejected, match="model version 4 rejected"):
+        register_challenger(train(runs[3]), evaluation(True, "1"), dag_run_id="d4", **common)
+    assert reg.get_state("4").state.value == "rejected" and reg.aliases() == {"champion": "1"}
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -256,7 +466,7 @@ def test_evaluate_and_register_bootstrap_then_reject_a_worse_model(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def test_cli_status_and_history(tracking_uri: str, logged: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_status_and_history(tracking_uri: str, experiment: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from mlcd.cli import cli
@@ -265,7 +475,7 @@ def test_cli_status_and_history(tracking_uri: str, logged: dict[str, Any], monke
 
     name = f"cli-{uuid.uuid4().hex[:8]}"
     reg = ModelRegistry(tracking_uri, name)
-    v1, v2, v3 = _versions(reg, 3, logged)
+    v1, v2, v3 = _versions(reg, 3, experiment)
     reg.set_version_tags(v3, {"mlcd.verdict": "fail"})
     reg.bootstrap_champion(v1, actor="alice")
     reg.start_canary(v2, actor="airflow", reason="gate passed")

@@ -164,8 +164,12 @@ class GxGate:
                         "result": _json_safe(dict(item.result or {})),
                     }
                 )
-                if item.exception_info and item.exception_info.get("raised_exception"):
-                    failures[-1]["error"] = str(item.exception_info.get("exception_message"))
+                # GX 1.x keys exception_info by metric id ({id: {"raised_exception", ...}}); older results are flat.
+                info = item.exception_info or {}
+                raised = [info] if "raised_exception" in info else [e for e in info.values() if isinstance(e, dict)]
+                messages = [str(e.get("exception_message")) for e in raised if e.get("raised_exception")]
+                if messages:
+                    failures[-1]["error"] = "; ".join(dict.fromkeys(messages))
         docs = str(self.data_docs_dir / "index.html") if self.data_docs_dir else None
         if not failures:
             return ValidationOutcome(passed=True, reason=None, n_images=len(frame), data_docs=docs)
