@@ -29,6 +29,9 @@ from mlcd.airflow.training import make_train_task
 # Deploy-wide defaults for the params below, as a JSON object: `make demo` on scikit-learn's 1,797 digits sets more
 # epochs and a lower accuracy floor there (mlcd.demo.DemoPlan says why). A trigger's own params still win.
 RUN_DEFAULTS: dict = json.loads(os.environ.get("MLCD_RETRAIN_DEFAULTS") or "{}")
+if set(RUN_DEFAULTS) - {"epochs", "batch_size", "gate"}:  # a typo must not be silently ignored
+    raise ValueError(f"MLCD_RETRAIN_DEFAULTS: unknown keys {sorted(set(RUN_DEFAULTS) - {'epochs', 'batch_size', 'gate'})}; "
+                     "known: epochs, batch_size, gate")
 
 with DAG(
     dag_id="mlcd_retrain",

@@ -140,6 +140,37 @@ def write_demo_batches(out: Path, plan: DemoPlan, ref: Any) -> dict[str, Path]:
     return {"first": first, "second": second, "inverted": inverted}
 
 
+class PatientApi:
+    """The Airflow API client, but a read that times out is retried: on a busy machine the api-server can take
+    longer than one request's timeout, and a status poll missing once must not end the demo. Writes are not retried
+    (a trigger must not run twice)."""
+
+    READS = frozenset({"dag_runs", "dag_run", "task_instances", "dags", "get"})
+
+    def __init__(self, api: Any, tries: int = 5, pause_s: float = 5.0) -> None:
+        self._api = api
+        self._tries = tries
+        self._pause_s = pause_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._api, name)
+        if name not in self.READS:
+            return attr
+
+        def patient(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(1, self._tries + 1):
+                try:
+                    return attr(*args, **kwargs)
+                except OSError as err:  # URLError, timeouts, refused connections
+                    if attempt == self._tries:
+                        raise
+                    progress(f"Airflow API {name} failed ({err}); retrying in {self._pause_s:.0f}s")
+                    time.sleep(self._pause_s)
+            raise AssertionError("unreachable")
+
+        return patient
+
+
 class Story:
     """The demo's handle on the running platform."""
 
@@ -305,7 +336,7 @@ def run_demo() -> int:
     try:
         with step("starting Airflow (api-server, scheduler, dag-processor, triggerer), MLflow and the gateway"):
             urls = up(settings, ports)
-        api = AirflowApi(urls["airflow"], "admin", airflow_password(settings) or "")
+        api = PatientApi(AirflowApi(urls["airflow"], "admin", airflow_password(settings) or ""))
         story = Story(settings, api, urls)
         progress(f"Airflow UI {urls['airflow']} (login {urls['login']}) · MLflow {urls['mlflow']} · "
                  f"gateway {urls['gateway']}")
