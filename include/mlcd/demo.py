@@ -435,23 +435,26 @@ def _wait_dags(api: Any, wanted: set[str], timeout: float = 180) -> None:
     raise TimeoutError(f"DAGs {sorted(wanted)} not parsed within {timeout:.0f}s")
 
 
-def _arm_landing_watch(api: Any, timeout: float = 240) -> None:
+def _arm_landing_watch(api: Any, timeout: float = 600) -> None:
     """Land nothing before the sensor watches: a sensor that started while the api-server was still coming up
-    (a busy machine) fails its first try and would only retry minutes later, after the demo gave up waiting."""
+    (a busy machine) fails its try and would only retry minutes later, after the demo gave up waiting. Each failed
+    try is cleared once, so the next one starts now."""
     deadline = time.monotonic() + timeout
-    cleared: set[str] = set()
+    cleared: set[tuple[str, Any]] = set()
     while time.monotonic() < deadline:
         for run in api.dag_runs("mlcd_landing_watch", limit=5):
-            states = {t["task_id"]: t.get("state") for t in api.task_instances("mlcd_landing_watch", run["dag_run_id"])}
-            state = states.get("wait_for_batch")
+            tis = {t["task_id"]: t for t in api.task_instances("mlcd_landing_watch", run["dag_run_id"])}
+            ti = tis.get("wait_for_batch") or {}
+            state = ti.get("state")
             if state in ("deferred", "running") and run["state"] == "running":
                 return
-            if state in ("up_for_retry", "failed") and run["dag_run_id"] not in cleared:
-                progress(f"mlcd_landing_watch.wait_for_batch is {state} (started before the api-server answered); "
-                         "clearing it so it watches now")
+            key = (run["dag_run_id"], ti.get("try_number"))
+            if state in ("up_for_retry", "failed") and key not in cleared:
+                progress(f"mlcd_landing_watch.wait_for_batch is {state} after try {ti.get('try_number')} (the "
+                         "api-server did not answer it in time); clearing it so it watches now")
                 api._request("POST", "/api/v2/dags/mlcd_landing_watch/clearTaskInstances", {
                     "dag_run_id": run["dag_run_id"], "task_ids": ["wait_for_batch"], "dry_run": False,
                     "only_failed": False, "reset_dag_runs": True})
-                cleared.add(run["dag_run_id"])
+                cleared.add(key)
         time.sleep(2)
-    raise TimeoutError(f"mlcd_landing_watch's sensor is not watching after {timeout:.0f}s")
+    raise TimeoutError(f"mlcd_landing_watch's sensor is not watching after {timeout:.0f}s; see the scheduler log")
