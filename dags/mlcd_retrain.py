@@ -10,6 +10,8 @@ Asset (starting ``mlcd_guard``) only for a version that becomes a canary, not fo
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
@@ -31,6 +33,13 @@ from mlcd.airflow.steps import (
 )
 from mlcd.airflow.training import make_train_task
 
+# Deploy-wide defaults for the params below, as a JSON object: `make demo` on scikit-learn's 1,797 digits sets more
+# epochs and a lower accuracy floor there (mlcd.demo.DemoPlan says why). A trigger's own params still win.
+RUN_DEFAULTS: dict = json.loads(os.environ.get("MLCD_RETRAIN_DEFAULTS") or "{}")
+if set(RUN_DEFAULTS) - {"epochs", "batch_size", "gate"}:  # a typo must not be silently ignored
+    raise ValueError(f"MLCD_RETRAIN_DEFAULTS: unknown keys {sorted(set(RUN_DEFAULTS) - {'epochs', 'batch_size', 'gate'})}; "
+                     "known: epochs, batch_size, gate")
+
 with DAG(
     dag_id="mlcd_retrain",
     description="Retrain, gate and canary the production model on newly landed data.",
@@ -48,16 +57,16 @@ with DAG(
     on_failure_callback=RolloutNotifier(message=RUN_FAILED_MESSAGE),
     tags=["mlcd", "training"],
     params={
-        "epochs": Param(3, type="integer", minimum=1, maximum=100,
+        "epochs": Param(RUN_DEFAULTS.get("epochs", 3), type="integer", minimum=1, maximum=100,
                         description="Training epochs (early stopping may end sooner)."),
-        "batch_size": Param(128, type="integer", minimum=8, maximum=4096),
+        "batch_size": Param(RUN_DEFAULTS.get("batch_size", 128), type="integer", minimum=8, maximum=4096),
         "seed": Param(0, type="integer", minimum=0),
         "model": Param("cnn", type="string",
                        description="Model builder: 'cnn' (the reference CNN), 'mlcd.training.faulty:BlindModel' "
                                    "or an installed 'mlcd.models' entry point."),
         "max_train_samples": Param(None, type=["null", "integer"], minimum=1,
                                    description="Cap on training images (quick runs); empty for all."),
-        "gate": Param({}, type="object",
+        "gate": Param(RUN_DEFAULTS.get("gate", {}), type="object",
                       description='Gate overrides, e.g. {"accuracy_floor": 0.95, "alpha": 0.05, '
                                   '"require_improvement": true}.'),
         "allow_partial": Param(False, type="boolean",
