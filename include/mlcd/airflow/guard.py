@@ -12,6 +12,7 @@ Importing this module imports neither TensorFlow nor MLflow.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
