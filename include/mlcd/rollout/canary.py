@@ -28,7 +28,7 @@ from mlcd.rollout.metrics import (
     snapshot_to_dict,
     variant_stats,
 )
-from mlcd.rollout.router import Router
+from mlcd.rollout.router import Router, VersionRefused
 from mlcd.rollout.spec import Action, Outcome, RolloutSpec, StepVerdict, next_action, next_weight
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,15 @@ class CanaryRollout:
             self.router.set_routes(version, None, 0)
             return RolloutProgress(version, version, 100, done=True, result="bootstrapped as first champion")
         self.registry.start_canary(version, self.actor, reason, self.dag_run_id)
-        self.router.set_routes(champion, version, 0)
+        try:
+            self.router.set_routes(champion, version, 0)
+        except VersionRefused as exc:
+            # The gateway will never load it (e.g. a tampered artifact): a failed canary, rolled back with why.
+            why = f"canary could not be served: {exc}"
+            from mlcd.guard.watch import rollback
+
+            rollback(self.registry, self.router, version, why, {"refused": str(exc)}, self.actor, self.dag_run_id)
+            raise RolloutAborted(why) from None
         self._event(version, "canary_started", {"stable": champion, "spec": self.spec.to_dict()})
         return RolloutProgress(version, champion)
 

@@ -77,6 +77,10 @@ class RouteConflict(RouterError):
         self.current = current
 
 
+class VersionRefused(RouterError):
+    """The backend will never serve this version (its artifact failed the integrity check): a failed canary."""
+
+
 def _check_weight(canary: str | None, canary_weight: int) -> int:
     if isinstance(canary_weight, bool) or not 0 <= int(canary_weight) <= 100:
         raise ValueError(f"canary_weight must be in 0..100, got {canary_weight!r}")
@@ -115,6 +119,8 @@ class LocalGatewayRouter:
                     answer = json.loads(raw)
                 except ValueError:
                     answer = {}
+                if isinstance(answer, dict) and answer.get("refused") == "artifact_integrity":
+                    raise VersionRefused(f"gateway refused the version: {answer.get('detail')}") from None
                 if isinstance(answer, dict) and answer.get("conflict") == "generation":
                     raise RouteConflict(
                         f"gateway routes moved: {answer.get('detail')}",

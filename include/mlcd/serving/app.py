@@ -534,6 +534,21 @@ async def _read_json(request: Request, limit: int) -> Any:
     return await _parse_off_loop(raw)
 
 
+REFUSED_INTEGRITY = "artifact_integrity"
+
+
+def _integrity_failure(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a model artifact that failed its digest/signature/safety check."""
+    from mlcd.model_io import ArtifactIntegrityError
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ArtifactIntegrityError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None = None) -> FastAPI:
     """Build the gateway application; models load at startup (in a thread, so the loop stays responsive)."""
     from mlcd.serving.v2 import V2_PREFIX, add_v2_routes  # v2 builds on this module's Gateway
@@ -628,7 +643,11 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
         except RequestError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. the version does not exist in the registry
-            raise RequestError(409, f"could not load the requested versions: {type(exc).__name__}: {exc}") from exc
+            # An artifact that fails its integrity check will never load: say so in a field the router reads,
+            # so the canary counts it as a failed canary (a registry that is down is only a transient 409).
+            extra = {"refused": REFUSED_INTEGRITY} if _integrity_failure(exc) else None
+            raise RequestError(409, f"could not load the requested versions: {type(exc).__name__}: {exc}",
+                               extra) from exc
         return JSONResponse(routes.describe())
 
     @app.post("/admin/weights")
