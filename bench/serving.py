@@ -222,8 +222,10 @@ def start_mlserver(bin_dir: Path, tracking_uri: str, version: str, root: Path, e
 
 
 def v2_body(img: np.ndarray) -> bytes:
-    """One V2 request, the same bytes for both servers (``content_type: np`` tells MLServer's codec it's a tensor)."""
-    return json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+    """One V2 request, the same bytes for both servers (``content_type: np`` tells MLServer's codecs, request and
+    input, that it is one NumPy tensor; without it MLServer's MLflow runtime hands the model the raw request)."""
+    return json.dumps({"parameters": {"content_type": "np"},
+                       "inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
                                    "parameters": {"content_type": "np"},
                                    "data": img.astype(np.float32).ravel().tolist()}]}).encode()
 
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     gw_bodies = [json.dumps({"images": [img.tolist()]}).encode() for img in images]
     mlflow_bodies = [json.dumps({"inputs": [img.astype(np.float32).tolist()]}).encode() for img in images]
     procs: list[subprocess.Popen[bytes]] = []
-    server = LocalMlflowServer(root=root / "mlflow").start()
+    server = LocalMlflowServer(root=root / "mlflow").start(timeout=300)  # a loaded shared machine is slow to start it
     try:
         v1, v2 = train_and_register(server.url)
         env = dict(os.environ, MLFLOW_TRACKING_URI=server.url, MLCD_MODEL_NAME=MODEL, MLCD_ADMIN_TOKEN=TOKEN,

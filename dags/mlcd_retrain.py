@@ -54,6 +54,8 @@ with DAG(
     default_args=DEFAULT_ARGS,
     dagrun_timeout=timedelta(hours=24),  # the next nightly run must not queue behind a stuck one forever
     render_template_as_native_obj=True,  # dict and bool params reach operators as dicts and bools
+    # A quoted literal survives native rendering as a str (literal_eval of "'3'" is '3').
+    user_defined_filters={"cli_arg": lambda value: repr(str(value))},
     on_failure_callback=RolloutNotifier(message=RUN_FAILED_MESSAGE),
     tags=["mlcd", "training"],
     params={
@@ -110,7 +112,10 @@ with DAG(
     def announce_canary(registered: dict) -> dict:
         return announce_canary_step(registered)
 
-    train = make_train_task(max_train_samples="{{ params.max_train_samples or '' }}", model="{{ params.model }}",
+    # Native rendering would turn "3" into 3, and a pod's args must be strings: `cli_arg` keeps each one a string.
+    train = make_train_task(epochs="{{ params.epochs | cli_arg }}", batch_size="{{ params.batch_size | cli_arg }}",
+                            seed="{{ params.seed | cli_arg }}", model="{{ params.model | cli_arg }}",
+                            max_train_samples="{{ (params.max_train_samples or '') | cli_arg }}",
                             pool=TRAINING_POOL, execution_timeout=timedelta(hours=6))
     canary = CanaryRolloutOperator(
         version="{{ ti.xcom_pull(task_ids='register')['version'] }}",
