@@ -1,24 +1,25 @@
-"""Rollback benchmark: how fast the guard takes traffic off a broken canary, and how often it wrongly does so.
+"""Rollback benchmark: how fast a broken canary is taken off users, and how often a healthy one is wrongly rolled
+back, by mlcd's analysis engine and by Flagger's default analysis, side by side in one run.
 
-Everything real and on 127.0.0.1: an MLflow server started here, the gateway (``mlcd serve``) as its own process,
-tiny Keras models logged to MLflow (two honest retrains and one that always answers class 3, see
-``tests/modelkit.py``), bounded open-loop traffic at 50 requests/s, and the guard (:mod:`mlcd.guard.watch`) polling
-``/metrics`` every 2 s with the judge's default thresholds. Processes are reused across trials; each trial
-registers a fresh version (the rollout record makes ``rolled_back`` final).
+Two parts, each labelled in the output:
 
-* **broken trials**: the broken version becomes canary at the rollout's first step (5 %); measured from the
-  first answer the canary gives to the moment the router has put 100 % of traffic back on stable (the rollback
-  then records the evidence in the registry; that time is printed too). Median over the trials.
-* **healthy trials**: an honest retrain becomes canary at 25 % (so every check has data) and is watched for a
-  bounded window; any breach is a false rollback. Then it is promoted and the next trial canaries the other
-  retrain against it.
+1. **Simulated gateways, many trials** (``tests/gatewaysim.py``): traffic goes through the gateway's REAL metrics
+   (``GatewayMetrics``: its Prometheus histogram buckets and counters, read from the registry's ``collect()``, the
+   samples ``/metrics`` prints). Each mlcd trial is a whole rollout: 5 → 25 → 50 → 100 % with 60 s windows (the canary step's
+   engine polled every 2 s), ``mlcd_guard`` polling every 2 s through the rollout and a 60 s bake period; a trial is
+   rolled back when either fails the version. Sets of 20: a one-class canary at 50 requests/s (time to 100 %
+   stable), healthy canaries under (a) steady load, (b) a CPU hog (every latency ×3) started mid-rollout,
+   (c) 2 requests/s total; and a one-class canary at 2 requests/s.
+   **Flagger** is *simulated* on the same simulated gateway traffic from its documented default analysis
+   (``interval: 1m``, ``threshold: 5``, ``stepWeight: 10``, ``maxWeight: 50``, built-in checks
+   ``request-success-rate >= 99 %`` and ``request-duration p99 <= 500 ms`` over the last interval, a check
+   with no data counted as failed): Flagger itself is not run (no cluster here), and the output says so.
+2. **Real gateway, headline figure**: a real MLflow server, the gateway as its own process (``mlcd serve``),
+   tiny Keras models (``tests/modelkit.py``), open-loop traffic at 50 requests/s on 127.0.0.1, the guard
+   (``Guard.poll`` every 2 s) and ``rollback``: a one-class canary at 5 %, measured from its first answer to
+   100 % of traffic on stable. The machine is shared (2 cores): these timings are noisy.
 
-Peer: Flagger's default analysis (``interval: 1m``) needs one full interval per failed check, and rolls back
-after ``threshold`` failed checks: at least 60 s, 300 s with the threshold of 5 its examples use. (Flagger's
-built-in checks are request success rate and latency; a model that answers 200 OK with the wrong class passes
-both, so with defaults it would not be rolled back at all.)
-
-Usage: ``python bench/rollback.py [--broken 5] [--healthy 20] [--window 16]`` (about 10 minutes).
+Usage: ``python bench/rollback.py [--trials 20] [--real 3]`` (``--real 0`` skips part 2; about 10 minutes).
 """
 
 from __future__ import annotations
@@ -30,20 +31,193 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "include"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist.npz"
 if "MLCD_DATA" not in os.environ and SHARED_MNIST.exists():
     os.environ["MLCD_DATA"] = str(SHARED_MNIST)
 
 MODEL = "bench-rollback"
-RATE = 50.0
-FLAGGER_INTERVAL_S = 60.0
+POLL_S = 2.0
+STEPS = (5, 25, 50, 100)
+WINDOW_S = 60.0  # the spec's default
+BAKE_S = 60.0
+HOG_AT_S, HOG_FACTOR = 45.0, 3.0  # during the 25 % step
+# Flagger's documented defaults / the values of its examples.
+FLAGGER = {"interval_s": 60.0, "threshold": 5, "step_weight": 10, "max_weight": 50,
+           "min_success_rate": 0.99, "max_p99_s": 0.5}
+
+
+@dataclass
+class Trial:
+    outcome: str  # rolled_back / promoted / undecided
+    at_s: float | None  # seconds from the canary's first traffic to 100 % stable (rolled back)
+    by: str = ""
+    detail: str = ""
+
+
+# --- part 1: simulated gateways ------------------------------------------------------------------------------
+
+
+def mlcd_trial(canary: str, rate: float, seed: int, hog: bool = False) -> Trial:
+    """One whole rollout + bake on a simulated gateway: the canary step's engine and the guard, both polling."""
+    from mlcd.guard.watch import Decision, Guard, GuardConfig
+    from mlcd.rollout.canary import RolloutProgress, observe, window_outcome
+    from mlcd.rollout.metrics import snapshot_to_dict
+    from mlcd.rollout.spec import Action, Outcome, RolloutSpec, next_action
+    from tests.gatewaysim import SimGateway, behaviours
+
+    gw = SimGateway(*behaviours(["healthy", canary]), seed=seed)
+    spec = RolloutSpec(steps=STEPS, analysis_window_s=WINDOW_S, poll_interval_s=POLL_S)
+    clock = [0.0]
+    current: list[Any] = [None]
+    guard = Guard(GuardConfig("sim", poll_interval_s=POLL_S, bake_s=BAKE_S), scrape=lambda _u: current[0],
+                  clock=lambda: clock[0])
+    current[0] = gw.scrape_fast()
+    g = guard.poll()
+    p = RolloutProgress("2", "1")
+    step_i, window_t, promoted = 0, 0.0, False
+
+    def set_weight(w: int) -> None:
+        gw.set_routes("1", "2", w)
+        p.weight = w
+        p.last = snapshot_to_dict(gw.scrape_fast().counters)
+
+    set_weight(STEPS[0])
+    p.window, p.held = {}, 0
+    while clock[0] < 1200:
+        if hog and clock[0] >= HOG_AT_S:
+            gw.load = HOG_FACTOR
+        gw.run(POLL_S, rate)
+        clock[0] += POLL_S
+        current[0] = gw.scrape_fast()
+        g = guard.poll(g.state)
+        if g.decision is Decision.BREACH:
+            return Trial("rolled_back", clock[0], "mlcd_guard", g.reason[:100])
+        if g.decision is not Decision.WATCH:
+            return Trial("promoted", None, "", g.reason[:60])
+        if promoted:
+            continue
+        if observe(spec, p, current[0].counters) is Outcome.FAIL:
+            return Trial("rolled_back", clock[0], "canary step", "; ".join(p.verdict["reasons"])[:100])
+        window_t += POLL_S
+        if window_t + 1e-9 < WINDOW_S:
+            continue
+        window_t = 0.0
+        verdict = window_outcome(spec, p)
+        p.outcomes.append(verdict.outcome.value)
+        p.held += verdict.outcome is Outcome.INCONCLUSIVE
+        action = next_action(spec, p.outcomes, p.held)
+        if action is Action.ABORT_FAILED:
+            return Trial("rolled_back", clock[0], "canary step", "; ".join(verdict.reasons)[:100])
+        if action is Action.ABORT_INCONCLUSIVE:
+            gw.set_routes("1", None, 0)
+            return Trial("undecided", None, "", f"at {p.weight}% after {p.held} windows (not a rollback)")
+        if action is Action.ADVANCE:
+            step_i += 1
+            if step_i == len(STEPS):
+                gw.set_routes("2", None, 0)  # promoted: the guard bakes it
+                promoted = True
+            else:
+                set_weight(STEPS[step_i])
+                p.window, p.held = {}, 0
+    return Trial("undecided", None, "", "still running at 1200 s")
+
+
+def flagger_trial(canary: str, rate: float, seed: int, hog: bool = False) -> Trial:
+    """Flagger's default analysis, simulated on the same kind of simulated gateway traffic (not Flagger itself)."""
+    from mlcd.rollout.metrics import diff, histogram_quantile
+    from tests.gatewaysim import SimGateway, behaviours
+
+    gw = SimGateway(*behaviours(["healthy", canary]), seed=seed)
+    f = FLAGGER
+    weight, failed, t = f["step_weight"], 0, 0.0
+    gw.set_routes("1", "2", weight)
+    before = gw.scrape_fast().counters.get(("canary", "2"))
+    while True:
+        steps = int(f["interval_s"] / POLL_S)
+        for _ in range(steps):
+            if hog and t >= HOG_AT_S:
+                gw.load = HOG_FACTOR
+            gw.run(POLL_S, rate)
+            t += POLL_S
+        after = gw.scrape_fast().counters.get(("canary", "2"))
+        w = diff(before, after)
+        before = after
+        ok = w.requests > 0 and w.latency_count > 0
+        if ok:
+            success = (w.requests - w.errors) / w.requests
+            p99 = histogram_quantile(0.99, w.buckets)
+            ok = success >= f["min_success_rate"] and p99 is not None and p99 <= f["max_p99_s"]
+        if not ok:
+            failed += 1
+            if failed >= f["threshold"]:
+                return Trial("rolled_back", t, "flagger", f"{failed} failed checks at {weight}%")
+            continue
+        if weight >= f["max_weight"]:
+            return Trial("promoted", None)
+        weight += f["step_weight"]
+        gw.set_routes("1", "2", weight)
+
+
+def simulated(trials: int) -> list[str]:
+    started = time.monotonic()
+    sets = [
+        ("one-class canary, 50 req/s", "one_class", 50.0, False),
+        ("healthy (a) steady 50 req/s", "healthy", 50.0, False),
+        ("healthy (b) CPU hog mid-rollout", "healthy", 50.0, True),
+        ("healthy (c) 2 req/s total", "healthy", 2.0, False),
+        ("one-class canary, 2 req/s", "one_class", 2.0, False),
+    ]
+    rows = []
+    for label, kind, rate, hog in sets:
+        m = [mlcd_trial(kind, rate, 10_000 + i, hog) for i in range(trials)]
+        fl = [flagger_trial(kind, rate, 20_000 + i, hog) for i in range(trials)]
+        rows.append((label, kind, m, fl))
+        print(f"  {label:34s} mlcd: {_counts(m):44s} flagger-sim: {_counts(fl)}", flush=True)
+        for tr in m[:2]:
+            print(f"      e.g. mlcd {tr.outcome} {'' if tr.at_s is None else f'at {tr.at_s:.0f}s '}"
+                  f"{tr.by}: {tr.detail}", flush=True)
+    out = ["", f"{'SIMULATED gateways (real buckets), ' + str(trials) + ' trials each':50s}{'mlcd':>22s}"
+                f"{'Flagger (simulated)':>24s}"]
+    for label, kind, m, fl in rows:
+        if kind == "one_class":
+            out.append(f"{'  ' + label + ': median to 100% stable':50s}{_median(m):>22s}{_median(fl):>24s}")
+            out.append(f"{'    rolled back':50s}{_n(m, 'rolled_back'):>22s}{_n(fl, 'rolled_back'):>24s}")
+        else:
+            out.append(f"{'  ' + label + ': false rollbacks':50s}{_n(m, 'rolled_back'):>22s}"
+                       f"{_n(fl, 'rolled_back'):>24s}")
+            out.append(f"{'    promoted / undecided (not rolled back)':50s}"
+                       f"{_n(m, 'promoted') + ' / ' + _n(m, 'undecided'):>22s}"
+                       f"{_n(fl, 'promoted') + ' / ' + _n(fl, 'undecided'):>24s}")
+    out.append(f"  simulated part: {time.monotonic() - started:.0f}s")
+    return out
+
+
+def _counts(ts: list[Trial]) -> str:
+    return ", ".join(f"{k} {sum(t.outcome == k for t in ts)}" for k in ("rolled_back", "promoted", "undecided"))
+
+
+def _n(ts: list[Trial], outcome: str) -> str:
+    return f"{sum(t.outcome == outcome for t in ts)}/{len(ts)}"
+
+
+def _median(ts: list[Trial]) -> str:
+    times = [t.at_s for t in ts if t.at_s is not None]
+    if not times:
+        return "never rolled back"
+    return f"{statistics.median(times):.0f} s ({min(times):.0f}-{max(times):.0f})"
+
+
+# --- part 2: the real gateway -----------------------------------------------------------------------------------
 
 
 class TimedRouter:
@@ -67,7 +241,7 @@ def _wait_healthy(url: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=2).close()
+            urllib.request.urlopen(f"{url}/healthz", timeout=2).close()  # noqa: S310 - loopback
             return
         except urllib.error.HTTPError:
             return  # up, without a model yet
@@ -76,16 +250,7 @@ def _wait_healthy(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"gateway {url} not up after {timeout:.0f}s")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--broken", type=int, default=5, help="broken-canary trials (median reported)")
-    ap.add_argument("--healthy", type=int, default=20, help="healthy-canary trials (false rollbacks counted)")
-    ap.add_argument("--window", type=float, default=16.0, help="seconds each healthy canary is watched")
-    ap.add_argument("--broken-weight", type=int, default=5, help="canary weight of broken trials (percent)")
-    ap.add_argument("--healthy-weight", type=int, default=25, help="canary weight of healthy trials (percent)")
-    ap.add_argument("--poll", type=float, default=2.0, help="guard poll interval in seconds")
-    args = ap.parse_args()
-
+def real(trials: int, rate: float = 50.0, weight: int = 5) -> list[str]:
     from mlcd.data.reference import load_reference
     from mlcd.guard.watch import Decision, Guard, GuardConfig, rollback
     from mlcd.mlflow_server import LocalMlflowServer, free_port
@@ -98,6 +263,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="mlcd-bench-rollback-"))
     mlflow = LocalMlflowServer(root=root / "mlflow").start()
     gateway: subprocess.Popen[bytes] | None = None
+    to_stable: list[float] = []
     try:
         uris = logged_models(mlflow.url, ref.x_train[:2000], ref.y_train[:2000])
         registry = ModelRegistry(mlflow.url, MODEL)
@@ -106,28 +272,24 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.url, "MLCD_MODEL_NAME": MODEL,
-               "MLCD_ADMIN_TOKEN": TOKEN, "MLCD_HOME": str(root / "home"), "MLCD_GATEWAY_URL": url}
+               "MLCD_ADMIN_TOKEN": TOKEN, "MLCD_HOME": str(root / "home"), "MLCD_GATEWAY_URL": url,
+               "PYTHONPATH": str(REPO / "include")}
         log = (root / "gateway.log").open("wb")
         gateway = subprocess.Popen([sys.executable, "-m", "mlcd.cli", "serve", "--port", str(port)], env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         _wait_healthy(url)
         router = TimedRouter(LocalGatewayRouter(url, TOKEN))
         router.set_routes(stable, None, 0)
-        images = ref.x_test[:2000]
-        print(f"setup {time.monotonic() - started:.0f}s: MLflow {mlflow.url}, gateway {url} (own process), "
-              f"{RATE:g} requests/s, guard poll {args.poll:g}s, judge defaults", flush=True)
-
-        to_stable: list[float] = []
-        to_recorded: list[float] = []
-        false_rollbacks = 0
-        with traffic(url, images, rate=RATE, max_s=1500, workers=6) as load:
+        print(f"  REAL gateway setup {time.monotonic() - started:.0f}s: MLflow {mlflow.url}, gateway {url} "
+              f"(own process), {rate:g} requests/s, guard poll {POLL_S:g}s, engine defaults", flush=True)
+        with traffic(url, ref.x_test[:2000], rate=rate, max_s=600, workers=6) as load:
             time.sleep(2)
-            for i in range(args.broken):
+            for i in range(trials):
                 v = register(mlflow.url, MODEL, uris["broken"])
-                registry.start_canary(v, "bench", "broken canary")
+                registry.start_canary(v, "bench", "one-class canary")
                 router.stable_only_at = None
-                router.set_routes(stable, v, args.broken_weight)
-                guard = Guard(GuardConfig(url, version=v, poll_interval_s=args.poll, grace_s=30))
+                router.set_routes(stable, v, weight)
+                guard = Guard(GuardConfig(url, version=v, poll_interval_s=POLL_S, grace_s=30))
                 state, result = None, None
                 deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
@@ -135,60 +297,17 @@ def main() -> None:
                     if result.decision is not Decision.WATCH:
                         break
                     state = result.state
-                    time.sleep(args.poll)
+                    time.sleep(POLL_S)
                 assert result is not None and result.decision is Decision.BREACH, result and result.reason
                 rollback(registry, router, v, result.reason, result.as_dict(), "bench")
-                recorded = time.monotonic()
                 first = load.first_seen.get(v)
                 assert first is not None and router.stable_only_at is not None
                 to_stable.append(router.stable_only_at - first)
-                to_recorded.append(recorded - first)
                 failed = [c["name"] for c in result.as_dict()["verdict"]["checks"] if c["outcome"] == "fail"]
-                print(f"broken  {i + 1:2d}/{args.broken}: version {v} at {args.broken_weight}%: 100% stable "
-                      f"{to_stable[-1]:5.1f}s after its first answer (recorded {to_recorded[-1]:5.1f}s), "
-                      f"poll {result.state.look}, {load.by_version[v]} canary answers, failed {failed}",
-                      flush=True)
-
-            kinds = ["healthy_b", "healthy_a"]
-            for i in range(args.healthy):
-                v = register(mlflow.url, MODEL, uris[kinds[i % 2]])
-                registry.start_canary(v, "bench", "healthy canary")
-                router.set_routes(stable, v, args.healthy_weight)
-                guard = Guard(GuardConfig(url, version=v, poll_interval_s=args.poll))
-                state, outcome, last = None, "kept", None
-                end = time.monotonic() + args.window
-                while time.monotonic() < end:
-                    result = guard.poll(state)
-                    state, last = result.state, result
-                    if result.decision is Decision.BREACH:
-                        outcome = "FALSE ROLLBACK: " + result.reason
-                        false_rollbacks += 1
-                        rollback(registry, router, v, result.reason, result.as_dict(), "bench")
-                        break
-                    time.sleep(args.poll)
-                if outcome == "kept":
-                    registry.promote(v, "bench", "healthy canary kept")
-                    router.set_routes(v, None, 0)
-                    stable = v
-                verdict = last.verdict.summary[:110] if last and last.verdict else "-"
-                print(f"healthy {i + 1:2d}/{args.healthy}: version {v} at {args.healthy_weight}% for "
-                      f"{args.window:g}s, {load.by_version[v]} canary answers: {outcome} ({verdict})", flush=True)
-        print(f"traffic: {load.sent} requests, {load.failed} failed")
-
-        med = statistics.median(to_stable)
-        med_rec = statistics.median(to_recorded)
-        print()
-        print(f"{'':34s}{'mlcd guard':>14s}{'Flagger default':>18s}")
-        print(f"{'rollback, median of ' + str(len(to_stable)) + ' (s)':34s}{med:14.1f}"
-              f"{'>= ' + format(FLAGGER_INTERVAL_S, '.0f'):>18s}")
-        print(f"{'  range (s)':34s}{f'{min(to_stable):.1f}-{max(to_stable):.1f}':>14s}{'300 at threshold 5':>20s}")
-        print(f"{'  median to registry recorded (s)':34s}{med_rec:14.1f}")
-        print(f"{'false rollbacks / healthy trials':34s}{f'{false_rollbacks}/{args.healthy}':>14s}{'-':>18s}")
-        print(f"ratio Flagger minimum / mlcd: {FLAGGER_INTERVAL_S / med:.1f}x faster "
-              f"({5 * FLAGGER_INTERVAL_S / med:.1f}x at threshold 5)")
-        print(f"targets: rollback under 30 s -> {'MET' if med < 30 else 'MISSED'}; zero false rollbacks in "
-              f"{args.healthy} -> {'MET' if false_rollbacks == 0 and args.healthy >= 20 else 'MISSED'}")
-        print(f"whole bench {time.monotonic() - started:.0f}s")
+                print(f"  REAL one-class {i + 1}/{trials}: version {v} at {weight}%: 100% stable "
+                      f"{to_stable[-1]:5.1f}s after its first answer, look {result.state.look}, "
+                      f"{load.by_version[v]} canary answers, failed {failed}", flush=True)
+        print(f"  REAL traffic: {load.sent} requests, {load.failed} failed")
     finally:
         if gateway is not None:
             gateway.terminate()
@@ -197,6 +316,39 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 gateway.kill()
         mlflow.stop()
+    med = statistics.median(to_stable)
+    return ["", f"REAL gateway, one-class canary at {weight}% of {rate:g} req/s, median of {trials}: "
+                f"{med:.1f} s to 100% stable ({min(to_stable):.1f}-{max(to_stable):.1f}); "
+                f"Flagger: computed from its documented defaults, not run: never (a one-class model answers "
+                f"200 OK at normal latency, so success rate and p99 both pass)", f"  real part: "
+                f"{time.monotonic() - started:.0f}s", med]  # type: ignore[list-item]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=20, help="simulated trials per set")
+    ap.add_argument("--real", type=int, default=3, help="real-gateway one-class trials (0 skips the real part)")
+    args = ap.parse_args()
+    started = time.monotonic()
+    print("Flagger: simulated from its documented default analysis on the same simulated traffic; Flagger itself "
+          "is not run here (no cluster).", flush=True)
+    print(f"SIMULATED part: steps {'/'.join(map(str, STEPS))}%, {WINDOW_S:g}s windows, polls every {POLL_S:g}s, "
+          f"bake {BAKE_S:g}s, CPU hog x{HOG_FACTOR:g} from t={HOG_AT_S:g}s", flush=True)
+    print("\n".join(simulated(args.trials)), flush=True)
+    med = None
+    if args.real > 0:
+        try:
+            real_lines: list[Any] = real(args.real)
+            med = real_lines.pop()
+            print("\n".join(str(x) for x in real_lines))
+        except Exception as exc:  # noqa: BLE001 - the simulated figures above stand; say why the real part failed
+            print(f"\nREAL gateway part failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    else:
+        print("\nREAL gateway part skipped (--real 0)")
+    print(f"goals: real one-class median <= 10 s -> "
+          f"{'n/a' if med is None else ('MET' if med <= 10 else 'MISSED')}; simulated false rollbacks 0 in every "
+          "healthy set -> see the rows above")
+    print(f"whole bench {time.monotonic() - started:.0f}s")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,16 @@ Both servers run as single processes on 127.0.0.1 and serve one registered versi
 the previous one is answered, keep-alive connections) drives each server for the same time at each concurrency.
 Printed: requests/s, p50 and p99 latency, and the gateway/MLflow ratios; then the routing overhead: the gateway's
 p50 at concurrency 1 with a 50 % canary (two loaded versions, same weights) against stable only, and the
-in-process cost of one routing decision. Bounded: about 3 minutes on 2 cores.
+in-process cost of one routing decision.
+
+Then the Open Inference Protocol (KServe V2) comparison: MLServer 1.7.1 with mlserver-mlflow (adaptive batching
+on, ``max_batch_size`` 64 and ``max_batch_time`` 2 ms, the gateway's own batching limits) serves the same version
+over V2 beside the gateway's ``/v2/models/{name}/infer``; both get byte-identical V2 JSON requests (one FP32
+``[1, 28, 28]`` image; MLServer refuses the binary tensor extension) from the same closed-loop client. MLServer's
+pins (fastapi < 0.116, protobuf < 7) clash with ours, so it runs from its own virtualenv, created from PyPI on the
+first run (``MLCD_BENCH_MLSERVER_VENV``, default ``$MLCD_HOME/bench/mlserver-venv``; a few minutes once).
+Last, the ceiling: the same model called in-process on batches of 32, and the gateway's V2 throughput as a fraction
+of it. ``--skip-mlflow`` leaves out the ``mlflow models serve`` part. Bounded: about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ def train_and_register(tracking_uri: str) -> tuple[str, str]:
 
     from mlcd.data.reference import load_reference
     from mlcd.registry import ModelRegistry
+    from mlcd.training.tracking import seal_model
 
     ref = load_reference()
     tf.keras.utils.set_random_seed(0)
@@ -71,6 +81,7 @@ def train_and_register(tracking_uri: str) -> tuple[str, str]:
     for _ in range(2):
         with mlflow.start_run() as run:
             info = mlflow.tensorflow.log_model(model, name="model", pip_requirements=["tensorflow-cpu"])
+        seal_model(info.model_uri, tracking_uri)  # as the trainer does: the gateway refuses an unsealed model
         versions.append(registry.register_run_model(run.info.run_id, info.model_uri))
     registry.bootstrap_champion(versions[0], "bench")
     return versions[0], versions[1]
@@ -166,6 +177,112 @@ def admin_routes(port: int, stable: str, canary: str | None, weight: int) -> Non
     urllib.request.urlopen(req, timeout=120).read()
 
 
+MLSERVER_PINS = ("mlserver==1.7.1", "mlserver-mlflow==1.7.1", "tensorflow-cpu==2.21.0", "mlflow==3.17.2")
+
+
+def mlserver_venv(home: Path) -> Path:
+    """MLServer's own virtualenv (its pins clash with ours), created on first use; returns its ``bin``."""
+    venv = Path(os.environ.get("MLCD_BENCH_MLSERVER_VENV") or home / "bench" / "mlserver-venv")
+    marker = venv / ".mlcd-installed"
+    if not marker.exists():
+        print(f"creating MLServer's virtualenv at {venv} ({' '.join(MLSERVER_PINS)}); a few minutes once",
+              flush=True)
+        base = Path(sys.base_prefix) / "bin" / "python3"
+        subprocess.run([str(base), "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *MLSERVER_PINS], check=True)
+        marker.write_text(" ".join(MLSERVER_PINS) + "\n")
+    return venv / "bin"
+
+
+def start_mlserver(bin_dir: Path, tracking_uri: str, version: str, root: Path, env: dict[str, str]) -> tuple[
+        subprocess.Popen[bytes], int]:
+    """MLServer serving ``models:/MODEL/version`` (downloaded from the registry) with adaptive batching."""
+    import mlflow
+
+    model_dir = root / "mlserver" / MODEL
+    model_dir.mkdir(parents=True)
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version}", tracking_uri=tracking_uri,
+                                                dst_path=str(root / "mlserver-model"))
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    (root / "mlserver" / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
+        "debug": False,
+        # Inference in the server process, as the gateway does (a worker pool adds a process hop on 2 cores).
+        "parallel_workers": 0,
+    }))
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": MODEL, "implementation": "mlserver_mlflow.MLflowRuntime",
+        "max_batch_size": 64, "max_batch_time": 0.002,  # adaptive batching, the gateway's limits
+        "parameters": {"uri": local, "version": version},
+    }))
+    menv = {k: v for k, v in env.items() if not k.startswith(("MLFLOW_", "MLCD_", "PYTHONPATH"))}
+    menv["PATH"] = f"{bin_dir}{os.pathsep}{menv.get('PATH', '')}"
+    proc = start([str(bin_dir / "mlserver"), "start", str(root / "mlserver")], menv, root / "mlserver.log")
+    return proc, http_port
+
+
+def v2_body(img: np.ndarray) -> bytes:
+    """One V2 request, the same bytes for both servers (``content_type: np`` tells MLServer's codec it's a tensor)."""
+    return json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                                   "parameters": {"content_type": "np"},
+                                   "data": img.astype(np.float32).ravel().tolist()}]}).encode()
+
+
+def in_process_ceiling(tracking_uri: str, version: str, images: np.ndarray, seconds: float = 6.0) -> float:
+    """Images/s of the same model called in-process on batches of 32 (what the gateway's batcher calls)."""
+    from mlcd.model_io import load_predictor
+
+    predictor = load_predictor(f"models:/{MODEL}/{version}", tracking_uri=tracking_uri)
+    batch = images[:32].astype(np.float32)
+    for _ in range(5):
+        predictor.predict_proba(batch)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        predictor.predict_proba(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - t0)
+
+
+def v2_comparison(gw_port: int, tracking_uri: str, version: str, images: np.ndarray, root: Path,
+                  env: dict[str, str]) -> None:
+    from mlcd.settings import get_settings
+
+    bin_dir = mlserver_venv(get_settings().home)  # the user's MLCD_HOME, kept between runs (not the bench's temp)
+    ms, ms_port = start_mlserver(bin_dir, tracking_uri, version, root, env)
+    path = f"/v2/models/{MODEL}/infer"
+    bodies = [v2_body(img) for img in images]
+    try:
+        try:
+            wait_http(f"http://127.0.0.1:{ms_port}/v2/models/{MODEL}/ready", timeout=240, proc=ms)
+        except RuntimeError:
+            print((root / "mlserver.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        for port in (gw_port, ms_port):
+            closed_loop(port, path, bodies[:WARMUP_REQUESTS], 4, 1.5)
+        print()
+        print("Open Inference Protocol (V2 REST), same JSON request bytes to both: one FP32 [1, 28, 28] image; "
+              "MLServer 1.7.1 + mlserver-mlflow, adaptive batching max_batch_size 64, max_batch_time 2 ms")
+        print(f"{'conc':>4}  {'server':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}")
+        rows = []
+        for c in CONCURRENCY:
+            g = closed_loop(gw_port, path, bodies, c, SECONDS_PER_POINT)
+            m = closed_loop(ms_port, path, bodies, c, SECONDS_PER_POINT)
+            for name, r in (("mlcd gateway", g), ("mlserver", m)):
+                print(f"{c:>4}  {name:<14}{r['rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['failed']:>8.0f}")
+            rows.append((c, g, m))
+        print()
+        print(f"{'conc':>4}  {'throughput ratio':>17}  {'p99 ratio (gw/mlserver)':>24}")
+        for c, g, m in rows:
+            print(f"{c:>4}  {g['rps'] / m['rps']:>16.2f}x  {g['p99_ms'] / m['p99_ms']:>23.2f}x")
+    finally:
+        stop(ms)
+    ceiling = in_process_ceiling(tracking_uri, version, images)
+    best = max(g["rps"] for _, g, _ in rows)
+    print()
+    print(f"ceiling: the same model in-process on batches of 32: {ceiling:.0f} images/s; gateway V2 at its best "
+          f"({best:.0f} single-image req/s) = {best / ceiling:.0%} of it")
+
+
 def routing_decision_us() -> float:
     """In-process cost of one routing decision with a sticky client id (median of 5 × 20,000)."""
     import random
@@ -183,8 +300,11 @@ def routing_decision_us() -> float:
     return statistics.median(runs)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from mlcd.data.reference import load_reference
+
+    args = sys.argv[1:] if argv is None else argv
+    skip_mlflow = "--skip-mlflow" in args
 
     t_all = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="mlcd-bench-serving-"))
@@ -206,16 +326,24 @@ def main() -> int:
         mlcd_bin = shutil.which("mlcd", path=str(bin_dir)) or "mlcd"
         gw = start([mlcd_bin, "serve", "--port", str(gw_port)], env, root / "gateway.log")
         procs.append(gw)
-        ml = start([mlflow_bin, "models", "serve", "-m", f"models:/{MODEL}/{v1}", "--env-manager", "local",
-                    "-h", "127.0.0.1", "-p", str(ml_port), "--workers", "1"], env, root / "mlflow-serve.log")
-        procs.append(ml)
+        ml = None if skip_mlflow else start(
+            [mlflow_bin, "models", "serve", "-m", f"models:/{MODEL}/{v1}", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(ml_port), "--workers", "1"], env, root / "mlflow-serve.log")
+        if ml is not None:
+            procs.append(ml)
         for url, proc, log in ((f"http://127.0.0.1:{gw_port}/healthz", gw, "gateway.log"),
                                (f"http://127.0.0.1:{ml_port}/health", ml, "mlflow-serve.log")):
+            if proc is None:
+                continue
             try:
                 wait_http(url, proc=proc)
             except RuntimeError:
                 print((root / log).read_text(errors="replace")[-3000:], file=sys.stderr)
                 raise
+        if skip_mlflow:
+            v2_comparison(gw_port, server.url, v1, images, root, env)
+            print(f"total bench time {time.perf_counter() - t_all:.0f} s")
+            return 0
         for port, path, bodies in ((gw_port, "/predict", gw_bodies), (ml_port, "/invocations", mlflow_bodies)):
             closed_loop(port, path, bodies[:WARMUP_REQUESTS], 4, 1.5)  # warm both (graph tracing, JIT paths)
 
@@ -248,6 +376,8 @@ def main() -> int:
               f"50 % canary {statistics.median(routed):.3f} ms -> "
               f"{statistics.median(routed) - statistics.median(base):+.3f} ms")
         print(f"routing decision in-process (sticky hash + weight): {decision:.2f} us")
+        admin_routes(gw_port, v1, None, 0)
+        v2_comparison(gw_port, server.url, v1, images, root, env)
         print(f"total bench time {time.perf_counter() - t_all:.0f} s")
     finally:
         for p in procs:

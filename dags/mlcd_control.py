@@ -8,6 +8,8 @@ routes all traffic to stable first, then moves the aliases back.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import DAG, Param, task
 
@@ -22,6 +24,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    dagrun_timeout=timedelta(minutes=30),
+    render_template_as_native_obj=True,
     tags=["mlcd", "guard", "manual"],
     params={
         "action": Param("rollback", type="string", enum=["rollback", "promote", "pause", "resume"],

@@ -9,6 +9,8 @@ from starting a retrain on every check.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, Param, task
 
@@ -23,6 +25,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    dagrun_timeout=timedelta(minutes=9),  # the next check starts 10 minutes later
+    render_template_as_native_obj=True,
     tags=["mlcd", "drift"],
     params={
         "cooldown_s": Param(6 * 3600.0, type="number", minimum=0,
@@ -31,7 +35,7 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
 
-    @task(outlets=[DRIFT_ASSET])
+    @task(outlets=[DRIFT_ASSET], execution_timeout=timedelta(minutes=2))
     def check_drift(params: dict | None = None) -> dict:
         return drift_step(cooldown_s=float((params or {}).get("cooldown_s", 6 * 3600.0)))
 

@@ -5,9 +5,10 @@ registered for rollout; one run at a time. ``watch`` is a deferrable sensor: a t
 the gateway's ``/metrics`` every few seconds and judges canary against stable (error rate, latency,
 predicted-class distribution, live accuracy; minimum samples; false alarms controlled across checks and polls).
 It returns the decision. On a breach, ``rollback`` routes 100 % of traffic to stable, moves the aliases back and
-marks the version ``rolled_back`` with the evidence; ``notify`` posts the reason to the ``mlcd_alerts`` webhook
-(or the task log). A healthy canary (promoted and through its bake period) ends the run with nothing to do.
-The canary task of ``mlcd_retrain`` reads the rollout record and stops when it sees the rollback.
+marks the version ``rolled_back`` with the evidence; its success callback (``RollbackNotifier``) posts the reason
+to the ``mlcd_alerts`` Connection (Slack or HTTP webhook, or the task log). A healthy canary (promoted and
+through its bake period) ends the run with nothing to do. The canary task of ``mlcd_retrain`` reads the rollout
+record and stops when it sees the rollback.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from mlcd.airflow.guard import CanaryHealthSensor, is_breach, notify_step, rollback_step
+from mlcd.airflow.guard import CanaryHealthSensor, is_breach, rollback_step
+from mlcd.airflow.notifiers import ROLLBACK_MESSAGE, RollbackNotifier
 from mlcd.airflow.steps import CANARY_ASSET, DEFAULT_ARGS
 from mlcd.settings import get_settings
 
@@ -29,6 +31,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,  # one guard per rollout: two guards must never move the same aliases
     default_args=DEFAULT_ARGS,
+    dagrun_timeout=timedelta(hours=7),  # the watch's own limit (max_watch_s, 6 h) plus the rollback
+    render_template_as_native_obj=True,
     tags=["mlcd", "guard"],
     params={
         "version": Param(None, type=["null", "string"],
@@ -49,7 +53,8 @@ with DAG(
         poll_interval_s="{{ params.poll_interval_s }}",
         bake_s="{{ params.bake_s }}",
         grace_s="{{ params.grace_s }}",
-        thresholds="{{ params.thresholds }}",
+        thresholds="{{ params.thresholds }}",  # a dict: native rendering keeps it one
+        execution_timeout=timedelta(hours=6, minutes=10),
     )
 
     @task.short_circuit
@@ -57,15 +62,12 @@ with DAG(
         return is_breach(decision)
 
     # A failed traffic move is retried within seconds, not minutes: users are on the bad version meanwhile.
-    @task(retries=5, retry_delay=timedelta(seconds=5), retry_exponential_backoff=False)
+    @task(retries=5, retry_delay=timedelta(seconds=5), retry_exponential_backoff=False,
+          execution_timeout=timedelta(minutes=5),
+          on_success_callback=RollbackNotifier(message=ROLLBACK_MESSAGE))
     def rollback(decision: dict, run_id: str | None = None) -> dict:
         return rollback_step(decision, run_id=run_id)
-
-    @task
-    def notify(result: dict) -> str:
-        return notify_step(result)
 
     gate = breached(watch.output)
     rolled = rollback(watch.output)
     gate >> rolled
-    notify(rolled)

@@ -6,6 +6,8 @@ batch lands, succeeds and emits ``mlcd_landing_zone``, which schedules ``mlcd_re
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 from airflow.sdk import DAG
 
@@ -20,7 +22,11 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    # A quiet landing zone ends the run after a day; "@continuous" starts the next one at once.
+    dagrun_timeout=timedelta(days=1, hours=1),
+    render_template_as_native_obj=True,
     tags=["mlcd", "data"],
     doc_md=__doc__,
 ) as dag:
-    NewBatchSensor(task_id="wait_for_batch", outlets=[LANDING_ASSET], poll_interval=5.0)
+    NewBatchSensor(task_id="wait_for_batch", outlets=[LANDING_ASSET], poll_interval=5.0,
+                   execution_timeout=timedelta(days=1))

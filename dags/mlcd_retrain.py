@@ -1,27 +1,44 @@
 """mlcd_retrain: collect → validate → train → evaluate → register → canary, nightly or when a batch lands.
 
 Wiring only: every task body is one call into ``mlcd.airflow`` (see ../include/mlcd). A quarantined batch stops
-the run at ``validate``; a challenger the gate rejects stops it at ``register`` with the verdict as the reason and
-the champion untouched; ``canary`` moves live traffic step by step and promotes, or stops when ``mlcd_guard``
-rolled the version back.
+the run at ``validate``; a snapshot already trained with the same params stops it at ``unchanged`` (skipped, with
+the version it already is; param ``force_retrain`` trains anyway); a challenger the gate rejects stops it at
+``register`` with the verdict as the reason and the champion untouched; ``canary`` moves live traffic step by step
+and promotes, or stops when ``mlcd_guard`` rolled the version back. ``announce_canary`` emits the ``mlcd_canary``
+Asset (starting ``mlcd_guard``) only for a version that becomes a canary, not for a bootstrapped first champion.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from datetime import timedelta
+
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from mlcd.airflow.canary import CanaryRolloutOperator
+from mlcd.airflow.notifiers import PROMOTED_MESSAGE, RUN_FAILED_MESSAGE, RolloutNotifier
 from mlcd.airflow.steps import (
     CANARY_ASSET,
     DEFAULT_ARGS,
     DRIFT_ASSET,
     LANDING_ASSET,
+    TRAINING_POOL,
+    announce_canary_step,
     collect_step,
     evaluate_step,
     register_step,
+    unchanged_step,
     validate_step,
 )
 from mlcd.airflow.training import make_train_task
+
+# Deploy-wide defaults for the params below, as a JSON object: `make demo` on scikit-learn's 1,797 digits sets more
+# epochs and a lower accuracy floor there (mlcd.demo.DemoPlan says why). A trigger's own params still win.
+RUN_DEFAULTS: dict = json.loads(os.environ.get("MLCD_RETRAIN_DEFAULTS") or "{}")
+if set(RUN_DEFAULTS) - {"epochs", "batch_size", "gate"}:  # a typo must not be silently ignored
+    raise ValueError(f"MLCD_RETRAIN_DEFAULTS: unknown keys {sorted(set(RUN_DEFAULTS) - {'epochs', 'batch_size', 'gate'})}; "
+                     "known: epochs, batch_size, gate")
 
 with DAG(
     dag_id="mlcd_retrain",
@@ -35,17 +52,21 @@ with DAG(
     catchup=False,
     max_active_runs=1,  # registry moves and rollouts must never interleave
     default_args=DEFAULT_ARGS,
+    dagrun_timeout=timedelta(hours=24),  # the next nightly run must not queue behind a stuck one forever
+    render_template_as_native_obj=True,  # dict and bool params reach operators as dicts and bools
+    on_failure_callback=RolloutNotifier(message=RUN_FAILED_MESSAGE),
     tags=["mlcd", "training"],
     params={
-        "epochs": Param(3, type="integer", minimum=1, maximum=100,
+        "epochs": Param(RUN_DEFAULTS.get("epochs", 3), type="integer", minimum=1, maximum=100,
                         description="Training epochs (early stopping may end sooner)."),
-        "batch_size": Param(128, type="integer", minimum=8, maximum=4096),
+        "batch_size": Param(RUN_DEFAULTS.get("batch_size", 128), type="integer", minimum=8, maximum=4096),
         "seed": Param(0, type="integer", minimum=0),
         "model": Param("cnn", type="string",
-                       description="Model builder: 'cnn' (the reference CNN) or 'package.module:factory'."),
+                       description="Model builder: 'cnn' (the reference CNN), 'mlcd.training.faulty:BlindModel' "
+                                   "or an installed 'mlcd.models' entry point."),
         "max_train_samples": Param(None, type=["null", "integer"], minimum=1,
                                    description="Cap on training images (quick runs); empty for all."),
-        "gate": Param({}, type="object",
+        "gate": Param(RUN_DEFAULTS.get("gate", {}), type="object",
                       description='Gate overrides, e.g. {"accuracy_floor": 0.95, "alpha": 0.05, '
                                   '"require_improvement": true}.'),
         "allow_partial": Param(False, type="boolean",
@@ -53,6 +74,8 @@ with DAG(
         "force_promote": Param(False, type="boolean",
                                description="Register even if the gate rejects (recorded as an override)."),
         "skip_canary": Param(False, type="boolean", description="Promote without the canary traffic steps."),
+        "force_retrain": Param(False, type="boolean",
+                               description="Train even when this snapshot was already trained with these params."),
         "canary_spec": Param({}, type="object",
                              description='Rollout spec overrides, e.g. {"steps": [10, 50, 100], '
                                          '"analysis_window_s": 30, "min_requests": 50}.'),
@@ -73,18 +96,33 @@ with DAG(
         params = params or {}
         return evaluate_step(train_result, force=bool(params.get("force_promote")), gate=params.get("gate") or None)
 
-    @task(outlets=[CANARY_ASSET])
-    def register(train_result: dict, evaluation: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
-        return register_step(train_result, evaluation, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+    @task
+    def unchanged(report: dict, params: dict | None = None) -> dict:
+        params = params or {}
+        return unchanged_step(report, params, force=bool(params.get("force_retrain")))
 
-    train = make_train_task(max_train_samples="{{ params.max_train_samples or '' }}", model="{{ params.model }}")
+    @task
+    def register(train_result: dict, evaluation: dict, check: dict, dag_run=None) -> dict:  # type: ignore[no-untyped-def]
+        return register_step(train_result, evaluation, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                             fingerprint=check.get("fingerprint"))
+
+    @task(outlets=[CANARY_ASSET])
+    def announce_canary(registered: dict) -> dict:
+        return announce_canary_step(registered)
+
+    train = make_train_task(max_train_samples="{{ params.max_train_samples or '' }}", model="{{ params.model }}",
+                            pool=TRAINING_POOL, execution_timeout=timedelta(hours=6))
     canary = CanaryRolloutOperator(
         version="{{ ti.xcom_pull(task_ids='register')['version'] }}",
         skip_canary="{{ params.skip_canary }}",
         spec="{{ params.canary_spec }}",
+        execution_timeout=timedelta(hours=12),  # every step's analysis window, deferred, end to end
+        on_success_callback=RolloutNotifier(message=PROMOTED_MESSAGE),
     )
 
     validated = validate(collect())
-    validated >> train
-    registered = register(train.output, evaluate(train.output))
+    check = unchanged(validated)
+    check >> train
+    registered = register(train.output, evaluate(train.output), check)
     registered >> canary
+    announce_canary(registered)

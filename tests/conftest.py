@@ -25,6 +25,8 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW_CONN_FS_DEFAULT", '{"conn_type": "fs", "extra": {"path": "/"}}')
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["MLCD_HOME"] = str(_SESSION_DIR / "mlcd-home")
+# Tests write a batch and collect it at once; the settle rule has its own tests (tests/unit/test_intake_hostile.py).
+os.environ.setdefault("MLCD_SETTLE_S", "0")
 if "MLCD_DATA" not in os.environ and SHARED_MNIST.exists():
     os.environ["MLCD_DATA"] = str(SHARED_MNIST)
 

@@ -38,6 +38,8 @@ def logged_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
         import mlflow
         import tensorflow as tf
 
+        from mlcd.training.tracking import seal_model
+
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_experiment("guard-models")
         models: dict[str, Any] = {}
@@ -64,6 +66,7 @@ def logged_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
             with mlflow.start_run(run_name=f"guard-{kind}"):
                 # Explicit requirements skip MLflow's import-capturing subprocess (seconds per model).
                 info = mlflow.tensorflow.log_model(model, name="model", pip_requirements=["tensorflow-cpu"])
+            seal_model(info.model_uri, tracking_uri)  # as the trainer does: loaders refuse an unsealed model
             uris[kind] = info.model_uri
         _LOGGED[tracking_uri] = uris
         return uris

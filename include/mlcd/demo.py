@@ -26,6 +26,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ import numpy as np
 from mlcd.overview import format_number
 from mlcd.settings import Settings, get_settings
 
-# Short windows so the story fits in minutes; a deployment keeps the spec's defaults (60 s per step).
+# Short windows so the story fits in minutes; a deployment keeps the spec's defaults (60 s per step). The canary,
+# the guard and the traffic judge requests, not images, so they are the same on every reference dataset.
 DEMO_CANARY_SPEC = {"steps": [25, 50, 100], "analysis_window_s": 10, "min_requests": 30, "min_stable_requests": 20}
 DEMO_BAKE_S = 30
+DEMO_TRAFFIC_RATE = 30  # requests/s: 75 canary requests per 10 s window at 25 %, over min_requests (30)
 RUN_TIMEOUT_S = 900
 
 
@@ -63,16 +66,109 @@ def table(title: str, header: list[str], rows: list[list[Any]], width: int = 100
     print(flush=True)
 
 
-def write_demo_batches(out: Path) -> dict[str, Path]:
-    """Two good batches cut from the reference data and one inverted (corrupt) batch."""
+# Batch sizes on real MNIST (70,000 images); a smaller reference set is cut in proportion (see DemoPlan).
+MNIST_GOOD_BATCH = 8000
+MNIST_BAD_BATCH = 1000
+MIN_BATCH = 100  # the suite's row-count floor (expectations/mnist_batch.json): smaller is refused for its size
+MIN_GOOD_BATCH = 300  # so the first model's frozen test split (~10 %) has a few images of every digit
+# A small reference set (under this many images) trains longer and is gated on a lower floor, because turn 1's
+# model sees only ~650 training images and its test split has ~80 (one image = 1.2 accuracy points).
+SMALL_DATASET = 20_000
+SMALL_RETRAIN_DEFAULTS = {"epochs": 10, "batch_size": 32, "gate": {"accuracy_floor": 0.80}}
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo cuts and how it runs, derived from the reference dataset actually loaded."""
+
+    dataset: str  # which dataset and where from, for the tables
+    n_images: int
+    first: int  # images in the first good batch
+    second: int  # images in the second good batch
+    inverted: int  # images in the corrupt (inverted) batch
+    retrain_defaults: dict[str, Any]  # mlcd_retrain param defaults (MLCD_RETRAIN_DEFAULTS); {} = the DAG's own
+    canary_spec: dict[str, Any]
+    bake_s: int
+    traffic_rate: int
+
+    @classmethod
+    def for_reference(cls, ref: Any) -> DemoPlan:
+        """8,000 / 8,000 / 1,000 images on MNIST; on a smaller set 45 % / 45 % / 10 % (the bad batch >= 100)."""
+        n = int(ref.n_images)
+        inverted = min(MNIST_BAD_BATCH, max(MIN_BATCH, n // 10))
+        good = min(MNIST_GOOD_BATCH, (n - inverted) // 2)
+        if good < MIN_GOOD_BATCH:
+            raise ValueError(f"the reference data ({ref.source}) holds {n} images; the demo needs at least "
+                             f"{2 * MIN_GOOD_BATCH + MIN_BATCH}")
+        return cls(
+            dataset=ref.name, n_images=n, first=good, second=good, inverted=inverted,
+            retrain_defaults=dict(SMALL_RETRAIN_DEFAULTS) if n < SMALL_DATASET else {},
+            canary_spec=dict(DEMO_CANARY_SPEC), bake_s=DEMO_BAKE_S, traffic_rate=DEMO_TRAFFIC_RATE,
+        )
+
+    @property
+    def short(self) -> str:
+        return self.dataset.split(" (")[0]
+
+    def rows(self) -> list[list[Any]]:
+        gate = self.retrain_defaults.get("gate", {}).get("accuracy_floor")
+        training = (f"{self.retrain_defaults['epochs']} epochs, batch {self.retrain_defaults['batch_size']}"
+                    if self.retrain_defaults else "the DAG's defaults (3 epochs, batch 128)")
+        return [
+            ["dataset", self.dataset],
+            ["batch 1 (good)", f"{self.first:,} images"],
+            ["batch 2 (good)", f"{self.second:,} images"],
+            ["batch 3 (inverted)", f"{self.inverted:,} images"],
+            ["training", training],
+            ["gate accuracy floor", f"{gate} (small dataset)" if gate is not None else "the gate's default"],
+            ["canary", f"steps {self.canary_spec['steps']} %, {self.canary_spec['analysis_window_s']} s windows, "
+                       f">= {self.canary_spec['min_requests']} canary requests"],
+            ["traffic", f"{self.traffic_rate} requests/s with feedback labels"],
+            ["guard bake", f"{self.bake_s} s"],
+        ]
+
+
+def write_demo_batches(out: Path, plan: DemoPlan, ref: Any) -> dict[str, Path]:
+    """Two good batches cut from the reference data and one inverted (corrupt) batch, sized by the plan."""
     from mlcd.data.batch import save_batch
     from mlcd.data.reference import write_sample_batches
 
-    first, second, third = write_sample_batches(out, [8000, 8000, 1000], seed=7)
+    first, second, third = write_sample_batches(out, [plan.first, plan.second, plan.inverted], seed=7, ref=ref)
     bad = np.load(third, allow_pickle=False)
     inverted = save_batch(out / "batch-inverted.npz", (255 - bad["x"]).astype(np.uint8), bad["y"])
     third.unlink()
     return {"first": first, "second": second, "inverted": inverted}
+
+
+class PatientApi:
+    """The Airflow API client, but a read that times out is retried: on a busy machine the api-server can take
+    longer than one request's timeout, and a status poll missing once must not end the demo. Writes are not retried
+    (a trigger must not run twice)."""
+
+    READS = frozenset({"dag_runs", "dag_run", "task_instances", "dags", "get"})
+
+    def __init__(self, api: Any, tries: int = 5, pause_s: float = 5.0) -> None:
+        self._api = api
+        self._tries = tries
+        self._pause_s = pause_s
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._api, name)
+        if name not in self.READS:
+            return attr
+
+        def patient(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(1, self._tries + 1):
+                try:
+                    return attr(*args, **kwargs)
+                except OSError as err:  # URLError, timeouts, refused connections
+                    if attempt == self._tries:
+                        raise
+                    progress(f"Airflow API {name} failed ({err}); retrying in {self._pause_s:.0f}s")
+                    time.sleep(self._pause_s)
+            raise AssertionError("unreachable")
+
+        return patient
 
 
 class Story:
@@ -209,45 +305,56 @@ def _prepare_home(base: Settings) -> Path:
 
 
 def run_demo() -> int:
+    from mlcd.data.reference import load_reference
     from mlcd.mlflow_server import free_port
     from mlcd.platform import AirflowApi, Ports, airflow_password, down, up
 
     base = get_settings()
+    ref = load_reference()
+    plan = DemoPlan.for_reference(ref)
     home = _prepare_home(base)
     os.environ.update({
         "MLCD_HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
         "MLCD_ADMIN_TOKEN": secrets.token_urlsafe(24),
-        "MLCD_CANARY_SPEC": json.dumps(DEMO_CANARY_SPEC),
-        "MLCD_GUARD_BAKE_S": str(DEMO_BAKE_S),
+        "MLCD_CANARY_SPEC": json.dumps(plan.canary_spec),
+        "MLCD_GUARD_BAKE_S": str(plan.bake_s),
+        "MLCD_RETRAIN_DEFAULTS": json.dumps(plan.retrain_defaults),
     })
+    if ref.origin in ("data/mnist.npz", "Keras cache"):
+        # The platform's processes (traffic, guard, drift) look the data up again: pin them to this very file.
+        os.environ["MLCD_DATA"] = ref.source
     for var in ("MLCD_LANDING_URI", "MLFLOW_TRACKING_URI"):
         os.environ.pop(var, None)
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
     os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports.mlflow}"
     os.environ["MLCD_GATEWAY_URL"] = f"http://127.0.0.1:{ports.gateway}"
-    progress(f"state under {home}; reference data: {os.environ.get('MLCD_DATA') or 'scikit-learn digits'}")
+    progress(f"state under {home}; reference data: {plan.dataset}")
+    table("demo plan (derived from the reference data)", ["what", "value"], plan.rows(), width=120)
     traffic: subprocess.Popen[bytes] | None = None
     try:
         with step("starting Airflow (api-server, scheduler, dag-processor, triggerer), MLflow and the gateway"):
             urls = up(settings, ports)
-        api = AirflowApi(urls["airflow"], "admin", airflow_password(settings) or "")
+        api = PatientApi(AirflowApi(urls["airflow"], "admin", airflow_password(settings) or ""))
         story = Story(settings, api, urls)
         progress(f"Airflow UI {urls['airflow']} (login {urls['login']}) · MLflow {urls['mlflow']} · "
                  f"gateway {urls['gateway']}")
         with step("waiting for the DAGs to be parsed"):
             _wait_dags(api, {"mlcd_retrain", "mlcd_landing_watch"})
+        with step("waiting for the landing watcher's sensor to be armed"):
+            _arm_landing_watch(api)
         for dag_id in ("mlcd_retrain", "mlcd_guard"):
             story.remember_runs(dag_id) if _has_dag(api, dag_id) else None
         with step("cutting demo batches from the reference dataset"):
-            batches = write_demo_batches(home / "demo-batches")
+            batches = write_demo_batches(home / "demo-batches", plan, ref)
 
         # Turn 1 ---------------------------------------------------------------------------------------
         progress("TURN 1: the first batch lands; the data-arrival sensor starts mlcd_retrain")
         story.land(batches["first"])
         run = story.wait_new_run("mlcd_retrain")
-        story.run_table("turn 1: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.run_table(f"turn 1: mlcd_retrain on {batches['first'].name} ({plan.first:,} images of {plan.short})",
+                        story.wait_finished("mlcd_retrain", run))
         story.training_run(run)
         story.ledger_table()
         story.registry_tables()
@@ -255,19 +362,20 @@ def run_demo() -> int:
         # Turn 2 ---------------------------------------------------------------------------------------
         progress("TURN 2: live traffic starts; a second batch lands; the new model is canaried and promoted")
         traffic = subprocess.Popen(
-            [sys.executable, "-m", "mlcd.cli", "traffic", "--url", urls["gateway"], "--rate", "30",
+            [sys.executable, "-m", "mlcd.cli", "traffic", "--url", urls["gateway"], "--rate", str(plan.traffic_rate),
              "--duration", "900", "--feedback"],
             stdout=open(settings.logs_dir / "traffic.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         story.land(batches["second"])
         run = story.wait_new_run("mlcd_retrain")
-        story.run_table("turn 2: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.run_table(f"turn 2: mlcd_retrain on {batches['second'].name} ({plan.second:,} images of {plan.short})",
+                        story.wait_finished("mlcd_retrain", run))
         story.training_run(run)
         story.registry_tables()
         promoted = story.registry().get_alias_version("champion") or story.newest_version()
         story.version_events(promoted, f"rollout record of version {promoted}")
         if _has_dag(api, "mlcd_guard"):
-            progress(f"mlcd_guard watched the canary and now bakes the new champion for {DEMO_BAKE_S}s")
+            progress(f"mlcd_guard watched the canary and now bakes the new champion for {plan.bake_s}s")
             guard = story.wait_new_run("mlcd_guard")
             story.run_table("turn 2: mlcd_guard (healthy: nothing to roll back)",
                             story.wait_finished("mlcd_guard", guard))
@@ -276,7 +384,8 @@ def run_demo() -> int:
         progress("TURN 3: a corrupt (inverted) batch lands")
         story.land(batches["inverted"])
         run = story.wait_new_run("mlcd_retrain")
-        story.run_table("turn 3: mlcd_retrain", story.wait_finished("mlcd_retrain", run))
+        story.run_table(f"turn 3: mlcd_retrain on {batches['inverted'].name} ({plan.inverted:,} inverted images of {plan.short})",
+                        story.wait_finished("mlcd_retrain", run))
         story.ledger_table()
         progress(f"quarantined copies and reason.json: {settings.quarantine_dir}")
 
@@ -324,3 +433,28 @@ def _wait_dags(api: Any, wanted: set[str], timeout: float = 180) -> None:
             return
         time.sleep(2)
     raise TimeoutError(f"DAGs {sorted(wanted)} not parsed within {timeout:.0f}s")
+
+
+def _arm_landing_watch(api: Any, timeout: float = 600) -> None:
+    """Land nothing before the sensor watches: a sensor that started while the api-server was still coming up
+    (a busy machine) fails its try and would only retry minutes later, after the demo gave up waiting. Each failed
+    try is cleared once, so the next one starts now."""
+    deadline = time.monotonic() + timeout
+    cleared: set[tuple[str, Any]] = set()
+    while time.monotonic() < deadline:
+        for run in api.dag_runs("mlcd_landing_watch", limit=5):
+            tis = {t["task_id"]: t for t in api.task_instances("mlcd_landing_watch", run["dag_run_id"])}
+            ti = tis.get("wait_for_batch") or {}
+            state = ti.get("state")
+            if state in ("deferred", "running") and run["state"] == "running":
+                return
+            key = (run["dag_run_id"], ti.get("try_number"))
+            if state in ("up_for_retry", "failed") and key not in cleared:
+                progress(f"mlcd_landing_watch.wait_for_batch is {state} after try {ti.get('try_number')} (the "
+                         "api-server did not answer it in time); clearing it so it watches now")
+                api._request("POST", "/api/v2/dags/mlcd_landing_watch/clearTaskInstances", {
+                    "dag_run_id": run["dag_run_id"], "task_ids": ["wait_for_batch"], "dry_run": False,
+                    "only_failed": False, "reset_dag_runs": True})
+                cleared.add(key)
+        time.sleep(2)
+    raise TimeoutError(f"mlcd_landing_watch's sensor is not watching after {timeout:.0f}s; see the scheduler log")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlcd.embedded import airflow_env
+from mlcd.embedded import airflow_env, ensure_pools
 from mlcd.settings import Settings, get_settings
 
 ADMIN_USER = "admin"
@@ -47,20 +47,58 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def _private_dir(path: Path) -> Path:
+    """A folder only the owner can enter (it holds secrets and pid files)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> bool:
+    """Create ``path`` with mode 600 from its first byte (``O_CREAT|O_EXCL``): never readable by others.
+
+    Returns ``False`` when the file already existed (it is left as is, but tightened to 600 if it was looser,
+    as an older mlcd wrote some secrets 644).
+    """
+    _private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return True
+
+
 def _secret(path: Path) -> str:
-    """A per-installation secret kept in MLCD_HOME (never in code): created once, then reused."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+    """A per-installation secret kept in MLCD_HOME (never in code): created once (mode 600), then reused."""
+    write_private(path, secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+def _airflow_passwords_file(run: Path) -> Path:
+    """The SimpleAuthManager password file, written by us with mode 600 before Airflow starts.
+
+    Left to Airflow, it is created with the process umask (644 here) and the generated password is printed
+    to the api-server's log; written first, Airflow only reads it.
+    """
+    path = run / "airflow_passwords.json"
+    write_private(path, json.dumps({ADMIN_USER: secrets.token_urlsafe(16)}) + "\n")
+    return path
 
 
 def platform_env(settings: Settings, ports: Ports) -> dict[str, str]:
     """Environment shared by every service: embedded Airflow config plus loopback URLs and secrets."""
     env = dict(os.environ)
     env.update(airflow_env(settings))
-    run = settings.home / "run"
+    run = _private_dir(settings.home / "run")
     env.update(
         {
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -69,7 +107,7 @@ def platform_env(settings: Settings, ports: Ports) -> dict[str, str]:
             "AIRFLOW__API_AUTH__JWT_SECRET": _secret(run / "jwt_secret"),
             "AIRFLOW__API__SECRET_KEY": _secret(run / "api_secret"),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(run / "airflow_passwords.json"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(_airflow_passwords_file(run)),
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
@@ -105,13 +143,60 @@ def _pid_file(settings: Settings, name: str) -> Path:
     return settings.home / "run" / f"{name}.pid"
 
 
-def running_pid(settings: Settings, name: str) -> int | None:
-    """The pid of a service we started that is still alive, else ``None``."""
-    path = _pid_file(settings, name)
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 onwards), or ``None``."""
     try:
-        pid = int(path.read_text().strip())
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def process_identity(pid: int) -> dict[str, Any] | None:
+    """What tells this process apart from a later one that reuses its pid: start time and command line.
+
+    ``start_ticks`` is field 22 of ``/proc/<pid>/stat`` (clock ticks after boot): a reused pid cannot have the
+    same one. ``None`` where there is no ``/proc`` (not Linux) or the process is gone.
+    """
+    fields = _proc_stat(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return None
+    return {"start_ticks": int(fields[19]), "cmdline": cmdline}
+
+
+def _write_pid_file(settings: Settings, name: str, pid: int) -> None:
+    record: dict[str, Any] = {"pid": pid, **(process_identity(pid) or {})}
+    path = _pid_file(settings, name)
+    tmp = path.with_suffix(".pid.tmp")
+    tmp.unlink(missing_ok=True)
+    write_private(tmp, json.dumps(record))
+    os.replace(tmp, path)
+
+
+def _read_pid_file(settings: Settings, name: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(_pid_file(settings, name).read_text())
     except (OSError, ValueError):
         return None
+    # A bare number is a pid file of an older mlcd: it says nothing about which process it meant.
+    return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    """The pid of a service we started that is still alive and still the same process, else ``None``.
+
+    A pid file outlives its process and the kernel reuses pids, so a pid alone may name someone else's
+    process by now: the start time recorded at start must still match.
+    """
+    record = _read_pid_file(settings, name)
+    if record is None:
+        return None
+    pid = int(record["pid"])
     try:
         # Reap it if it is our own child that exited (a zombie still answers kill(pid, 0)).
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -120,13 +205,20 @@ def running_pid(settings: Settings, name: str) -> int | None:
         pass
     try:
         os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as fh:
-            if fh.read().rsplit(")", 1)[-1].split()[0] == "Z":
-                return None
-    except FileNotFoundError:
-        pass  # no /proc (not Linux): kill(pid, 0) already said it exists
     except OSError:
         return None
+    fields = _proc_stat(pid)
+    if fields is None:
+        return pid if not Path("/proc/self/stat").exists() else None  # no /proc (not Linux): kill(pid, 0) said so
+    if fields[0] == "Z":
+        return None
+    now = process_identity(pid)
+    if now is None or "start_ticks" not in record:
+        return None
+    # The start time alone decides: Airflow's processes retitle themselves (setproctitle), so their command
+    # line changes while they run; the one recorded at start is kept for people reading the file.
+    if now["start_ticks"] != record["start_ticks"]:
+        return None  # the pid was reused by another process
     return pid
 
 
@@ -146,7 +238,7 @@ def start(service: Service, settings: Settings, env: dict[str, str]) -> int:
     log = open(settings.logs_dir / f"{service.name}.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT, env={**env, **service.env},
                             start_new_session=True, cwd=settings.project_root)
-    _pid_file(settings, service.name).write_text(str(proc.pid))
+    _write_pid_file(settings, service.name, proc.pid)
     return proc.pid
 
 
@@ -165,11 +257,12 @@ def up(settings: Settings | None = None, ports: Ports | None = None, *, with_gat
     """Start every service that is not running yet; returns the URLs to open."""
     settings = settings or get_settings()
     ports = ports or Ports()
-    (settings.home / "run").mkdir(parents=True, exist_ok=True)
+    _private_dir(settings.home / "run")
     env = platform_env(settings, ports)
     # Migrate once, before the scheduler and the api-server race to do it.
     subprocess.run([_bin("airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL,
                    cwd=settings.project_root)
+    ensure_pools(_bin("airflow"), env, settings.project_root)  # the train task's pool, before the scheduler
     todo = [s for s in services(settings, ports) if with_gateway or s.name != "gateway"]
     for service in todo:
         start(service, settings, env)
@@ -197,7 +290,11 @@ def airflow_password(settings: Settings) -> str | None:
 
 
 def down(settings: Settings | None = None, timeout: float = 20.0) -> list[str]:
-    """Stop every service we started (whole process groups, all at once); returns the names stopped."""
+    """Stop every service we started (whole process groups, all at once); returns the names stopped.
+
+    Only a process whose start time still matches its pid file is signalled; a stale pid
+    file (the process is gone and its pid may belong to someone else now) is removed without a signal.
+    """
     settings = settings or get_settings()
     running: dict[str, int] = {}
     for path in sorted((settings.home / "run").glob("*.pid")):

@@ -37,6 +37,12 @@ class Settings:
     data_path: str | None
     canary_spec: str | None = None  # JSON overrides of the rollout spec for every canary (MLCD_CANARY_SPEC)
     guard_bake_s: float = 300.0  # how long mlcd_guard still watches a freshly promoted champion
+    # Intake limits: what a landed file may be or declare before it is refused (see mlcd.data.batch).
+    max_batch_bytes: int = 512 * 1024 * 1024  # the file itself (MLCD_MAX_BATCH_BYTES)
+    max_uncompressed_bytes: int = 512 * 1024 * 1024  # its arrays once decoded: bounds decoding memory
+    max_batch_images: int = 500_000  # images per batch
+    max_compression_ratio: float = 100.0  # uncompressed / compressed size of a member: zip bombs
+    settle_s: float = 5.0  # a landed file is taken once unchanged (size, mtime) for this long
     project_root: Path = field(default_factory=_project_root)
 
     @property
@@ -100,6 +106,11 @@ def load_settings() -> Settings:
         data_path=_env("MLCD_DATA"),
         canary_spec=_env("MLCD_CANARY_SPEC"),
         guard_bake_s=float(_env("MLCD_GUARD_BAKE_S", "300")),  # type: ignore[arg-type]
+        max_batch_bytes=int(_env("MLCD_MAX_BATCH_BYTES", str(512 * 1024 * 1024))),  # type: ignore[arg-type]
+        max_uncompressed_bytes=int(_env("MLCD_MAX_UNCOMPRESSED_BYTES", str(512 * 1024 * 1024))),  # type: ignore[arg-type]
+        max_batch_images=int(_env("MLCD_MAX_BATCH_IMAGES", "500000")),  # type: ignore[arg-type]
+        max_compression_ratio=float(_env("MLCD_MAX_COMPRESSION_RATIO", "100")),  # type: ignore[arg-type]
+        settle_s=float(_env("MLCD_SETTLE_S", "5")),  # type: ignore[arg-type]
         project_root=root,
     )
 

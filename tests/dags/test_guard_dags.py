@@ -55,8 +55,7 @@ def test_guard_dag_rolls_a_broken_canary_back(dagbag, env, mlflow_server, uris, 
         with traffic(ro.url, images, rate=40, max_s=60):
             run = dagbag.get_dag("mlcd_guard").test(run_conf=FAST)
         assert str(run.state) == "success"
-        assert _states(run) == {"watch": "success", "breached": "success", "rollback": "success",
-                                "notify": "success"}
+        assert _states(run) == {"watch": "success", "breached": "success", "rollback": "success"}
         assert ro.router.get_routes() == RouteStatus(ro.stable, None, 0)
         record = ro.registry.get_state(ro.canary)
         assert record.state is RolloutState.ROLLED_BACK
@@ -84,7 +83,7 @@ def test_guard_dag_leaves_a_healthy_canary_alone(dagbag, env, mlflow_server, uri
         assert str(run.state) == "success"
         states = _states(run)
         assert states["watch"] == "success" and states["breached"] == "success"
-        assert states["rollback"] == "skipped" and states["notify"] == "skipped"
+        assert states["rollback"] == "skipped"
         decision = next(ti for ti in run.get_task_instances() if ti.task_id == "watch").xcom_pull(task_ids="watch")
         assert decision["decision"] == "healthy" and decision["reason"].startswith("bake_complete")
         assert ro.registry.get_state(ro.canary).state is RolloutState.CHAMPION

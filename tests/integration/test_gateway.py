@@ -42,6 +42,7 @@ def _log_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> list[str]:
     import tensorflow as tf
 
     from mlcd.registry import ModelRegistry
+    from mlcd.training.tracking import seal_model
     from tests.modelkit import logged_models, register
 
     shared = logged_models(tracking_uri, x, y)
@@ -52,6 +53,7 @@ def _log_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> list[str]:
     with mlflow.start_run() as run:
         # Explicit requirements skip MLflow's import-capturing subprocess (seconds per model).
         info = mlflow.tensorflow.log_model(broken, name="model", pip_requirements=["tensorflow-cpu"])
+    seal_model(info.model_uri, tracking_uri)  # as the trainer does: the gateway refuses an unsealed model
     out.append(ModelRegistry(tracking_uri, MODEL).register_run_model(run.info.run_id, info.model_uri))
     return out
 

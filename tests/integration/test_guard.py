@@ -21,6 +21,7 @@ from mlcd.guard.judge import GuardThresholds
 from mlcd.guard.watch import Decision, Guard, GuardConfig, PollResult, rollback, watch
 from mlcd.registry.state import RolloutState
 from mlcd.rollout.router import RouteStatus
+from mlcd.rollout.spec import Outcome
 from tests.modelkit import BROKEN_CLASS, logged_models, rollout, traffic
 
 pytestmark = pytest.mark.integration
@@ -46,10 +47,10 @@ def test_a_broken_canary_is_rolled_back_with_its_evidence(mlflow_server: Any, ur
             result = watch(guard, timeout_s=45, on_poll=polls.append)
             rb = rollback(ro.registry, ro.router, ro.canary, result.reason, result.as_dict(), "tests")
             assert ro.router.get_routes() == RouteStatus(ro.stable, None, 0)
-            time.sleep(1.0)
-            after_rollback = sum(load.by_version.values())
-            time.sleep(1.5)
-            served_after = {v for v in load.by_version if v == ro.canary}
+            time.sleep(1.0)  # requests already in flight at the switch finish
+            at_switch = dict(load.by_version)
+            time.sleep(2.0)
+            after_switch = dict(load.by_version)
         elapsed = time.monotonic() - t0
 
         assert result.decision is Decision.BREACH, result.reason
@@ -58,8 +59,9 @@ def test_a_broken_canary_is_rolled_back_with_its_evidence(mlflow_server: Any, ur
         assert "class_distribution" in failed
         assert all(p.decision is Decision.WATCH for p in polls[:-1])
         assert (rb.version, rb.restored, rb.already, rb.state) == (ro.canary, ro.stable, False, "rolled_back")
-        assert sum(load.by_version.values()) > after_rollback and served_after <= {ro.canary}
-        # Requests after the switch all went to stable.
+        # Requests after the switch all went to stable: stable's count grew, the canary's did not move.
+        assert after_switch.get(ro.stable, 0) > at_switch.get(ro.stable, 0)
+        assert after_switch.get(ro.canary, 0) == at_switch.get(ro.canary, 0) > 0
         assert load.failed == 0
 
         record = ro.registry.get_state(ro.canary)
@@ -68,7 +70,8 @@ def test_a_broken_canary_is_rolled_back_with_its_evidence(mlflow_server: Any, ur
         evidence = json.loads(record.tags["mlcd.rollback_evidence"])
         check = next(c for c in evidence["verdict"]["checks"] if c["name"] == "class_distribution")
         assert check["p_value"] < check["alpha"] and check["counts"]["canary_shares"][BROKEN_CLASS] > 0.99
-        assert evidence["verdict"]["canary"]["requests"] >= 50
+        # A handful of canary predictions is overwhelming evidence (the sequential test), not a fixed 50.
+        assert 1 <= evidence["verdict"]["canary"]["requests"] < 200
         assert record.tags["mlcd.rolled_back_by"] == "tests"
         assert "class_distribution" in record.tags["mlcd.rollback_checks"]
         entries = len(record.history)
@@ -105,7 +108,11 @@ def test_a_healthy_canary_is_not_rolled_back_and_bakes_to_healthy(mlflow_server:
                 time.sleep(1.0)
         assert result.decision is Decision.HEALTHY and result.reason.startswith("bake_complete"), result.reason
         judged = [p.verdict for p in polls if p.verdict is not None]
-        assert judged and judged[-1].canary["requests"] >= 100
+        # Side by side, the honest retrain had enough data to pass (not merely "no data yet") and never failed;
+        # in the bake the engine judged the new champion alone against what the old one served.
+        assert any(v.outcome is Outcome.PASS for v in judged)
+        assert all(v.outcome is not Outcome.FAIL for v in judged)
+        assert judged[-1].check("error_rate_vs_reference").counts["requests"] > 0
         assert ro.registry.get_state(ro.canary).state is RolloutState.CHAMPION
 
 

@@ -13,7 +13,7 @@ from mlcd.cli import cli
 from mlcd.registry.state import RolloutState
 from mlcd.rollout.canary import CanaryRollout
 from mlcd.rollout.router import RouteStatus
-from mlcd.rollout.spec import Action, RolloutSpec
+from mlcd.rollout.spec import Action, Outcome, RolloutSpec
 from tests.modelkit import TOKEN, logged_models, rollout
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,10 @@ def test_pause_holds_the_canary_weight_until_resume(mlflow_server: Any, uris: di
 
         resumed = runner.invoke(cli, ["resume", "--reason", "dashboard fine"], env=env)
         assert resumed.exit_code == 0
-        canary.finish_step(p)  # judged again now (no traffic here: inconclusive, repeated)
+        judged = canary.finish_step(p)  # judged again now: no traffic here, so inconclusive and repeated
+        assert (judged.action, judged.verdict.outcome) == (Action.REPEAT, Outcome.INCONCLUSIVE)
+        assert judged.progress.outcomes == ["inconclusive"] and judged.progress.repeat
+        assert ro.router.get_routes().canary_weight == 10  # the weight is held, not advanced
         # The pause and the resume are in the record, with who asked.
         record = ro.registry.get_state(ro.canary)
         assert record.last_event("paused")["by"].startswith("cli:") and record.last_event("resumed")

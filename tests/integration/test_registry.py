@@ -40,6 +40,7 @@ def logged(mlflow_server, reference_data, tmp_path_factory: pytest.TempPathFacto
     import mlflow
 
     from mlcd.data.snapshot import write_arrays_snapshot
+    from mlcd.training.tracking import seal_model
 
     mlflow.set_tracking_uri(mlflow_server.url)
     exp_id = mlflow.set_experiment("registry-tests").experiment_id
@@ -49,6 +50,7 @@ def logged(mlflow_server, reference_data, tmp_path_factory: pytest.TempPathFacto
         with mlflow.start_run(run_name=name) as run:
             mlflow.tensorflow.log_model(_tiny_model(fit), name="model")
         out[name] = {"run_id": run.info.run_id, "model_uri": f"runs:/{run.info.run_id}/model"}
+        seal_model(out[name]["model_uri"], mlflow_server.url)  # as the trainer does: evaluation refuses unsealed
     snap = write_arrays_snapshot(ref.x_test[:5000], ref.y_test[:5000], tmp_path_factory.mktemp("snapshots"))
     out["snapshot_path"] = str(snap.path)
     out["snapshot_id"] = snap.snapshot_id

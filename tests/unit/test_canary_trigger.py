@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from airflow.sdk.exceptions import AirflowException
 
 from mlcd.airflow.canary import AnalysisWindowTrigger, CanaryRolloutOperator, WindowEvent
 
@@ -16,7 +17,8 @@ def test_serialize_is_exact() -> None:
     progress = {"version": "2", "stable": "1", "weight": 25, "window_started": 100.0}
     trigger = AnalysisWindowTrigger(progress=progress, window_s=4.0)
     assert trigger.serialize() == (
-        "mlcd.airflow.canary.AnalysisWindowTrigger", {"progress": progress, "window_s": 4.0}
+        "mlcd.airflow.canary.AnalysisWindowTrigger",
+        {"progress": progress, "window_s": 4.0, "gateway_url": None, "spec": {}},
     )
 
 
@@ -35,6 +37,59 @@ def test_run_waits_out_the_window_and_returns_the_progress() -> None:
 
 def test_spec_layers_deploy_defaults_under_run_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLCD_CANARY_SPEC", '{"analysis_window_s": 10, "min_requests": 40}')
-    op = CanaryRolloutOperator(task_id="canary", version="2", spec="{'min_requests': 15}")
+    op = CanaryRolloutOperator(task_id="canary", version="2", spec='{"min_requests": 15}')
     spec = op._spec()
     assert spec.analysis_window_s == 10 and spec.min_requests == 15
+    # A dict param arrives natively as a dict (render_template_as_native_obj) or as JSON text.
+    native = CanaryRolloutOperator(task_id="canary", version="2", spec={"min_requests": 12, "on_undecided": "hold"})
+    assert native._spec().min_requests == 12 and native._spec().on_undecided == "hold"
+    op.spec = "{'min_requests': 15}"  # a Python literal is no longer parsed: one clear line
+    with pytest.raises(AirflowException, match="canary spec must be a JSON object"):
+        op._spec()
+    op.spec = "[1, 2]"
+    with pytest.raises(AirflowException, match="canary spec must be a mapping, got list"):
+        op._spec()
+
+
+def test_the_window_trigger_polls_the_engine_and_ends_early_on_a_failure() -> None:
+    """A one-class canary behind a real /metrics endpoint on 127.0.0.1: the window ends long before its 60 s."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from mlcd.rollout.canary import RolloutProgress
+    from mlcd.rollout.metrics import snapshot_to_dict
+    from mlcd.rollout.spec import RolloutSpec
+    from tests.gatewaysim import SimGateway, behaviours
+
+    gw = SimGateway(*behaviours(["healthy", "one_class"]), seed=3)
+    gw.set_routes("1", "2", 25)
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            gw.run(1.0, 100.0)  # one second of traffic per scrape
+            body = gw.text().encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = RolloutSpec(analysis_window_s=60, poll_interval_s=0.05)
+        p = RolloutProgress("2", "1", weight=25, window_started=time.time(),
+                            last=snapshot_to_dict(gw.snapshot()))
+        trigger = AnalysisWindowTrigger(progress=p.to_dict(), window_s=60,
+                                        gateway_url=f"http://127.0.0.1:{server.server_port}", spec=spec.to_dict())
+        start = time.monotonic()
+        event = asyncio.run(asyncio.wait_for(trigger.run().asend(None), timeout=30))
+    finally:
+        server.shutdown()
+    assert time.monotonic() - start < 30
+    progress = event.payload["progress"]
+    assert progress["verdict"]["outcome"] == "fail"
+    assert progress["analysis"]["looks"] >= 1
+    assert trigger.serialize()[1]["progress"] == progress  # a restart carries the engine's state

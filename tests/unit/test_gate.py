@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlcd.evaluation.gate import GateConfig, judge, mcnemar_counts
+from mlcd.evaluation.gate import GateConfig, judge, loss_upper_bound, mcnemar_counts
 from mlcd.evaluation.metrics import classification_metrics
 
 pytestmark = pytest.mark.unit
@@ -47,19 +47,63 @@ def test_significant_regression_fails_with_numbers() -> None:
     assert not v.passed and v.verdict == "fail"
     assert (v.b, v.c) == (20, 0)
     assert v.p_value is not None and v.p_value < 1e-5
-    assert any("significant regression" in r and "20 challenger-only errors" in r for r in v.reasons)
+    assert any("not shown non-inferior" in r and "20 challenger-only errors" in r for r in v.reasons)
 
 
-def test_noise_is_not_a_regression() -> None:
-    y, chal, champ = paired(2000, b=11, c=9)
+def test_noise_on_a_large_test_set_is_non_inferior() -> None:
+    y, chal, champ = paired(10000, b=11, c=9)
     v = judge(chal, champ, y, GateConfig(accuracy_floor=0.5))
     assert v.passed and v.verdict == "pass", v.reasons
     assert (v.b, v.c) == (11, 9)
     assert v.p_value == pytest.approx(0.6636, abs=1e-4)
+    assert v.metrics["loss_upper_bound"] < 0.002
+
+
+def test_the_same_noise_on_a_small_test_set_is_not_shown_non_inferior() -> None:
+    # 11 vs 9 on 2,000 examples: not significantly worse, but the loss could be up to ~0.46 points.
+    y, chal, champ = paired(2000, b=11, c=9)
+    v = judge(chal, champ, y, GateConfig(accuracy_floor=0.5))
+    assert not v.passed and any("not shown non-inferior" in r for r in v.reasons), v.reasons
+    assert judge(chal, champ, y, GateConfig(accuracy_floor=0.5, non_inferiority_margin=0.005)).passed
+
+
+def _brute_force_upper(b: int, d: int, alpha: float) -> float:
+    """Clopper-Pearson upper bound by bisection on the exact binomial tail, summed term by term."""
+    from math import comb
+
+    def tail(theta: float) -> float:  # P(X <= b | theta)
+        return sum(comb(d, k) * theta**k * (1 - theta) ** (d - k) for k in range(b + 1))
+
+    lo, hi = b / d, 1.0
+    if b == d:
+        return 1.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tail(mid) > alpha else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(11, 9, 10000), (20, 0, 2000), (0, 12, 5000), (40, 35, 10000)])
+def test_loss_bound_matches_a_brute_force_clopper_pearson(b: int, c: int, n: int) -> None:
+    theta = _brute_force_upper(b, b + c, 0.05)
+    assert loss_upper_bound(b, c, n, 0.05) == pytest.approx((b + c) * (2 * theta - 1) / n, rel=1e-6)
+    assert loss_upper_bound(0, 0, n, 0.05) == 0.0
+
+
+def test_mid_p_mcnemar_matches_brute_force_enumeration() -> None:
+    from math import comb
+
+    for b, c in ((11, 9), (3, 17), (0, 5), (25, 25)):
+        n, k = b + c, min(b, c)
+        pmf = [comb(n, i) / 2**n for i in range(n + 1)]
+        exact = min(1.0, 2 * sum(pmf[: k + 1]))
+        mid = min(1.0, 2 * sum(pmf[:k]) + pmf[k])
+        r = mcnemar_counts(b, c)
+        assert (r.p_exact, r.p_mid) == (pytest.approx(exact), pytest.approx(mid))
 
 
 def test_exact_mode_uses_exact_p() -> None:
-    y, chal, champ = paired(2000, b=11, c=9)
+    y, chal, champ = paired(10000, b=11, c=9)
     v = judge(chal, champ, y, GateConfig(accuracy_floor=0.5, mid_p=False))
     assert v.p_value == pytest.approx(0.8238, abs=1e-4)
 
@@ -68,7 +112,7 @@ def test_require_improvement() -> None:
     y, chal, champ = paired(2000, b=9, c=11)
     cfg = GateConfig(accuracy_floor=0.5, require_improvement=True)
     assert not judge(chal, champ, y, cfg).passed
-    y, chal, champ = paired(2000, b=0, c=20)
+    y, chal, champ = paired(10000, b=0, c=20)
     v = judge(chal, champ, y, cfg)
     assert v.passed, v.reasons
     assert any("significant improvement" in r for r in v.reasons)
@@ -97,8 +141,9 @@ def test_per_class_collapse_fails_even_without_significant_overall_change() -> N
     assert not v.passed
     assert v.b == v.c == 50
     assert any("class 3 1.000 -> 0.500" in r for r in v.reasons), v.reasons
-    # The same drop is allowed with a looser limit.
-    assert judge(chal, champ, y, GateConfig(accuracy_floor=0.5, max_class_recall_drop=0.6)).passed
+    # The same drop is allowed with a looser limit (and a margin wide enough for 1,000 examples).
+    assert judge(chal, champ, y, GateConfig(accuracy_floor=0.5, max_class_recall_drop=0.6,
+                                            non_inferiority_margin=0.03)).passed
 
 
 def test_per_class_drop_on_tiny_classes_is_not_judged() -> None:
@@ -107,7 +152,8 @@ def test_per_class_drop_on_tiny_classes_is_not_judged() -> None:
     chal = y.copy()
     chal[y == 3] = 4
     champ[(y == 7)] = 8
-    v = judge(chal, champ, y, GateConfig(accuracy_floor=0.5, min_class_support=20))
+    # 50 examples cannot show non-inferiority at 0.2 points; the margin is widened to isolate the class rule.
+    v = judge(chal, champ, y, GateConfig(accuracy_floor=0.5, min_class_support=20, non_inferiority_margin=0.5))
     assert v.passed, v.reasons
     assert any("not judged" in r for r in v.reasons)
 
@@ -135,7 +181,7 @@ def test_force_passes_and_is_recorded() -> None:
     assert v.passed and v.forced and not v.gate_passed
     assert v.verdict == "forced"
     assert v.reasons[0].startswith("forced by manual override")
-    assert any("significant regression" in r for r in v.reasons)
+    assert any("not shown non-inferior" in r for r in v.reasons)
     d = v.to_dict()
     assert d["verdict"] == "forced" and d["summary"].startswith("gate FORCED")
 

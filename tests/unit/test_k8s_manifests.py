@@ -26,17 +26,63 @@ VERSIONS = ("1.30.0", "1.37.0")  # oldest supported cluster, newest schema kuber
 HELM_VALUES = {"airflow-values.yaml"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 WORKLOAD_NS = "mlcd"
+TRAINING_NS = "mlcd-training"
 AIRFLOW_SA = ("airflow", "mlcd-airflow")
-TRAINER_SA = ("mlcd", "mlcd-trainer")
+TRAINER_SA = (TRAINING_NS, "mlcd-trainer")
+# The only Secrets a pod in the training namespace reads: the trainer's own.
+TRAINER_SECRETS = {"mlflow-credentials", "mlcd-model-signing"}
 
-# What KubernetesPodOperator (provider cncf.kubernetes 10.x, deferrable, do_xcom_push, get_logs,
-# log_events_on_failure, on_finish_action=delete_succeeded_pod) does in the training namespace, and no more.
+# What KubernetesPodOperator (provider cncf.kubernetes 10.x, deferrable, get_logs, log_events_on_failure,
+# on_finish_action=delete_succeeded_pod, the result read from the pod log) does in the training namespace, and
+# no more: no pods/exec (an XCom sidecar read), which would open every running pod and its mounted Secrets.
 KPO_RULES = {
     ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},
     ("", "pods/log"): {"get"},
-    ("", "pods/exec"): {"create", "get"},  # XCom sidecar read; WebSocket upgrade is `create` on >= 1.30
     ("", "events"): {"list", "watch"},
 }
+# Volume types the `restricted` Pod Security level allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What in a pod spec (camelCase, as applied) the `restricted` Pod Security Standard (v1.30+) refuses."""
+    bad = []
+    pod_sc = spec.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            bad.append(flag)
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            bad.append(f"volume {volume['name']}: {sorted(kinds)}")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    if pod_seccomp not in (None, "RuntimeDefault", "Localhost"):
+        bad.append(f"pod seccomp {pod_seccomp}")
+    if pod_sc.get("runAsUser") == 0:
+        bad.append("pod runAsUser 0")
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        sc = c.get("securityContext") or {}
+        name = c.get("name")
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation not false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            bad.append(f"{name}: capabilities not dropped")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities")
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+            bad.append(f"{name}: runAsNonRoot not true")
+        if sc.get("runAsUser") == 0:
+            bad.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: no seccomp profile")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            bad.append(f"{name}: hostPort")
+    return bad
 HTTP_VERB = {"GET": "get", "PATCH": "patch", "POST": "create", "PUT": "update", "DELETE": "delete"}
 
 
@@ -155,7 +201,7 @@ def test_schema_check_has_teeth() -> None:
 
 def test_namespaced_objects_live_in_declared_namespaces() -> None:
     declared = {d["metadata"]["name"] for d in _by_kind("Namespace")}
-    assert {WORKLOAD_NS, AIRFLOW_SA[0]} <= declared
+    assert {WORKLOAD_NS, TRAINING_NS, AIRFLOW_SA[0]} <= declared
     for file, _, doc in MANIFESTS:
         if doc["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in doc["metadata"], file
@@ -168,7 +214,7 @@ def test_namespaced_objects_live_in_declared_namespaces() -> None:
 
 def test_pod_launcher_role_grants_exactly_what_the_pod_operator_needs() -> None:
     role = _one("Role", "mlcd-pod-launcher")
-    assert role["metadata"]["namespace"] == WORKLOAD_NS
+    assert role["metadata"]["namespace"] == TRAINING_NS
     assert _rules(role) == KPO_RULES
     assert not any(rule.get("resourceNames") for rule in role["rules"]), "pod names are generated per run"
 
@@ -249,13 +295,13 @@ def test_helm_values_use_the_rbac_names_and_no_inline_secrets() -> None:
     values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
     assert values["executor"] == "LocalExecutor"
     assert values["airflowVersion"].startswith("3.")
-    assert values["allowPodLaunching"] is False  # our Role in `mlcd` replaces the chart's own
+    assert values["allowPodLaunching"] is False  # our Role in `mlcd-training` replaces the chart's own
     for component in ("scheduler", "triggerer", "workers"):
         account = values[component]["serviceAccount"]
         assert account == {"create": False, "name": AIRFLOW_SA[1]}, component
     env = {e["name"]: e["value"] for e in values["env"]}
     assert env["MLCD_TRAINING_BACKEND"] == "kubernetes"
-    assert env["MLCD_K8S_NAMESPACE"] == WORKLOAD_NS
+    assert env["MLCD_TRAINER_NAMESPACE"] == TRAINING_NS and env["MLCD_K8S_NAMESPACE"] == WORKLOAD_NS
     assert env["MLCD_TRAINER_SERVICE_ACCOUNT"] == TRAINER_SA[1]
     mount = next(m for m in values["volumeMounts"] if m["name"] == "trainer-pod-template")
     assert env["MLCD_TRAINER_POD_TEMPLATE"] == f"{mount['mountPath']}/trainer-pod-template.yaml"
@@ -264,3 +310,78 @@ def test_helm_values_use_the_rbac_names_and_no_inline_secrets() -> None:
         assert not values.get(key), key
     assert "metadataConnection" not in values.get("data", {})
     assert values["postgresql"]["enabled"] is False
+
+
+# --- least privilege (issue 16) -----------------------------------------------------------------------------
+
+def test_training_pods_have_a_namespace_of_their_own_with_only_the_trainers_secrets() -> None:
+    """Creating a pod in a namespace is reading its Secrets: Airflow creates pods only where the trainer's live."""
+    launcher = _one("Role", "mlcd-pod-launcher")
+    assert launcher["metadata"]["namespace"] == TRAINING_NS != WORKLOAD_NS
+    template = yaml.safe_load((K8S / "trainer-pod-template.yaml").read_text())
+    assert template["metadata"]["namespace"] == TRAINING_NS
+    referenced = {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for c in template["spec"]["containers"] for e in c.get("env") or [] if "secretKeyRef" in e.get("valueFrom", {})
+    } | {v["secret"]["secretName"] for v in template["spec"].get("volumes") or [] if "secret" in v}
+    assert referenced <= TRAINER_SECRETS
+    # Serving's Secrets (the gateway admin token) are referenced only in `mlcd`, where Airflow creates no pods.
+    for deployment in _by_kind("Deployment"):
+        assert deployment["metadata"]["namespace"] == WORKLOAD_NS
+
+
+def test_airflow_may_not_exec_into_pods_nor_read_secrets_anywhere() -> None:
+    for binding in _by_kind("RoleBinding"):
+        if not any((s["namespace"], s["name"]) == AIRFLOW_SA for s in binding["subjects"]):
+            continue
+        role = _one("Role", binding["roleRef"]["name"])
+        rules = _rules(role)
+        for forbidden in ("pods/exec", "pods/attach", "pods/portforward", "secrets", "serviceaccounts/token"):
+            assert ("", forbidden) not in rules, f"{role['metadata']['name']} grants {forbidden}"
+        if ("", "pods") in rules and "create" in rules[("", "pods")]:
+            assert role["metadata"]["namespace"] == TRAINING_NS
+
+
+def test_namespaces_enforce_restricted_pod_security_where_mlcd_runs_pods() -> None:
+    levels = {d["metadata"]["name"]: d["metadata"]["labels"] for d in _by_kind("Namespace")}
+    for ns in (WORKLOAD_NS, TRAINING_NS):
+        assert levels[ns]["pod-security.kubernetes.io/enforce"] == "restricted", ns
+    assert levels[AIRFLOW_SA[0]]["pod-security.kubernetes.io/enforce"] == "baseline"
+    assert levels[AIRFLOW_SA[0]]["pod-security.kubernetes.io/audit"] == "restricted"
+
+
+def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    specs = [(f"Deployment/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in _by_kind("Deployment")]
+    template = yaml.safe_load((K8S / "trainer-pod-template.yaml").read_text())
+    return [*specs, ("trainer-pod-template", template["spec"])]
+
+
+@pytest.mark.parametrize(("name", "spec"), _pod_specs(), ids=[n for n, _ in _pod_specs()])
+def test_every_pod_meets_the_restricted_level(name: str, spec: dict[str, Any]) -> None:
+    assert restricted_violations(spec) == [], name
+    for c in spec["containers"]:
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
+        limits = c["resources"]["limits"]
+        assert {"cpu", "memory"} <= set(limits), f"{name}: a container without CPU and memory limits"
+
+
+def test_the_restricted_check_has_teeth() -> None:
+    spec = copy.deepcopy(_pod_specs()[-1][1])
+    assert restricted_violations(spec) == []
+    del spec["securityContext"]["seccompProfile"]
+    for c in spec["containers"]:
+        c["securityContext"].pop("seccompProfile", None)
+    spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    found = restricted_violations(spec)
+    assert any("seccomp" in f for f in found) and any("hostPath" in f for f in found)
+    assert any("allowPrivilegeEscalation" in f for f in found)
+
+
+def test_helm_values_create_no_default_login() -> None:
+    """The chart's create-user Job would make admin/admin: it is off, and no password is in the values."""
+    values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
+    assert values["webserver"]["defaultUser"]["enabled"] is False
+    assert values["createUserJob"]["enabled"] is False
+    text = (K8S / "airflow-values.yaml").read_text().lower()
+    assert "password:" not in text and "admin/admin" not in text.replace(" ", "")

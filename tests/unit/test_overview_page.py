@@ -56,3 +56,69 @@ def test_unavailable_sections_say_why(mlcd_home, monkeypatch: pytest.MonkeyPatch
     assert data["quarantine"] == {"ok": True, "data": []}
     page = render_overview(data)
     assert "gateway unavailable" in page and "registry unavailable" in page
+
+
+def _history() -> list[dict]:
+    """A version's rollout record as the canary task and the guard write it: start, three windows, a rollback."""
+    def step(t: str, weight: int, outcome: str, c_err: float, s_err: float, c_p99: float) -> dict:
+        return {"t": t, "version": "3", "event": "canary_step", "by": "airflow:mlcd_retrain", "dag_run": "manual__1",
+                "d": {"weight": weight, "outcome": outcome, "action": "advance", "reasons": [f"{outcome} at {weight}"],
+                      "canary": {"requests": 40, "errors": 0, "error_rate": c_err, "p99_latency_s": c_p99},
+                      "stable": {"requests": 120, "errors": 0, "error_rate": s_err, "p99_latency_s": 0.012}}}
+    return [
+        {"t": "2026-11-25T14:00:00.000Z", "version": "3", "to": "registered", "why": "record started",
+         "dag_run": "manual__1"},
+        {"t": "2026-11-25T14:00:05.000Z", "version": "3", "from": "registered", "to": "canary", "why": "gate passed"},
+        step("2026-11-25T14:01:05.000Z", 5, "pass", 0.0, 0.0, 0.015),
+        step("2026-11-25T14:02:05.000Z", 25, "inconclusive", 0.01, 0.0, 0.02),
+        step("2026-11-25T14:03:05.000Z", 50, "fail", 0.2, 0.0, 0.05),
+        {"t": "2026-11-25T14:03:10.000Z", "version": "3", "from": "canary", "to": "rolled_back",
+         "why": "guard: class distribution <shifted>", "by": "airflow:mlcd_guard"},
+    ]
+
+
+def test_rollout_series_reads_the_record_windows_and_state_changes() -> None:
+    from mlcd.overview import rollout_series
+
+    series = rollout_series(_history())
+    assert [p["weight"] for p in series["points"]] == [5, 25, 50]
+    assert [p["outcome"] for p in series["points"]] == ["pass", "inconclusive", "fail"]
+    assert series["points"][2]["canary_error_rate"] == 0.2 and series["points"][2]["stable_p99_latency_s"] == 0.012
+    assert [m["to"] for m in series["marks"]] == ["canary", "rolled_back"]
+
+
+def test_rollout_chart_draws_every_point_the_verdicts_and_the_rollback() -> None:
+    import re
+
+    from mlcd.overview import rollout_chart_svg, rollout_series
+
+    svg = rollout_chart_svg(rollout_series(_history()))
+    assert svg.startswith("<svg") and "<script" not in svg
+    series = re.findall(r"data-series='([a-z0-9_]+)'", svg)
+    # 3 windows: a verdict dot each, and canary + stable points for error rate and p99 latency.
+    assert series.count("verdict") == 3
+    for name in ("canary_error_rate", "stable_error_rate", "canary_p99_latency_s", "stable_p99_latency_s"):
+        assert series.count(name) == 3, name
+    assert re.findall(r"data-outcome='(\w+)'", svg) == ["pass", "inconclusive", "fail"]
+    assert "data-to='rolled_back'" in svg and ">rollback<" in svg
+    assert "&lt;shifted&gt;" in svg  # reasons in tooltips are escaped
+
+
+def test_version_detail_links_both_ways_and_shows_training() -> None:
+    from mlcd.overview import rollout_series
+
+    data = _data()
+    data["details"] = {"ok": True, "data": [{
+        "version": "3", "state": "rolled_back", "run_id": "r3", "dag_run": "manual__1",
+        "series": rollout_series(_history()),
+        "curves": {"loss": [(1, 0.9), (2, 0.5)], "val_loss": [(1, 1.0), (2, 0.6)], "accuracy": [(1, 0.7), (2, 0.9)],
+                   "val_accuracy": [(1, 0.68), (2, 0.88)]},
+        "confusion": [[9 if i == j else 1 for j in range(10)] for i in range(10)],
+    }]}
+    page = render_overview(data)
+    assert "id='v3'" in page and "href='#v3'" in page
+    assert "http://127.0.0.1:5000/#/models/mnist-cnn/versions/3" in page
+    assert "/dags/mlcd_retrain/runs/manual__1" in page and "/dags/mlcd_guard/runs" in page
+    assert page.count("class='pt' data-series='val_loss'") == 2
+    assert page.count("<rect ") == 100 and "true 3, predicted 3: 9" in page
+    assert "<script" not in page

@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from mlcd.rollout.metrics import diff, histogram_quantile, parse_metrics, variant_stats, window_stats
+from mlcd.rollout.canary import RolloutProgress, observe, window_outcome
+from mlcd.rollout.metrics import (
+    diff,
+    histogram_quantile,
+    parse_metrics,
+    snapshot_to_dict,
+    variant_stats,
+    window_stats,
+)
 from mlcd.rollout.spec import (
     Action,
     Outcome,
@@ -14,18 +22,10 @@ from mlcd.rollout.spec import (
     VariantStats,
     next_action,
     next_weight,
-    step_verdict,
 )
+from tests.gatewaysim import Behaviour, SimGateway, behaviours
 
 pytestmark = pytest.mark.unit
-
-SPEC = RolloutSpec(min_requests=50, min_stable_requests=50, max_error_rate_increase=0.01,
-                   max_p99_latency_ratio=1.5, p99_latency_slack_s=0.002)
-
-
-def healthy(n: int = 200, errors: int = 0, p99: float = 0.010) -> VariantStats:
-    return VariantStats(requests=n, errors=errors, p99_latency_s=p99, latency_samples=n - errors)
-
 
 def test_default_steps_and_next_weight() -> None:
     spec = RolloutSpec()
@@ -55,55 +55,66 @@ def test_spec_round_trips_and_refuses_unknown_keys() -> None:
         RolloutSpec(min_requests=0)
 
 
-def test_healthy_canary_passes() -> None:
-    v = step_verdict(SPEC, healthy(120, errors=1, p99=0.011), healthy(2000, errors=10, p99=0.010))
+def test_spec_feeds_the_engine_and_validates_its_new_fields() -> None:
+    spec = RolloutSpec(min_requests=20, min_stable_requests=40, max_error_rate_increase=0.03,
+                       max_p99_latency_ratio=1.4, p99_latency_slack_s=0.002, alpha=0.01,
+                       thresholds={"min_class_shift": 0.2})
+    t = spec.guard_thresholds()
+    assert (t.alpha, t.min_requests, t.min_predictions, t.min_latency_samples) == (0.01, 20, 20, 20)
+    assert (t.min_error_rate_increase, t.min_latency_ratio, t.min_latency_increase_s, t.min_class_shift) == (
+        0.03, 1.4, 0.002, 0.2)
+    assert RolloutSpec(analysis_window_s=30, inconclusive_limit=3).max_window_s == 120
+    assert RolloutSpec.from_dict(spec.to_dict()) == spec
+    for bad in ({"on_undecided": "rollback"}, {"alpha": 1.0}, {"poll_interval_s": 0}):
+        with pytest.raises(ValueError):
+            RolloutSpec.from_dict(bad)
+    with pytest.raises(ValueError, match="unknown guard threshold keys"):
+        RolloutSpec(thresholds={"typo": 1}).guard_thresholds()
+
+
+def _window(spec: RolloutSpec, canary: str, weight: int, seconds: float, rate: float = 50.0, seed: int = 0,
+            progress: RolloutProgress | None = None) -> RolloutProgress:
+    """One window at ``weight`` through the real gateway metrics, polled every 2 s like the trigger does."""
+    gw = SimGateway(Behaviour(), behaviours([canary])[0], seed)
+    gw.set_routes("1", "2", weight)
+    p = progress or RolloutProgress("2", "1")
+    p.weight, p.window = weight, {}
+    p.last = snapshot_to_dict(gw.snapshot())
+    for _ in range(int(seconds / 2)):
+        gw.run(2.0, rate)
+        if observe(spec, p, gw.snapshot()) is Outcome.FAIL:
+            break
+    return p
+
+
+def test_a_window_passes_only_with_the_minimum_traffic_at_this_weight() -> None:
+    spec = RolloutSpec(min_requests=30, min_stable_requests=30)
+    p = _window(spec, "healthy", 25, 20)
+    assert window_outcome(spec, p).outcome is Outcome.PASS
+    assert p.verdict is not None and p.verdict["outcome"] == "pass"
+    # The engine passed on the whole rollout so far, but this weight's window is thin: inconclusive, not pass.
+    thin = _window(spec, "healthy", 50, 4, rate=2.0, progress=p)
+    v = window_outcome(spec, thin)
+    assert v.outcome is Outcome.INCONCLUSIVE and any("canary requests" in r for r in v.reasons), v.reasons
+
+
+def test_the_canary_step_gains_the_class_distribution_check() -> None:
+    spec = RolloutSpec()
+    p = _window(spec, "one_class", 5, 60)
+    v = window_outcome(spec, p)
+    assert v.outcome is Outcome.FAIL and any(r.startswith("class_distribution") for r in v.reasons)
+
+
+def test_at_100_percent_latency_is_not_judged_and_errors_are_compared_with_stable_before() -> None:
+    spec = RolloutSpec(min_requests=30, min_stable_requests=30)
+    p = _window(spec, "healthy", 50, 20, seed=1)
+    slow = _window(spec, "slow", 100, 20, seed=2, progress=p)  # 2x slower, but nothing side by side
+    v = window_outcome(spec, slow)
     assert v.outcome is Outcome.PASS, v.reasons
-
-
-def test_no_traffic_is_inconclusive_never_a_pass() -> None:
-    v = step_verdict(SPEC, VariantStats(), healthy())
-    assert v.outcome is Outcome.INCONCLUSIVE
-    assert any("no traffic" in r for r in v.reasons)
-    both_empty = step_verdict(SPEC, VariantStats(), VariantStats())
-    assert both_empty.outcome is Outcome.INCONCLUSIVE
-
-
-def test_too_few_requests_is_inconclusive() -> None:
-    v = step_verdict(SPEC, healthy(49), healthy())
-    assert v.outcome is Outcome.INCONCLUSIVE
-    assert "49 < minimum 50" in v.reasons[0]
-    thin_stable = step_verdict(SPEC, healthy(), healthy(10))
-    assert thin_stable.outcome is Outcome.INCONCLUSIVE
-
-
-def test_error_rate_increase_fails() -> None:
-    v = step_verdict(SPEC, healthy(200, errors=6), healthy(2000, errors=20))  # 3 % vs 1 %
-    assert v.outcome is Outcome.FAIL
-    assert "error rate" in v.reasons[0]
-    at_limit = step_verdict(SPEC, healthy(200, errors=4), healthy(2000, errors=20))  # 2 % vs 1 %: +1 pp
-    assert at_limit.outcome is Outcome.PASS
-
-
-def test_clear_failure_is_reported_even_on_thin_data_but_one_error_is_not() -> None:
-    broken = step_verdict(SPEC, VariantStats(requests=10, errors=10), healthy())
-    assert broken.outcome is Outcome.FAIL
-    one_error = step_verdict(SPEC, VariantStats(requests=3, errors=1, p99_latency_s=0.01), healthy())
-    assert one_error.outcome is Outcome.INCONCLUSIVE
-
-
-def test_latency_ratio_fails_beyond_ratio_plus_slack() -> None:
-    slow = step_verdict(SPEC, healthy(p99=0.020), healthy(p99=0.010))  # limit 1.5*10+2 = 17 ms
-    assert slow.outcome is Outcome.FAIL
-    assert "p99" in slow.reasons[0]
-    jitter = step_verdict(SPEC, healthy(p99=0.0025), healthy(p99=0.001))  # 2.5 ms < 1.5 + 2 ms
-    assert jitter.outcome is Outcome.PASS
-
-
-def test_missing_or_infinite_latency_is_inconclusive() -> None:
-    no_p99 = step_verdict(SPEC, VariantStats(requests=100), healthy())
-    assert no_p99.outcome is Outcome.INCONCLUSIVE
-    inf = step_verdict(SPEC, healthy(p99=math.inf), healthy())
-    assert inf.outcome is Outcome.INCONCLUSIVE
+    assert slow.analysis["events"]["latency"] == p.analysis["events"]["latency"]
+    broken = _window(spec, "errors", 100, 20, seed=3, progress=_window(spec, "healthy", 50, 20, seed=1))
+    v = window_outcome(spec, broken)
+    assert v.outcome is Outcome.FAIL and any("error_rate_vs_reference" in r for r in v.reasons)
 
 
 def test_next_action_limits_for_fail_and_inconclusive() -> None:
@@ -114,6 +125,8 @@ def test_next_action_limits_for_fail_and_inconclusive() -> None:
     assert next_action(spec, ["fail", "pass", "fail"]) is Action.ABORT_FAILED
     assert next_action(spec, ["inconclusive", "pass", "inconclusive"]) is Action.REPEAT
     assert next_action(spec, ["inconclusive"] * 3) is Action.ABORT_INCONCLUSIVE
+    # Counted at the current weight when given: earlier weights' inconclusive windows do not add up.
+    assert next_action(spec, ["inconclusive"] * 5, inconclusive_at_weight=1) is Action.REPEAT
     strict = RolloutSpec()  # Argo's default failureLimit 0: the first failure aborts
     assert next_action(strict, ["pass", "fail"]) is Action.ABORT_FAILED
     with pytest.raises(ValueError):
@@ -163,16 +176,3 @@ def test_histogram_quantile_matches_prometheus() -> None:
     assert histogram_quantile(0.75, buckets) == pytest.approx(0.15)
     assert histogram_quantile(0.99, {0.1: 0.0, math.inf: 0.0}) is None
     assert histogram_quantile(0.99, {0.1: 10.0, math.inf: 100.0}) == pytest.approx(0.1)  # top finite bound
-
-
-def test_latency_is_not_compared_with_an_earlier_window() -> None:
-    """At 100 % the stable numbers come from the previous window: a load change must not fail a healthy canary."""
-    spec = RolloutSpec(min_requests=50, min_stable_requests=50)
-    canary = VariantStats(requests=400, errors=0, p99_latency_s=0.0526)
-    earlier_stable = VariantStats(requests=200, errors=0, p99_latency_s=0.0266)
-    assert step_verdict(spec, canary, earlier_stable).outcome is Outcome.FAIL  # side by side it would be real
-    verdict = step_verdict(spec, canary, earlier_stable, concurrent=False)
-    assert verdict.outcome is Outcome.PASS
-    assert any("latency not compared" in r for r in verdict.reasons)
-    broken = VariantStats(requests=400, errors=40, p99_latency_s=0.02)
-    assert step_verdict(spec, broken, earlier_stable, concurrent=False).outcome is Outcome.FAIL  # errors still count

@@ -22,6 +22,7 @@ from mlcd.rollout.router import (
     STRATEGIC_MERGE_PATCH,
     KubernetesHTTPRouteRouter,
     LocalGatewayRouter,
+    RouteConflict,
     Router,
     RouterError,
     RouteStatus,
@@ -122,20 +123,39 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class RecordingApi:
-    """Records every call; keeps the HTTPRoute so reads reflect writes."""
+    """Records every call; keeps the HTTPRoute so reads reflect writes.
+
+    Like the API server, it gives the route a ``metadata.resourceVersion`` that changes with every write, and
+    answers a patch carrying a different resourceVersion with 409 Conflict (raised as the real callable does).
+    ``after_get`` runs once after the next GET of the route: another writer acting between read and patch.
+    """
 
     def __init__(self, route: dict[str, Any]):
         self.route = route
+        self.route.setdefault("metadata", {})["resourceVersion"] = "100"
         self.calls: list[tuple[str, str, Any, str | None]] = []
+        self.after_get: Any = None
 
     def __call__(self, method: str, path: str, body: Any, content_type: str | None) -> dict[str, Any]:
         self.calls.append((method, path, copy.deepcopy(body), content_type))
         if path == ROUTE_PATH:
             if method == "PATCH":
                 assert content_type == MERGE_PATCH
-                self.route = merge_patch(self.route, body)
-            return copy.deepcopy(self.route)
+                self.write(body)
+            answer = copy.deepcopy(self.route)
+            if method == "GET" and self.after_get is not None:
+                hook, self.after_get = self.after_get, None
+                hook(self)
+            return answer
         return {"kind": "Deployment"}
+
+    def write(self, body: dict[str, Any]) -> None:
+        current = self.route["metadata"]["resourceVersion"]
+        sent = (body.get("metadata") or {}).get("resourceVersion")
+        if sent is not None and sent != current:
+            raise RouteConflict(f"kubernetes PATCH {ROUTE_PATH}: 409 Conflict")
+        self.route = merge_patch(self.route, body)
+        self.route["metadata"]["resourceVersion"] = str(int(current) + 1)
 
     def patches(self) -> list[tuple[str, Any, str | None]]:
         return [(path, body, ct) for method, path, body, ct in self.calls if method == "PATCH"]
@@ -145,9 +165,14 @@ def load_route() -> dict[str, Any]:
     return yaml.safe_load((K8S / "httproute.yaml").read_text())
 
 
-def route_patch(stable_weight: int, canary_weight: int, stable: str, canary: str | None) -> dict[str, Any]:
+def route_patch(
+    stable_weight: int, canary_weight: int, stable: str, canary: str | None, rv: str
+) -> dict[str, Any]:
     return {
-        "metadata": {"annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary}},
+        "metadata": {
+            "annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary},
+            "resourceVersion": rv,
+        },
         "spec": {"rules": [{"backendRefs": [
             {"name": "mlcd-gateway-stable", "port": 8000, "weight": stable_weight},
             {"name": "mlcd-gateway-canary", "port": 8000, "weight": canary_weight},
@@ -171,23 +196,64 @@ def test_a_rollout_sends_exactly_these_patches() -> None:
     assert router.set_routes("1", "2", 5) == RouteStatus("1", "2", 5)
     assert api.patches() == [
         (CANARY_DEPLOY, deploy_patch("2"), STRATEGIC_MERGE_PATCH),
-        (ROUTE_PATH, route_patch(95, 5, "1", "2"), MERGE_PATCH),
+        (ROUTE_PATH, route_patch(95, 5, "1", "2", "100"), MERGE_PATCH),
     ]
     api.calls.clear()
 
     router.set_routes("1", "2", 25)  # same versions: only the weights move
-    assert api.patches() == [(ROUTE_PATH, route_patch(75, 25, "1", "2"), MERGE_PATCH)]
+    assert api.patches() == [(ROUTE_PATH, route_patch(75, 25, "1", "2", "101"), MERGE_PATCH)]
     api.calls.clear()
 
     assert router.set_routes("2", None, 0) == RouteStatus("2", None, 0)  # promotion
     assert api.patches() == [
         (STABLE_DEPLOY, deploy_patch("2"), STRATEGIC_MERGE_PATCH),
-        (ROUTE_PATH, route_patch(100, 0, "2", None), MERGE_PATCH),
+        (ROUTE_PATH, route_patch(100, 0, "2", None, "102"), MERGE_PATCH),
     ]
     # The merge patch removed the canary annotation (null) and kept the rest of the route.
     assert "mlcd.io/canary-version" not in api.route["metadata"]["annotations"]
     assert api.route["spec"]["parentRefs"] == load_route()["spec"]["parentRefs"]
+    assert router.get_routes().generation == "103"
     jsonschema.validate(api.route, HTTPROUTE_V1_SCHEMA)
+
+
+def test_a_stale_step_cannot_undo_a_rollback() -> None:
+    """A canary step read generation G, a rollback moved the route, the step's set with G is refused."""
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    router.set_routes("1", "2", 25)
+    seen = router.get_routes()  # the canary step reads the routes...
+    router.set_routes("1", None, 0)  # ...a rollback lands in between...
+    api.calls.clear()
+    with pytest.raises(RouteConflict) as info:  # ...and the step's next weight is refused before any patch
+        router.set_routes("1", "2", 50, expected_generation=seen.generation)
+    assert info.value.expected == seen.generation and info.value.current == router.get_routes().generation
+    assert api.patches() == []
+    assert router.get_routes() == RouteStatus("1", None, 0)  # traffic stays where the rollback put it
+    # With the current generation the same move is allowed.
+    current = router.get_routes().generation
+    assert router.set_routes("1", "2", 50, expected_generation=current) == RouteStatus("1", "2", 50)
+
+
+def test_a_change_between_read_and_patch_is_a_409_conflict() -> None:
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    router.set_routes("1", "2", 25)
+
+    def rollback_meanwhile(store: RecordingApi) -> None:
+        store.write({"metadata": {"annotations": {"mlcd.io/canary-version": None}},
+                     "spec": {"rules": [{"backendRefs": [
+                         {"name": "mlcd-gateway-stable", "port": 8000, "weight": 100},
+                         {"name": "mlcd-gateway-canary", "port": 8000, "weight": 0}]}]}})
+
+    api.after_get = rollback_meanwhile
+    with pytest.raises(RouteConflict, match="409"):
+        router.set_routes("1", "2", 50)  # no expected generation: the router still fences its own read
+    assert router.get_routes() == RouteStatus("1", None, 0)
+
+
+def test_route_status_equality_ignores_the_generation() -> None:
+    assert RouteStatus("1", "2", 5, generation=3) == RouteStatus("1", "2", 5)
+    assert isinstance(RouteConflict("x"), RouterError)  # callers catching RouterError still catch it
 
 
 def test_bad_weights_are_refused_before_any_call() -> None:

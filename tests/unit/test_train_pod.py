@@ -92,17 +92,20 @@ def test_pod_fields(kubeconfig: str, mlflow_conn: None, monkeypatch: pytest.Monk
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
     monkeypatch.setenv("MLCD_TRAINER_IMAGE", "registry.example.com/mlcd/trainer:1.2.3")
-    monkeypatch.setenv("MLCD_K8S_NAMESPACE", "ml-train")
+    monkeypatch.setenv("MLCD_TRAINER_NAMESPACE", "ml-train")
+    monkeypatch.setenv("MLCD_K8S_NAMESPACE", "serving")  # serving's namespace (the router's), not the trainer's
     monkeypatch.setenv("MLCD_TRAINER_NODE_SELECTOR", "cloud.google.com/gke-accelerator=nvidia-l4")
     task, pod = _built_pod(kubeconfig)
 
     assert isinstance(task, KubernetesPodOperator)
     assert task.task_id == "train"
-    assert task.do_xcom_push and task.deferrable
+    assert task.deferrable
+    assert not task.do_xcom_push  # the result comes from the pod log: no sidecar, no pods/exec
     assert task.on_finish_action.value == "delete_succeeded_pod"
     assert task.retries == 2 and task.retry_exponential_backoff == 2.0
 
     assert pod.metadata.namespace == "ml-train"
+    assert not spec_has_token(pod)
     assert pod.metadata.labels["app.kubernetes.io/name"] == "mlcd-trainer"
     spec = pod.spec
     assert spec.restart_policy == "Never"
@@ -123,7 +126,7 @@ def test_pod_fields(kubeconfig: str, mlflow_conn: None, monkeypatch: pytest.Monk
     ]  # fmt: skip
     assert base.resources.limits[GPU_RESOURCE] == "1"
     assert base.resources.requests == {"cpu": "2", "memory": "8Gi"}
-    assert base.resources.limits["memory"] == "16Gi"
+    assert base.resources.limits["memory"] == "16Gi" and base.resources.limits["cpu"] == "8"
 
     env = {e.name: e for e in base.env}
     assert env["MLFLOW_TRACKING_URI"].value == "http://mlflow.mlcd.svc.cluster.local:5000"
@@ -134,9 +137,11 @@ def test_pod_fields(kubeconfig: str, mlflow_conn: None, monkeypatch: pytest.Monk
     serialized = str(pod.to_dict())
     assert "s3cret" not in serialized and "alice" not in serialized
 
-    # do_xcom_push adds the sidecar that reads /airflow/xcom/return.json, which the trainer writes.
-    assert any(c.name == "airflow-xcom-sidecar" for c in spec.containers)
-    assert any(m.mount_path == "/airflow/xcom" for m in base.volume_mounts)
+    assert [c.name for c in spec.containers] == ["base"]
+
+
+def spec_has_token(pod: Any) -> bool:
+    return pod.spec.automount_service_account_token is not False
 
 
 def test_pod_is_schema_valid(kubeconfig: str, mlflow_conn: None) -> None:
@@ -217,3 +222,80 @@ def test_local_backend_is_default(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pod_template_yaml_parses_as_pod() -> None:
     data = yaml.safe_load(POD_TEMPLATE.read_text())
     assert data["kind"] == "Pod" and data["apiVersion"] == "v1"
+
+
+# --- least privilege (issue 16) -----------------------------------------------------------------------------
+
+
+def _manifest(pod: Any) -> dict[str, Any]:
+    from kubernetes.client import ApiClient
+
+    return dict(ApiClient().sanitize_for_serialization(pod))
+
+
+@pytest.mark.parametrize("template", [False, True], ids=["operator", "operator+template"])
+def test_trainer_pod_meets_the_restricted_level(kubeconfig: str, mlflow_conn: None, template: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """seccomp RuntimeDefault, read-only root with an emptyDir scratch as HOME/TMPDIR, CPU and memory limits."""
+    from mlcd.airflow.training import SCRATCH_PATH
+    from tests.unit.test_k8s_manifests import TRAINER_SECRETS, TRAINING_NS, restricted_violations
+
+    monkeypatch.delenv("MLCD_TRAINER_NAMESPACE", raising=False)
+    config = TrainerPodConfig(pod_template_file=str(POD_TEMPLATE)) if template else TrainerPodConfig()
+    _, pod = _built_pod(kubeconfig, pod_config=config)
+    manifest = _manifest(pod)
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    spec = manifest["spec"]
+    assert manifest["metadata"]["namespace"] == TRAINING_NS
+    assert restricted_violations(spec) == []
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    (base,) = spec["containers"]
+    assert base["securityContext"]["readOnlyRootFilesystem"] is True
+    assert base["resources"]["limits"]["cpu"] and base["resources"]["limits"]["memory"]
+    env = {e["name"]: e for e in base["env"]}
+    assert env["HOME"]["value"] == env["TMPDIR"]["value"] == SCRATCH_PATH
+    mounts = {m["mountPath"]: m["name"] for m in base["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes[mounts[SCRATCH_PATH]]
+    # A merge with the template appends lists: nothing may appear twice.
+    for items, key in ((base["env"], "name"), (base["volumeMounts"], "mountPath"), (spec["volumes"], "name")):
+        names = [i[key] for i in items]
+        assert len(names) == len(set(names)), names
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in base["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert secrets <= TRAINER_SECRETS
+
+
+class _PodManager:
+    """Stands in for the Kubernetes API's pod log endpoint (no cluster runs here)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.calls: list[dict[str, Any]] = []
+
+    def read_pod_logs(self, pod: Any, container_name: str, **kwargs: Any) -> list[bytes]:
+        self.calls.append({"container": container_name, **kwargs})
+        return [line.encode() for line in self.lines]
+
+
+def test_the_result_is_read_from_the_pod_log_not_by_exec(kubeconfig: str, mlflow_conn: None) -> None:
+    """pods/log replaces the XCom sidecar's pods/exec: the trainer's last MLCD_TRAIN_RESULT line is the XCom."""
+    import json
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from mlcd.training.contract import REQUIRED_RESULT_KEYS, RESULT_PREFIX
+
+    task, pod = _built_pod(kubeconfig)
+    result = {k: f"v-{k}" for k in REQUIRED_RESULT_KEYS} | {"val_accuracy": 0.98, "run_id": "abc"}
+    manager = _PodManager(["epoch 1/1 ...", RESULT_PREFIX + json.dumps(result), ""])
+    task.__dict__["pod_manager"] = manager
+    assert task.read_result(pod) == result
+    assert manager.calls == [{"container": "base", "tail_lines": 500, "follow": False}]
+    task._train_result = result
+    assert task._result() == result
+    task._train_result = None
+    task.__dict__["pod_manager"] = _PodManager(["Traceback ...", "mlcd.training: error: boom"])
+    assert task.read_result(pod) is None
+    with pytest.raises(AirflowException, match="no MLCD_TRAIN_RESULT line"):
+        task._result()

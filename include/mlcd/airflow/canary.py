@@ -1,14 +1,15 @@
 """The ``canary`` task: a deferrable operator that walks a version through the rollout spec's traffic steps.
 
 Between steps the task defers on an ``AnalysisWindowTrigger`` for the analysis window, so no worker slot is held
-while traffic accumulates; the rollout's progress travels in the trigger and returns in its event. Every step's logic is
+while traffic accumulates; the trigger scrapes the gateway every ``poll_interval_s`` and feeds the analysis engine
+(the guard's), ending the window at once on a failure. The rollout's progress (the engine's state included)
+travels in the trigger, is updated by each poll (so ``serialize()`` carries it) and returns in its event. Every step's logic is
 :class:`mlcd.rollout.canary.CanaryRollout` (Airflow-free and tested without Airflow). Importing this module
 imports neither TensorFlow nor MLflow.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import enum
 import json
@@ -18,7 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from mlcd.rollout.spec import RolloutSpec
@@ -42,21 +43,66 @@ class WindowEvent(str, enum.Enum):
 
 
 class AnalysisWindowTrigger(BaseTrigger):
-    """Waits out one analysis window in the triggerer and hands the rollout progress back."""
+    """One analysis window in the triggerer: polls the gateway into the engine, hands the progress back.
 
-    def __init__(self, progress: dict[str, Any], window_s: float) -> None:
+    Without ``gateway_url`` it only waits the window out (the step is judged by ``finish_step`` alone).
+    """
+
+    def __init__(self, progress: dict[str, Any], window_s: float, gateway_url: str | None = None,
+                 spec: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.progress = progress
         self.window_s = window_s
+        self.gateway_url = gateway_url
+        self.spec = dict(spec or {})
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"progress": self.progress, "window_s": self.window_s})
+                {"progress": self.progress, "window_s": self.window_s, "gateway_url": self.gateway_url,
+                 "spec": self.spec})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         started = float(self.progress.get("window_started") or time.time())
-        await asyncio.sleep(max(0.0, started + self.window_s - time.time()))
+        end = started + self.window_s
+        if self.gateway_url:
+            from mlcd.rollout.canary import RolloutProgress, observe
+            from mlcd.rollout.metrics import fetch_metrics
+            from mlcd.rollout.spec import Outcome
+
+            spec = RolloutSpec.from_dict(self.spec)
+            while time.time() + spec.poll_interval_s < end:
+                await asyncio.sleep(spec.poll_interval_s)
+                try:
+                    snap = await asyncio.to_thread(fetch_metrics, self.gateway_url)
+                except OSError as exc:  # a restarting gateway: the next poll (or finish_step) covers the interval
+                    self.log.warning("canary window scrape failed: %s", exc)
+                    continue
+                progress = RolloutProgress.from_dict(self.progress)
+                outcome = observe(spec, progress, snap)
+                self.progress = progress.to_dict()  # serialize() now carries the engine's state
+                if outcome is Outcome.FAIL:
+                    break
+        await asyncio.sleep(max(0.0, end - time.time()) if not _failed(self.progress) else 0.0)
         yield TriggerEvent({"status": WindowEvent.ELAPSED.value, "progress": self.progress})
+
+
+def _failed(progress: Mapping[str, Any]) -> bool:
+    verdict = progress.get("verdict") or {}
+    return bool(verdict) and verdict.get("outcome") == "fail"
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    """A dict param arrives as a dict (native rendering) or as JSON text; anything else is refused in one line."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as exc:
+            raise AirflowException(f"{what} must be a JSON object: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise AirflowException(f"{what} must be a mapping, got {type(value).__name__}")
+    return dict(value)
 
 
 class CanaryRolloutOperator(BaseOperator):
@@ -95,6 +141,7 @@ class CanaryRolloutOperator(BaseOperator):
         # A template string (e.g. "{{ params.canary_spec }}") stays a string until rendered at run time.
         self.spec: Any = spec.to_dict() if isinstance(spec, RolloutSpec) else (
             spec if isinstance(spec, str) else dict(spec or {}))
+        self._gateway: str | None = None
         self.skip_canary = skip_canary
         self.gateway_url = gateway_url
         self.tracking_uri = tracking_uri
@@ -103,12 +150,7 @@ class CanaryRolloutOperator(BaseOperator):
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _spec(self) -> RolloutSpec:
-        spec = self.spec
-        if isinstance(spec, str):
-            # A rendered dict param reads as a Python literal; literal_eval never runs code.
-            spec = ast.literal_eval(spec) if spec.strip() else {}
-            if not isinstance(spec, dict):
-                raise AirflowException(f"canary spec must be a mapping, got {type(spec).__name__}")
+        spec = _mapping(self.spec, "canary spec")
         from mlcd.settings import get_settings
 
         # Deploy-wide defaults (MLCD_CANARY_SPEC) first, then this run's overrides (the canary_spec param).
@@ -121,7 +163,7 @@ class CanaryRolloutOperator(BaseOperator):
     def _rollout(self, context: Context) -> CanaryRollout:
         from mlcd.rollout.canary import rollout_from_settings
 
-        return rollout_from_settings(
+        rollout = rollout_from_settings(
             self._spec(),
             actor=self.actor,
             dag_run_id=str(context.get("run_id") or ""),
@@ -129,13 +171,17 @@ class CanaryRolloutOperator(BaseOperator):
             tracking_uri=self.tracking_uri or None,
             model_name=self.model_name or None,
         )
+        self._gateway = rollout.metrics_url
+        return rollout
 
     def _defer_window(self, progress: RolloutProgress) -> None:
-        window = self._spec().analysis_window_s
+        spec = self._spec()
+        window = spec.analysis_window_s
         self.defer(
             # The progress rides in the trigger and comes back in its event: the event is the one channel
             # every runner (the triggerer, dag.test()) hands back to execute_complete intact.
-            trigger=AnalysisWindowTrigger(progress=progress.to_dict(), window_s=float(window)),
+            trigger=AnalysisWindowTrigger(progress=progress.to_dict(), window_s=float(window),
+                                          gateway_url=self._gateway, spec=spec.to_dict()),
             method_name=self.execute_complete.__name__,
             timeout=timedelta(seconds=window * 3 + 300),  # a triggerer outage must not stall the rollout forever
         )
@@ -154,7 +200,7 @@ class CanaryRolloutOperator(BaseOperator):
 
     # -- Airflow entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped
+        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped, RolloutUndecided
 
         version = str(self.version).strip()
         if not version or version in ("None", "null"):
@@ -174,13 +220,15 @@ class CanaryRolloutOperator(BaseOperator):
             return self._step(rollout, progress)
         except (RolloutStopped, RolloutAborted) as exc:
             raise AirflowFailException(str(exc)) from None
+        except RolloutUndecided as exc:
+            raise AirflowSkipException(str(exc)) from None
 
     def execute_complete(self, context: Context, event: Any = None, progress: dict[str, Any] | None = None
                          ) -> dict[str, Any]:
+        """Resumed after an analysis window: judge it, then defer for the next step or finish."""
         if isinstance(event, dict) and event.get("status") == WindowEvent.ELAPSED.value:
             progress = event.get("progress")
-        """Resumed after an analysis window: judge it, then defer for the next step or finish."""
-        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped
+        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped, RolloutUndecided
 
         if progress is None:
             raise AirflowException("resumed without rollout progress; re-run the canary task")
@@ -194,3 +242,7 @@ class CanaryRolloutOperator(BaseOperator):
             return self._step(rollout, result.progress)
         except (RolloutStopped, RolloutAborted) as exc:
             raise AirflowFailException(str(exc)) from None
+        except RolloutUndecided as exc:
+            # Undecided is not a failure: the task says so and is skipped; the version stays eligible.
+            self.log.warning("%s", exc)
+            raise AirflowSkipException(str(exc)) from None

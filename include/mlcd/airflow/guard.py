@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseNotifier, BaseOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from mlcd.airflow.notifiers import RollbackNotifier
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,6 +39,7 @@ class GuardStatus(str, Enum):
 
     BREACH = "breach"
     HEALTHY = "healthy"
+    UNVERIFIED = "unverified"
     ERROR = "error"
 
 
@@ -48,6 +49,7 @@ class GuardReason(str, Enum):
     CANARY_FAILED = "canary_failed"  # breach of a canary
     CHAMPION_FAILED = "champion_failed"  # breach in the bake period after promotion
     BAKE_COMPLETE = "bake_complete"
+    BAKE_UNVERIFIED = "bake_unverified"  # the bake period saw too little traffic to call the version healthy
     NO_CANARY = "no_canary"
     VERSION_RETIRED = "version_retired"
     SCRAPE_FAILED = "scrape_failed"  # the gateway did not answer several polls in a row
@@ -71,6 +73,8 @@ def _reason_of(result_reason: str, phase: str, decision: str) -> GuardReason:
     """Map a :class:`~mlcd.guard.watch.PollResult` to its event reason."""
     if decision == "breach":
         return GuardReason.CHAMPION_FAILED if phase == "bake" else GuardReason.CANARY_FAILED
+    if decision == "unverified":
+        return GuardReason.BAKE_UNVERIFIED
     head = result_reason.split(":", 1)[0]
     try:
         return GuardReason(head)
@@ -99,6 +103,47 @@ def guard_config(
         grace_s=float(grace_s),
         thresholds=GuardThresholds.from_dict(dict(thresholds or {})),
     )
+
+
+def _checkpoint_path(state: Mapping[str, Any]) -> Any:
+    """``MLCD_HOME/guard/<version>-<started_at>.json``: one guard run's latest state."""
+    from mlcd.settings import get_settings
+
+    key = f"{state.get('version') or 'waiting'}-{float(state.get('started_at') or 0):.3f}"
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in key)
+    return get_settings().home / "guard" / f"{safe}.json"
+
+
+def _save_checkpoint(state: Any) -> None:
+    """Write the guard's state after a poll (atomically); a failed write only costs restart safety."""
+    import os
+    import tempfile
+
+    data = state.to_dict()
+    try:
+        path = _checkpoint_path(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError:  # noqa: PERF203 - best effort by design
+        pass
+
+
+def _newest(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The serialised state, or the checkpoint of the same guard run when it has seen more polls."""
+    data = dict(state)
+    try:
+        path = _checkpoint_path(data)
+        if path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            same = saved.get("started_at") == data.get("started_at") and saved.get("version") == data.get("version")
+            if same and int(saved.get("polls", 0)) > int(data.get("polls", 0)):
+                return dict(saved)
+    except (OSError, ValueError):
+        pass
+    return data
 
 
 class CanaryHealthTrigger(BaseTrigger):
@@ -163,7 +208,7 @@ class CanaryHealthTrigger(BaseTrigger):
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
                                   self.grace_s, self.thresholds)
             guard = Guard(config)
-            state = GuardState.from_dict(self.state) if self.state else None
+            state = GuardState.from_dict(_newest(self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
             while True:
@@ -182,8 +227,13 @@ class CanaryHealthTrigger(BaseTrigger):
                     continue
                 state = result.state
                 self.log.info("guard: %s", result.reason)
+                # serialize() now returns the state after this poll (evidence, samples, looks), and the checkpoint
+                # lets a restarted triggerer continue the same sequential test instead of starting a fresh one.
+                self.state = state.to_dict()
+                _save_checkpoint(state)
                 if result.decision is not Decision.WATCH:
-                    status = GuardStatus.BREACH if result.decision is Decision.BREACH else GuardStatus.HEALTHY
+                    status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED}.get(
+                        result.decision, GuardStatus.HEALTHY)
                     reason = _reason_of(result.reason, state.phase, result.decision.value)
                     yield self._event(status, reason, result.reason, result=result.as_dict())
                     return
@@ -241,13 +291,14 @@ class CanaryHealthSensor(BaseOperator):
     def _thresholds(self) -> dict[str, Any]:
         value = self.thresholds
         if isinstance(value, str):
-            import ast
-
-            # A rendered dict param reads as a Python literal; literal_eval never runs code.
-            value = ast.literal_eval(value) if value.strip() else {}
-        if not isinstance(value, dict):
+            # A dict param arrives natively as a dict; as text it must be JSON.
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise AirflowException(f"guard thresholds must be a JSON object: {exc}") from None
+        if not isinstance(value, Mapping):
             raise AirflowException(f"guard thresholds must be a mapping, got {type(value).__name__}")
-        return value
+        return dict(value)
 
     def _trigger_kwargs(self) -> dict[str, Any]:
         cfg = guard_config(self.gateway_url, self.version, float(self.poll_interval_s), float(self.bake_s),
@@ -294,6 +345,9 @@ class CanaryHealthSensor(BaseOperator):
             return dict(event["result"])
         if reason in (GuardReason.BAKE_COMPLETE, GuardReason.NO_CANARY, GuardReason.VERSION_RETIRED):
             self.log.info("healthy: %s", message)
+            return dict(event["result"])
+        if reason is GuardReason.BAKE_UNVERIFIED:
+            self.log.warning("UNVERIFIED (not rolled back, not verified healthy): %s", message)
             return dict(event["result"])
         if reason is GuardReason.SCRAPE_FAILED:
             raise GuardScrapeError(message)
@@ -379,66 +433,6 @@ def triggering_user(dag_run: Any) -> str:
 
 
 # --- notifier ----------------------------------------------------------------------------------------------
-
-
-class RollbackNotifier(BaseNotifier):
-    """Posts a rollback's reason to a webhook (Connection ``mlcd_alerts``, host = URL), else to the task log.
-
-    The body is ``{"text": message, "source": "mlcd"}`` (Slack-compatible incoming-webhook shape). Without the
-    Connection (the embedded default) the message goes to the log at WARNING, so it is still where the on-call
-    engineer reads why a run stopped.
-
-    Args:
-        message: the text (templated).
-        conn_id: the Connection holding the URL in ``host`` (``schema`` is used as the scheme when the host has
-            none, ``password`` as a bearer token when set).
-        timeout: seconds for the POST.
-    """
-
-    template_fields: Sequence[str] = ("message", "conn_id")
-
-    def __init__(self, message: str = "", conn_id: str = ALERTS_CONN_ID, timeout: float = 10.0) -> None:
-        super().__init__()
-        self.message = message
-        self.conn_id = conn_id
-        self.timeout = timeout
-
-    def _url(self) -> tuple[str, str | None] | None:
-        from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
-        try:
-            conn = BaseHook.get_connection(self.conn_id)
-        except AirflowNotFoundException:
-            return None
-        host = (conn.host or "").strip()
-        if not host:
-            return None
-        if "://" not in host:
-            host = f"{conn.schema or 'https'}://{host}"
-            if conn.port:
-                scheme_end = host.index("://") + 3
-                slash = host.find("/", scheme_end)
-                host = (f"{host}:{conn.port}" if slash < 0 else f"{host[:slash]}:{conn.port}{host[slash:]}")
-        return host, conn.password or None
-
-    def notify(self, context: Any) -> None:
-        text = str(self.message or "mlcd: rollback (no message)")
-        target = self._url()
-        if target is None:
-            self.log.warning("ALERT (no %s connection, logged only): %s", self.conn_id, text)
-            return
-        url, token = target
-        req = urllib.request.Request(url, data=json.dumps({"text": text, "source": "mlcd"}).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - configured URL
-                self.log.info("alert posted to %s (%s): %s", self.conn_id, resp.status, text)
-        except (urllib.error.URLError, OSError) as exc:
-            # The rollback already happened; a lost alert must not undo or fail it, but must be visible.
-            self.log.error("alert to %s failed (%s); message was: %s", self.conn_id, exc, text)
 
 
 def notify_step(result: Mapping[str, Any], conn_id: str = ALERTS_CONN_ID) -> str:

@@ -1,13 +1,15 @@
 """``MlflowHook``: an Airflow Connection to an MLflow tracking server, turned into clients.
 
-Connection ``mlflow_default`` (type ``http``), e.g. ``AIRFLOW_CONN_MLFLOW_DEFAULT='{"conn_type": "http",
-"host": "mlflow.ml.svc", "port": 5000, "password": "<token>"}'``. ``host`` may carry the scheme
-(``https://mlflow.example.com``); ``extra.tracking_uri`` overrides everything; ``password`` or
-``extra.token`` is a bearer token. Without the Connection the deploy-wide setting
-(``MLFLOW_TRACKING_URI`` / ``MLCD_MLFLOW_URI``) is used, so the embedded default needs no Connection.
+Connection ``mlflow_default`` of type ``mlflow`` (the hook's own type: the UI shows its form and its *Test*
+button reaches :meth:`MlflowHook.test_connection`), e.g. ``AIRFLOW_CONN_MLFLOW_DEFAULT='{"conn_type": "mlflow",
+"host": "mlflow.ml.svc", "port": 5000, "password": "<token>"}'``. A Connection of type ``http`` with the same
+fields keeps working. ``host`` may carry the scheme (``https://mlflow.example.com``); ``extra.tracking_uri``
+overrides everything; ``password`` or ``extra.token`` is a bearer token. Without the Connection the deploy-wide
+setting (``MLFLOW_TRACKING_URI`` / ``MLCD_MLFLOW_URI``) is used, so the embedded default needs no Connection.
 
-The token is handed to the client's requests only; it is never written into ``os.environ`` (MLflow's usual
-``MLFLOW_TRACKING_TOKEN`` would leak it to every later task in the same worker process).
+The token reaches MLflow through MLflow's own request-auth-provider plugin (:mod:`mlcd.mlflow_auth`, entry point
+``mlflow.request_auth_provider: mlcd``): it is kept in this process' memory for that server's URL only, never in
+``os.environ`` (MLflow's usual ``MLFLOW_TRACKING_TOKEN`` would leak it to every later task in the same worker).
 """
 
 from __future__ import annotations
@@ -63,8 +65,32 @@ class MlflowHook(BaseHook):
 
     conn_name_attr = "mlflow_conn_id"
     default_conn_name = "mlflow_default"
-    conn_type = "http"
+    conn_type = "mlflow"
     hook_name = "MLflow"
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra field the Connection form shows for an ``mlflow`` Connection."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget  # type: ignore[import-not-found]
+        from flask_babel import lazy_gettext  # type: ignore[import-not-found]
+        from wtforms import StringField  # type: ignore[import-not-found]
+
+        return {"tracking_uri": StringField(lazy_gettext("Tracking URI"), widget=BS3TextFieldWidget())}
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Which standard fields the form hides, how it names them, and what it suggests."""
+        return {
+            "hidden_fields": ["login", "extra"],
+            "relabeling": {"host": "Host (or URL)", "schema": "Scheme (http or https)", "password": "Token"},
+            "placeholders": {
+                "host": "mlflow.ml.svc or https://mlflow.example.com",
+                "port": "5000",
+                "schema": "http",
+                "password": "bearer token (optional)",
+                "tracking_uri": "overrides host/port/scheme, e.g. http://mlflow.ml.svc:5000",
+            },
+        }
 
     def __init__(self, mlflow_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -73,9 +99,13 @@ class MlflowHook(BaseHook):
 
     @property
     def config(self) -> MlflowConnection:
-        """The resolved connection (read once per hook)."""
+        """The resolved connection (read once per hook); its token is registered with MLflow's auth plugin."""
         if self._config is None:
             self._config = self._resolve()
+            if self._config.token:
+                from mlcd.mlflow_auth import register_token
+
+                register_token(self._config.tracking_uri, self._config.token)
         return self._config
 
     def _resolve(self) -> MlflowConnection:
@@ -89,14 +119,11 @@ class MlflowHook(BaseHook):
         return connection_from_airflow(conn)
 
     def get_conn(self) -> Any:
-        """An ``MlflowClient`` for the server (``MlflowClient(tracking_uri=...)``), token attached if any."""
+        """An ``MlflowClient`` for the server; a token reaches it through the ``mlcd`` request-auth provider."""
         from mlflow import MlflowClient
 
         cfg = self.config
-        client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-        if cfg.token:
-            _attach_token(client, cfg.token)
-        return client
+        return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
 
     def get_registry(self, model_name: str | None = None) -> Any:
         """A :class:`~mlcd.registry.ModelRegistry` on this connection (model from settings by default)."""
@@ -107,29 +134,11 @@ class MlflowHook(BaseHook):
         )
 
     def test_connection(self) -> tuple[bool, str]:
-        """For the Airflow UI's "Test" button: can the server list registered models?"""
+        """For the Airflow UI's "Test" button: can the server list registered models (with the token)?"""
         try:
             self.get_conn().search_registered_models(max_results=1)
-        except Exception as err:  # the UI shows the message
-            return False, str(err).splitlines()[0]
+        except Exception as err:  # noqa: BLE001 - the UI shows the message
+            text = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return False, f"MLflow at {self.config.tracking_uri}: {text}"[:500]
         return True, f"MLflow at {self.config.tracking_uri} answered"
 
-
-def _attach_token(client: Any, token: str) -> None:
-    """Make this client's REST stores send ``Authorization: Bearer <token>``.
-
-    MLflow reads the token from the environment only; wrapping the stores' credential callbacks keeps it
-    inside this client. Relies on the REST stores' ``get_host_creds`` attribute (MLflow 2.x and 3.x).
-    """
-    stores = [client._tracking_client.store, client._get_registry_client().store]
-    for store in stores:
-        original = getattr(store, "get_host_creds", None)
-        if original is None:
-            continue
-
-        def with_token(original: Any = original) -> Any:
-            creds = original()
-            creds.token = token
-            return creds
-
-        store.get_host_creds = with_token

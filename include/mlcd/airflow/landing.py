@@ -1,6 +1,10 @@
 """The data-arrival sensor: a deferrable sensor whose trigger watches the landing zone for unseen batches.
 
-A batch is "unseen" when its content hash is not in the ledger. The sensor records what it found as ``landed``
+A batch is "unseen" when its content hash is not in the ledger. The watcher lists the landing zone by stat only
+(name, size, mtime): a file is considered once it has settled (unchanged for ``MLCD_SETTLE_S``), and its bytes are
+streamed once per size and mtime to hash them (remembered in memory across polls and in the ledger's sightings
+across runs), never re-read on every poll. A file that cannot be read is still reported (under a key made of its
+stat) so that the retrain run quarantines it with its reason. The sensor records what it found as ``landed``
 before it succeeds, so the next watch run waits for the *next* batch instead of firing again; the retrain run it
 starts (through the landing Asset) collects every landed, undecided batch.
 """
@@ -23,26 +27,48 @@ class EventStatus(str, enum.Enum):
     ERROR = "error"
 
 
-def find_unseen_batches(landing_uri: str, ledger_path: str, known: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Batches in the landing zone whose content the ledger has never seen.
+def find_unseen_batches(
+    landing_uri: str,
+    ledger_path: str,
+    known: dict[str, str] | None = None,
+    *,
+    settle_s: float | None = None,
+    max_bytes: int | None = None,
+) -> list[dict[str, Any]]:
+    """Settled batches in the landing zone whose content the ledger has never seen.
 
     Args:
-        known: cache of ``uri|size`` → hash from earlier polls, so unchanged files are not re-hashed.
+        known: cache of ``uri|size|mtime`` → hash from earlier polls, so unchanged files are not re-read.
+        settle_s / max_bytes: default to ``MLCD_SETTLE_S`` / ``MLCD_MAX_BATCH_BYTES``.
     """
-    from mlcd.data.landing import LandingZone, sha256_bytes
+    from mlcd.data.landing import LandingZone, SourceError
     from mlcd.data.ledger import Ledger
+    from mlcd.settings import get_settings
 
+    settings = get_settings()
+    settle_s = settings.settle_s if settle_s is None else settle_s
+    max_bytes = settings.max_batch_bytes if max_bytes is None else max_bytes
     zone = LandingZone(landing_uri)
-    seen = Ledger(ledger_path).known_hashes()
+    ledger = Ledger(ledger_path)
+    seen = ledger.known_hashes()
     known = known if known is not None else {}
     found = []
     for landed in zone.list():
-        key = f"{landed.uri}|{landed.size_bytes}"
-        batch_hash = known.get(key)
+        if not landed.settled(settle_s):
+            continue
+        key = f"{landed.display_uri}|{landed.size_bytes}|{landed.mtime_ns}"
+        batch_hash = known.get(key) or ledger.hash_seen_as(landed.uri, landed.size_bytes, landed.mtime_ns)
         if batch_hash is None:
-            batch_hash = known[key] = sha256_bytes(zone.read(landed))
+            try:
+                batch_hash = zone.sha256(landed, max_bytes)
+                ledger.note_sighting(landed.uri, landed.size_bytes, landed.mtime_ns, batch_hash)
+            except SourceError:
+                batch_hash = landed.stat_key()  # collect gives it the same key and validate quarantines it
+            except Exception:  # noqa: BLE001 - one odd file must not stop the watch for the others
+                batch_hash = landed.stat_key()
+        known[key] = batch_hash
         if batch_hash not in seen:
-            found.append({"batch_hash": batch_hash, "name": landed.name, "uri": landed.uri,
+            found.append({"batch_hash": batch_hash, "name": landed.display_name, "uri": landed.display_uri,
                           "size_bytes": landed.size_bytes})
     return found
 

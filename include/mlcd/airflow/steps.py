@@ -7,6 +7,7 @@ without Airflow. Heavy imports (GX, TensorFlow, MLflow) happen inside the functi
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset
@@ -21,7 +22,12 @@ DEFAULT_ARGS: dict[str, Any] = {
     "owner": "mlcd",
     "retries": 2,
     "retry_exponential_backoff": True,
+    # Every task has a bound; long ones (train, canary, watch) set their own in the DAG file.
+    "execution_timeout": timedelta(minutes=30),
 }
+# The pool the train task runs in (created by `make up` / the demo, see mlcd.embedded.ensure_pools): one
+# training at a time on the embedded default, the GPU nodes' capacity on a cluster.
+TRAINING_POOL = "training"
 
 
 def collect_step() -> list[dict[str, Any]]:
@@ -74,22 +80,111 @@ def evaluate_step(train_result: dict[str, Any], *, force: bool, gate: dict[str, 
 
 
 def register_step(
-    train_result: dict[str, Any], evaluation: dict[str, Any], *, dag_id: str, run_id: str | None
+    train_result: dict[str, Any], evaluation: dict[str, Any], *, dag_id: str, run_id: str | None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Register the challenger once; a rejected verdict fails the run with the verdict as its message."""
+    """Register the challenger once; a rejected verdict fails the run with the verdict as its message.
+
+    ``fingerprint`` (the ``unchanged`` task's) is tagged on the version, rejected or not, so the next run on the
+    same snapshot with the same params can stop before training.
+    """
     from mlcd.registry import GateRejected
     from mlcd.registry.task import register_challenger
     from mlcd.settings import get_settings
 
+    settings = get_settings()
     try:
-        return register_challenger(
+        result = register_challenger(
             train_result,
             evaluation,
             tracking_uri=_mlflow().tracking_uri,
-            model_name=get_settings().model_name,
+            model_name=settings.model_name,
             actor=f"airflow:{dag_id}",
             dag_run_id=run_id,
         )
     except GateRejected as err:
+        _tag_fingerprint(settings.model_name, err.version, fingerprint)
         # The champion is untouched; a retry would judge the same predictions the same way.
         raise AirflowFailException(str(err)) from None
+    _tag_fingerprint(settings.model_name, result["version"], fingerprint)
+    return result
+
+
+# --- skip what is unchanged ---------------------------------------------------------------------------------
+
+# Version tag: which snapshot and training params produced it (see train_fingerprint).
+TAG_TRAIN_FINGERPRINT = "mlcd.train_fingerprint"
+# The params that change what training produces (the gate and rollout params do not).
+TRAINING_PARAMS = ("epochs", "batch_size", "seed", "model", "max_train_samples")
+
+
+def train_fingerprint(snapshot_id: str, params: dict[str, Any]) -> str:
+    """A short digest of the snapshot and the training params (seeded training makes it the same model)."""
+    import hashlib
+    import json
+
+    chosen = {k: params.get(k) for k in TRAINING_PARAMS}
+    blob = json.dumps({"snapshot": snapshot_id, "params": chosen}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _tag_fingerprint(model_name: str, version: str, fingerprint: str | None) -> None:
+    if fingerprint:
+        from mlcd.airflow.hooks import MlflowHook
+
+        MlflowHook().get_conn().set_model_version_tag(model_name, str(version), TAG_TRAIN_FINGERPRINT, fingerprint)
+
+
+def unchanged_step(report: dict[str, Any], params: dict[str, Any], *, force: bool) -> dict[str, Any]:
+    """Stop the run (skip: training and everything after it) when this snapshot was already trained with these
+    params into a registered version; ``force_retrain`` trains anyway.
+
+    Returns:
+        ``{"fingerprint", "snapshot_id"}`` for the register task to tag the new version with.
+    """
+    from mlcd.airflow.hooks import MlflowHook
+    from mlcd.registry.client import TAG_STATE
+    from mlcd.registry.state import RolloutState
+    from mlcd.settings import get_settings
+
+    snapshot_id = str(report.get("snapshot_id") or "")
+    if not snapshot_id:
+        return {"fingerprint": None, "snapshot_id": None}
+    fingerprint = train_fingerprint(snapshot_id, params)
+    out = {"fingerprint": fingerprint, "snapshot_id": snapshot_id}
+    if force:
+        log.info("force_retrain: training snapshot %s again", snapshot_id)
+        return out
+    name = get_settings().model_name
+    client = MlflowHook().get_conn()
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except Exception as exc:  # noqa: BLE001 - a registry without the model yet (first run), or unreachable
+        log.info("no registered versions to compare with (%s): training", str(exc).splitlines()[0][:200])
+        return out
+    same = sorted((v for v in versions if (v.tags or {}).get(TAG_TRAIN_FINGERPRINT) == fingerprint),
+                  key=lambda v: int(v.version))
+    if same:
+        v = same[-1]
+        state = (v.tags or {}).get(TAG_STATE, RolloutState.REGISTERED.value)
+        raise AirflowSkipException(
+            f"unchanged: snapshot {snapshot_id} with the same training params is already version {v.version} "
+            f"({state}); nothing to train. Set force_retrain to train it again."
+        )
+    return out
+
+
+def announce_canary_step(registered: dict[str, Any]) -> dict[str, Any]:
+    """Succeed (so the ``mlcd_canary`` outlet starts ``mlcd_guard``) only for a version that will be a canary.
+
+    A first model bootstrapped straight to champion has no stable version to be compared with: a guard run
+    would only wait out its grace period.
+    """
+    from mlcd.registry.state import RolloutState
+
+    state = registered.get("state")
+    if state != RolloutState.REGISTERED.value:
+        raise AirflowSkipException(
+            f"version {registered.get('version')} is {state} (no canary to watch): mlcd_guard not started"
+        )
+    return {"version": registered.get("version")}

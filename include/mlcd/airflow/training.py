@@ -11,6 +11,7 @@ the kubernetes backend is chosen.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -56,6 +57,12 @@ MLFLOW_URI_TEMPLATE = (
 )
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# The trainer's root filesystem is read-only; everything it writes (Keras/MLflow caches, temp files, the
+# model before upload) goes to this emptyDir, which is also $HOME and $TMPDIR.
+SCRATCH_PATH = "/scratch"
+# The model-signing key (see mlcd.model_io): the trainer signs the digest of the model it logged.
+SIGNING_SECRET = "mlcd-model-signing"
+SIGNING_SECRET_KEY = "key"
 
 
 def mlflow_environment(conn_id: str = MLFLOW_CONN_ID) -> dict[str, str]:
@@ -204,12 +211,16 @@ class TrainerPodConfig:
     """The trainer pod's deploy-wide settings, read from ``MLCD_*`` (see :meth:`from_env`)."""
 
     image: str = "ghcr.io/mlcd/trainer:0.1.0"
-    namespace: str = "mlcd"
+    # Training pods get a namespace of their own: whoever may create pods in a namespace may read its Secrets
+    # (by mounting them), so the serving Secrets stay out of Airflow's reach in `mlcd`.
+    namespace: str = "mlcd-training"
     gpus: int = 1
     node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     cpu_request: str = "2"
+    cpu_limit: str = "8"
     memory_request: str = "8Gi"
     memory_limit: str = "16Gi"
+    scratch_limit: str = "20Gi"
     kubernetes_conn_id: str = "kubernetes_default"
     token_secret: str = "mlflow-credentials"  # Kubernetes Secret with the MLflow token (optional)
     token_secret_key: str = "token"
@@ -218,20 +229,24 @@ class TrainerPodConfig:
 
     @classmethod
     def from_env(cls) -> TrainerPodConfig:
-        """``MLCD_TRAINER_IMAGE``, ``MLCD_K8S_NAMESPACE``, ``MLCD_TRAINER_GPUS``, ``MLCD_TRAINER_NODE_SELECTOR``
-        (JSON or ``k=v,…``), ``MLCD_TRAINER_CPU``, ``MLCD_TRAINER_MEMORY``, ``MLCD_TRAINER_MEMORY_LIMIT``,
+        """``MLCD_TRAINER_IMAGE``, ``MLCD_TRAINER_NAMESPACE``, ``MLCD_TRAINER_GPUS``, ``MLCD_TRAINER_NODE_SELECTOR``
+        (JSON or ``k=v,…``), ``MLCD_TRAINER_CPU``, ``MLCD_TRAINER_CPU_LIMIT``, ``MLCD_TRAINER_MEMORY``,
+        ``MLCD_TRAINER_MEMORY_LIMIT``, ``MLCD_TRAINER_SCRATCH``,
         ``MLCD_K8S_CONN_ID``, ``MLCD_MLFLOW_TOKEN_SECRET``, ``MLCD_TRAINER_POD_TEMPLATE``,
         ``MLCD_TRAINER_SERVICE_ACCOUNT``."""
         d = cls()
         selector = os.environ.get("MLCD_TRAINER_NODE_SELECTOR")
         return cls(
             image=_env("MLCD_TRAINER_IMAGE", d.image),
-            namespace=_env("MLCD_K8S_NAMESPACE", d.namespace),
+            # Not MLCD_K8S_NAMESPACE: that one names serving's namespace (the HTTPRoute router reads it).
+            namespace=_env("MLCD_TRAINER_NAMESPACE", d.namespace),
             gpus=int(_env("MLCD_TRAINER_GPUS", str(d.gpus))),
             node_selector=_parse_node_selector(selector) if selector is not None else d.node_selector,
             cpu_request=_env("MLCD_TRAINER_CPU", d.cpu_request),
+            cpu_limit=_env("MLCD_TRAINER_CPU_LIMIT", d.cpu_limit),
             memory_request=_env("MLCD_TRAINER_MEMORY", d.memory_request),
             memory_limit=_env("MLCD_TRAINER_MEMORY_LIMIT", d.memory_limit),
+            scratch_limit=_env("MLCD_TRAINER_SCRATCH", d.scratch_limit),
             kubernetes_conn_id=_env("MLCD_K8S_CONN_ID", d.kubernetes_conn_id),
             token_secret=_env("MLCD_MLFLOW_TOKEN_SECRET", d.token_secret),
             pod_template_file=os.environ.get("MLCD_TRAINER_POD_TEMPLATE") or None,
@@ -239,17 +254,68 @@ class TrainerPodConfig:
         )
 
 
+@functools.cache
+def trainer_pod_operator_class() -> type[BaseOperator]:
+    """``KubernetesPodOperator`` that reads the trainer's result from the pod log instead of an XCom sidecar.
+
+    The sidecar is read with ``pods/exec``, and whoever may exec into pods may read every Secret mounted in
+    them; the trainer already prints its result as the last ``MLCD_TRAIN_RESULT`` line, which ``pods/log``
+    (needed for the task log anyway) returns. Built on first use so parsing a DAG never imports the provider.
+    """
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.cncf.kubernetes.utils.container import container_is_succeeded
+
+    class TrainerPodOperator(KubernetesPodOperator):  # type: ignore[misc]
+        _train_result: dict[str, Any] | None = None
+
+        def post_complete_action(self, *, pod: Any, remote_pod: Any, context: Any, result: Any, **kwargs: Any) -> None:
+            # Read before the parent deletes a succeeded pod (on_finish_action=delete_succeeded_pod).
+            if self._train_result is None and remote_pod is not None and container_is_succeeded(
+                    remote_pod, self.base_container_name):
+                self._train_result = self.read_result(remote_pod)
+            super().post_complete_action(pod=pod, remote_pod=remote_pod, context=context, result=result, **kwargs)
+
+        def read_result(self, pod: Any) -> dict[str, Any] | None:
+            logs = self.pod_manager.read_pod_logs(pod, self.base_container_name, tail_lines=500, follow=False)
+            lines = [raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw) for raw in logs]
+            try:
+                return parse_result(lines)
+            except ValueError as err:
+                self.log.error("%s", err)
+                return None
+
+        def _result(self) -> dict[str, Any]:
+            if self._train_result is None:
+                raise AirflowException("the trainer pod succeeded but its log holds no MLCD_TRAIN_RESULT line")
+            self.log.info("Trained: run %s, val_accuracy %.4f", self._train_result["run_id"],
+                          float(self._train_result["val_accuracy"]))
+            return self._train_result
+
+        def execute_sync(self, context: Any) -> dict[str, Any]:
+            super().execute_sync(context)
+            return self._result()
+
+        def trigger_reentry(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+            super().trigger_reentry(context, event)  # defers again (raises) while the pod still runs
+            return self._result()
+
+    return TrainerPodOperator
+
+
 def make_pod_operator(
     task_id: str, arguments: list[str], config: TrainerPodConfig | None = None, **overrides: Any
 ) -> BaseOperator:
-    """A deferrable KubernetesPodOperator running the trainer on a GPU node."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    """A deferrable pod operator running the trainer on a GPU node, under the ``restricted`` Pod Security level.
+
+    Non-root, every capability dropped, no privilege escalation, seccomp ``RuntimeDefault``, read-only root
+    filesystem with an emptyDir scratch as ``$HOME`` and ``$TMPDIR``, CPU and memory limits, no API token.
+    """
     from kubernetes.client import models as k8s
 
     cfg = config or TrainerPodConfig.from_env()
     command = trainer_command("python", arguments)
     requests = {"cpu": cfg.cpu_request, "memory": cfg.memory_request}
-    limits = {"memory": cfg.memory_limit}
+    limits = {"cpu": cfg.cpu_limit, "memory": cfg.memory_limit}
     if cfg.gpus > 0:
         # Extended resources are requested through limits (the request defaults to the limit).
         limits[GPU_RESOURCE] = str(cfg.gpus)
@@ -263,9 +329,20 @@ def make_pod_operator(
                 )
             ),
         ),
+        k8s.V1EnvVar(
+            name="MLCD_MODEL_SIGNING_KEY",
+            value_from=k8s.V1EnvVarSource(
+                secret_key_ref=k8s.V1SecretKeySelector(
+                    name=SIGNING_SECRET, key=SIGNING_SECRET_KEY, optional=True  # digest only without one
+                )
+            ),
+        ),
+        k8s.V1EnvVar(name="HOME", value=SCRATCH_PATH),  # Keras and MLflow write caches under $HOME
+        k8s.V1EnvVar(name="TMPDIR", value=SCRATCH_PATH),
         k8s.V1EnvVar(name="TF_CPP_MIN_LOG_LEVEL", value="2"),
         k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
     ]
+    seccomp = k8s.V1SeccompProfile(type="RuntimeDefault")
     kwargs: dict[str, Any] = {
         "task_id": task_id,
         "name": "mlcd-train",
@@ -280,8 +357,22 @@ def make_pod_operator(
         "labels": {"app.kubernetes.io/name": "mlcd-trainer", "app.kubernetes.io/part-of": "mlcd"},
         "kubernetes_conn_id": cfg.kubernetes_conn_id,
         "service_account_name": cfg.service_account,
+        "automount_service_account_token": False,  # the trainer talks to MLflow, never to the Kubernetes API
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True, run_as_user=1000, run_as_group=1000, fs_group=1000, seccomp_profile=seccomp
+        ),
+        "container_security_context": k8s.V1SecurityContext(
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+            seccomp_profile=seccomp,
+        ),
+        "volumes": [k8s.V1Volume(name="scratch", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=cfg.scratch_limit))],
+        "volume_mounts": [k8s.V1VolumeMount(name="scratch", mount_path=SCRATCH_PATH)],
         "pod_template_file": cfg.pod_template_file,
-        "do_xcom_push": True,
+        # The result comes from the pod log (pods/log), not from an XCom sidecar read with pods/exec.
+        "do_xcom_push": False,
         "deferrable": True,
         "logging_interval": 60,  # the deferred task wakes to copy pod logs, so epochs show up while it runs
         "get_logs": True,
@@ -294,7 +385,7 @@ def make_pod_operator(
         "max_retry_delay": timedelta(minutes=30),
     }
     kwargs.update(overrides)
-    return KubernetesPodOperator(**kwargs)
+    return trainer_pod_operator_class()(**kwargs)
 
 
 def make_train_task(
@@ -324,7 +415,7 @@ def make_train_task(
         overrides: passed to the operator (``retries``, ``pool``, ``image``…).
 
     Returns:
-        A ``KubernetesPodOperator`` or a :class:`LocalTrainOperator`.
+        A ``KubernetesPodOperator`` (:func:`trainer_pod_operator_class`) or a :class:`LocalTrainOperator`.
     """
     arguments = train_arguments(
         snapshot,

@@ -1,4 +1,4 @@
-"""Data commands: ``mlcd validate``, ``mlcd land``, ``mlcd batches``, ``mlcd sample-batches``."""
+"""Data commands: ``mlcd validate``, ``mlcd intake``, ``mlcd land``, ``mlcd batches``, ``mlcd sample-batches``."""
 
 from __future__ import annotations
 
@@ -18,27 +18,67 @@ _FILES = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 @click.argument("files", nargs=-1, required=True, type=_FILES)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file instead of text.")
 def validate_command(files: tuple[Path, ...], as_json: bool) -> None:
-    """Check batch FILES against the expectation suite; exit 1 if any fails. Files are only read."""
-    from mlcd.data.intake import judge_bytes
+    """Check batch FILES against the expectation suite; exit 1 if any fails. Files are only read.
+
+    Each file is decoded within the configured limits (MLCD_MAX_*), streamed from disk: memory stays bounded by
+    the batch limit whatever the file declares.
+    """
+    from mlcd.data.intake import judge
+    from mlcd.files import printable_name
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     settings = get_settings()
     failed = 0
     for path in files:
+        shown = printable_name(str(path))
         try:
-            data = path.read_bytes()
-        except OSError as err:
-            passed, reason, n_images = False, f"cannot read: {err.strerror or err}", 0
-        else:
-            passed, reason, _details, n_images = judge_bytes(data, path.name, settings)
+            passed, reason, _details, n_images = judge(path, shown, settings)
+        except Exception as err:  # noqa: BLE001 - one file's failure is its line, the others are still checked
+            passed, reason, n_images = False, f"{type(err).__name__}: {printable_name(' '.join(str(err).split()))}", 0
         failed += not passed
         if as_json:
-            click.echo(json.dumps({"file": str(path), "passed": passed, "reason": reason, "n_images": n_images}))
+            click.echo(json.dumps({"file": shown, "passed": passed, "reason": reason, "n_images": n_images}))
         elif passed:
-            click.echo(f"PASS {path} ({n_images} images)")
+            click.echo(f"PASS {shown} ({n_images} images)")
         else:
-            click.echo(f"FAIL {path}: {reason}")
+            click.echo(f"FAIL {shown}: {reason}")
     sys.exit(1 if failed else 0)
+
+
+@click.command("intake")
+def intake_command() -> None:
+    """Collect and validate the landing zone now, in the foreground, as mlcd_retrain's collect and validate do.
+
+    One line per file (accepted, quarantined, left, settling, already judged) and the snapshot; exit 1 if any
+    batch was quarantined, 0 otherwise (also when there was nothing new).
+    """
+    from mlcd.data.intake import NoTrainingDataError, scan, validate
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    settings = get_settings()
+    seen = scan(settings)
+    for item in seen.known:
+        click.echo(f"known        {item['name']} ({item['batch_hash'][:12]}): judged before")
+    for item in seen.settling:
+        click.echo(f"settling     {item['name']}: {item['reason']}")
+    try:
+        # The ledger and the snapshot end as the DAG's validate leaves them (it snapshots before it stops the run);
+        # allow_partial only keeps the report coming back so every line can be printed.
+        report = validate(seen.pending, settings, run_id="mlcd-intake", allow_partial=True)
+    except NoTrainingDataError as err:
+        # Nothing accepted ever: say so; the lines above still say what happened to each file.
+        from mlcd.data.ledger import QUARANTINED, Ledger
+
+        ledger = Ledger(settings.ledger_path)
+        quarantined = [ledger.get(item["batch_hash"]) for item in seen.pending]
+        for record in quarantined:
+            if record is not None and record.state == QUARANTINED:
+                click.echo(f"quarantined  {record.name} ({record.batch_hash[:12]}): {record.reason}")
+        click.echo(f"no snapshot: {err}")
+        sys.exit(1 if any(r is not None and r.state == QUARANTINED for r in quarantined) else 0)
+    for line in report.summary_lines():
+        click.echo(line)
+    sys.exit(1 if report.quarantined else 0)
 
 
 @click.command("land")
@@ -86,5 +126,5 @@ def sample_batches_command(out: Path, sizes: str, seed: int) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (validate_command, land_command, batches_command, sample_batches_command):
+    for command in (validate_command, intake_command, land_command, batches_command, sample_batches_command):
         group.add_command(command)

@@ -1,7 +1,10 @@
-"""``mlcd rollback``, ``mlcd promote``, ``mlcd pause`` and ``mlcd resume``: the on-call engineer's manual controls.
+"""``mlcd rollback``, ``mlcd promote``, ``mlcd pause``, ``mlcd resume`` and ``mlcd watch``: the on-call engineer's
+controls.
 
 Each move is recorded in the version's rollout record with who asked (``cli:<login>``). A rollback routes all
-traffic to stable first, then moves the aliases back. Errors are one line on stderr with exit code 1 (2 for usage).
+traffic to stable first, then moves the aliases back. ``mlcd watch`` is the guard in the foreground (the same
+analysis engine as ``mlcd_guard`` and every canary step): one line of evidence per poll; exit 0 healthy, 3 rolled
+back, 4 unverified or undecided. Errors are one line on stderr with exit code 1 (2 for usage).
 """
 
 from __future__ import annotations
@@ -115,6 +118,99 @@ def resume_command(version: str | None, reason: str, tracking_uri: str | None, m
     _echo(out, as_json, f"canary {out['version']} resumed")
 
 
+EXIT_HEALTHY, EXIT_ROLLED_BACK, EXIT_UNVERIFIED = 0, 3, 4
+
+
+def _poll_line(result: Any, started: float) -> str:
+    """One poll's evidence: phase, outcome, and each check's p-value and effect."""
+    import time
+
+    v = result.verdict
+    head = f"[{time.time() - started:6.1f}s] {result.state.phase:<8} look {result.state.look:<3} {result.decision.value}"
+    if v is None:
+        return f"{head}: {result.reason}"
+    checks = "; ".join(
+        f"{c.name} {c.outcome.value} (p={c.p_value:.3g}, effect {c.effect:.3g})" if c.effect is not None
+        else f"{c.name} {c.outcome.value}" for c in v.checks)
+    return f"{head}: canary {v.canary['requests']} req vs stable {v.stable['requests']}; {checks}"
+
+
+@click.command("watch")
+@click.option("--version", default=None, help="Version to watch [default: the first canary the gateway serves].")
+@click.option("--gateway-url", default=None, help="Gateway whose /metrics is read (default: MLCD_GATEWAY_URL).")
+@click.option("--poll-interval", type=float, default=2.0, show_default=True, help="Seconds between polls.")
+@click.option("--bake", "bake_s", type=float, default=None, help="Seconds to watch after promotion "
+              "[default: MLCD_GUARD_BAKE_S or 300].")
+@click.option("--grace", "grace_s", type=float, default=300.0, show_default=True,
+              help="Give up (healthy, nothing to watch) when no canary is served within this many seconds.")
+@click.option("--timeout", "timeout_s", type=float, default=3600.0, show_default=True,
+              help="Stop undecided (exit 4) after this many seconds.")
+@click.option("--thresholds", default=None, help='Engine overrides as JSON, e.g. \'{"alpha": 0.001}\'.')
+@click.option("--dry-run", is_flag=True, help="On a breach, report it (exit 3) without rolling back.")
+@click.option("--tracking-uri", default=None, help="MLflow server for the rollback (default: MLFLOW_TRACKING_URI).")
+@click.option("--model-name", default=None, help="Registered model (default: MLCD_MODEL_NAME).")
+@click.option("--json", "as_json", is_flag=True, help="Print each poll and the outcome as JSON lines.")
+def watch_command(version: str | None, gateway_url: str | None, poll_interval: float, bake_s: float | None,
+                  grace_s: float, timeout_s: float, thresholds: str | None, dry_run: bool, tracking_uri: str | None,
+                  model_name: str | None, as_json: bool) -> None:
+    """Watch a canary (and its bake period) in the foreground; roll it back on a breach.
+
+    Exit 0 healthy, 3 rolled back (or would be, with --dry-run), 4 unverified or still undecided at --timeout.
+    """
+    import os
+    import time
+
+    from mlcd.guard.judge import GuardThresholds
+    from mlcd.guard.watch import Decision, Guard, GuardConfig, watch
+
+    s = get_settings()
+    try:
+        overrides = json.loads(thresholds) if thresholds else {}
+        if not isinstance(overrides, dict):
+            raise ValueError("--thresholds must be a JSON object")
+        bake = bake_s if bake_s is not None else float(os.environ.get("MLCD_GUARD_BAKE_S", "300"))
+        config = GuardConfig(gateway_url or s.gateway_url, version, poll_interval, bake, grace_s,
+                             GuardThresholds.from_dict(overrides))
+    except ValueError as err:
+        _fail(err)
+    started = time.time()
+
+    def show(result: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({"poll": result.as_dict()}))
+        else:
+            click.echo(_poll_line(result, started))
+
+    try:
+        result = watch(Guard(config), timeout_s=timeout_s, on_poll=show)
+    except TimeoutError as err:
+        click.echo(f"undecided: {err}")
+        raise SystemExit(EXIT_UNVERIFIED) from None
+    except OSError as err:
+        _fail(err)
+    if result.decision is Decision.BREACH:
+        if dry_run:
+            click.echo(f"BREACH (dry run, nothing moved): {result.reason}")
+            raise SystemExit(EXIT_ROLLED_BACK)
+        from mlcd.guard.watch import rollback
+        from mlcd.registry import ModelRegistry, RegistryError
+        from mlcd.rollout.router import RouterError, router_from_settings
+
+        try:
+            registry = ModelRegistry(tracking_uri or s.tracking_uri, model_name or s.model_name)
+            out = rollback(registry, router_from_settings(config.gateway_url), str(result.state.version),
+                           f"mlcd watch: {result.reason}", result.as_dict(), _actor())
+        except (RegistryError, RouterError, ValueError, OSError) as err:
+            _fail(err)
+        click.echo(f"version {out.version} rolled back; traffic on version {out.restored}. Reason: {result.reason}")
+        raise SystemExit(EXIT_ROLLED_BACK)
+    if result.decision is Decision.UNVERIFIED:
+        click.echo(f"unverified: {result.reason}")
+        raise SystemExit(EXIT_UNVERIFIED)
+    click.echo(f"healthy: {result.reason}")
+    raise SystemExit(EXIT_HEALTHY)
+
+
 def register(group: click.Group) -> None:
-    for command in (rollback_command, promote_command, pause_command, resume_command):
+    for command in (rollback_command, promote_command, pause_command, resume_command, watch_command):
         group.add_command(command)

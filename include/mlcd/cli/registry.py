@@ -1,4 +1,4 @@
-"""``mlcd status`` and ``mlcd history``: the registry's aliases, versions and rollout record, for people."""
+"""``mlcd status``, ``mlcd history`` and ``mlcd reconcile``: the registry's aliases, versions and rollout record."""
 
 from __future__ import annotations
 
@@ -94,10 +94,14 @@ def status_command(tracking_uri: str | None, model_name: str | None, as_json: bo
                 ],
             )
         )
-    if not status["consistent"]:
+    if status["problems"]:
         click.echo("\nWARNING: aliases and rollout records disagree:")
         for problem in status["problems"]:
             click.echo(f"  - {problem}")
+    if status.get("violations"):
+        click.echo("\nVIOLATIONS (repair with `mlcd reconcile`):")
+        for v in status["violations"]:
+            click.echo(f"  - {v['violation']}: {v['message']}")
 
 
 @click.command("history")
@@ -124,7 +128,9 @@ def history_command(
         click.echo(json.dumps({"aliases": intervals, "entries": entries}, indent=2))
         return
     click.echo(f"model {registry.model_name} at {registry.tracking_uri}\n")
-    champions = [iv for iv in intervals if iv["alias"] == "champion"]
+    from mlcd.registry.tags import Alias
+
+    champions = [iv for iv in intervals if iv["alias"] == Alias.CHAMPION]
     click.echo("champion timeline")
     if champions:
         click.echo(
@@ -135,7 +141,7 @@ def history_command(
         )
     else:
         click.echo("no champion yet")
-    others = [iv for iv in intervals if iv["alias"] != "champion"]
+    others = [iv for iv in intervals if iv["alias"] != Alias.CHAMPION]
     if others:
         click.echo("\nother aliases")
         click.echo(
@@ -156,6 +162,51 @@ def history_command(
     click.echo(_table(["TIME", "VERSION", "CHANGE", "BY", "DAG RUN", "REASON"], rows))
 
 
+@click.command("reconcile")
+@_with_common
+@click.option("--dry-run", is_flag=True, help="Only list the violations; change nothing.")
+@click.option("--retries", type=int, default=3, show_default=True,
+              help="Attempts while MLflow is unavailable (a few seconds apart).")
+def reconcile_command(
+    tracking_uri: str | None, model_name: str | None, as_json: bool, dry_run: bool, retries: int
+) -> None:
+    """Repair the registry's invariants: one champion, never on a rolled-back version, previous as history says.
+
+    Idempotent: on a consistent registry it changes nothing. Each repair is printed with its reason and recorded
+    on the version (a ``reconciled`` history event and ``mlcd.reconciled`` tags). MLflow calls give up within
+    seconds; while MLflow is down it retries ``--retries`` times, then exits 1 (run it again later).
+    """
+    import time
+
+    from mlcd.registry import RegistryError, RegistryUnavailableError
+    from mlcd.registry.retries import bounded_mlflow_retries
+
+    result: dict[str, Any] = {}
+    for attempt in range(max(1, retries)):
+        try:
+            with bounded_mlflow_retries():
+                result = _registry(tracking_uri, model_name).reconcile(dry_run=dry_run)
+            break
+        except RegistryUnavailableError as err:
+            if attempt + 1 >= max(1, retries):
+                _fail(err)
+            time.sleep(2.0)
+        except (RegistryError, ValueError) as err:
+            _fail(err)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for repair in result["repairs"]:
+            click.echo(f"repaired {repair['line']}")
+        for left in result["left"]:
+            click.echo(f"{'violation' if dry_run else 'left for a person'}: {left['violation']}: {left['message']}")
+        if not result["repairs"] and not result["left"]:
+            click.echo("consistent: nothing to repair")
+    if result["left"] and not dry_run:
+        raise SystemExit(1)
+
+
 def register(group: click.Group) -> None:
     group.add_command(status_command)
     group.add_command(history_command)
+    group.add_command(reconcile_command)

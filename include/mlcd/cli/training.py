@@ -16,7 +16,7 @@ import click
 @click.option("--dag-run-id", default=None, help="Record the run as part of this Airflow DAG run.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Cap on training images.")
-@click.option("--model", default=None, help="'cnn' (default) or 'package.module:factory'.")
+@click.option("--model", default=None, help="'cnn' (default), 'mlcd.training.faulty:BlindModel' or an 'mlcd.models' entry point.")
 def train_command(
     snapshot: str,
     epochs: int,

@@ -1,5 +1,9 @@
 """The batch ledger: one row per landed batch, keyed by content hash, with its state and the reason for it.
 
+Names and URIs are stored as printable text (:func:`mlcd.files.printable_name`): a landed file's name may hold
+bytes that are not UTF-8, which SQLite would refuse. The ``sightings`` table remembers which content hash a file
+had at a given size and mtime, so the landing watcher and ``collect`` list by stat and read a file only once.
+
 States: ``landed`` (seen, not yet judged) → ``accepted`` or ``quarantined``. A decision is recorded once; a re-run
 that judges the same bytes again finds the row and converges instead of adding another. SQLite keeps it atomic
 across the watcher, the retrain run and the CLI.
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from mlcd.files import printable_name
 
 LANDED = "landed"
 ACCEPTED = "accepted"
@@ -35,7 +41,15 @@ CREATE TABLE IF NOT EXISTS batches (
     first_seen   TEXT NOT NULL,
     decided_at   TEXT,
     run_id       TEXT
-)
+);
+CREATE TABLE IF NOT EXISTS sightings (
+    source_uri   TEXT NOT NULL,
+    size_bytes   INTEGER NOT NULL,
+    mtime_ns     INTEGER NOT NULL,
+    batch_hash   TEXT NOT NULL,
+    noted_at     TEXT NOT NULL,
+    PRIMARY KEY (source_uri, size_bytes, mtime_ns)
+);
 """
 
 
@@ -69,7 +83,7 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
-            conn.execute(_SCHEMA)
+            conn.executescript(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -87,7 +101,7 @@ class Ledger:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO batches (batch_hash, name, source_uri, size_bytes, state, first_seen) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (batch_hash, name, source_uri, size_bytes, LANDED, _now()),
+                (batch_hash, printable_name(name), printable_name(source_uri), size_bytes, LANDED, _now()),
             )
             return cur.rowcount == 1
 
@@ -138,6 +152,28 @@ class Ledger:
         with self._connect() as conn:
             rows = conn.execute(query + " ORDER BY first_seen, batch_hash", args).fetchall()
         return [_record(row) for row in rows]
+
+    def hash_seen_as(self, source_uri: str, size_bytes: int, mtime_ns: int) -> str | None:
+        """The content hash noted for this file at this size and mtime, if it was read before."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT batch_hash FROM sightings WHERE source_uri=? AND size_bytes=? AND mtime_ns=?",
+                (printable_name(source_uri), size_bytes, mtime_ns),
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def note_sighting(self, source_uri: str, size_bytes: int, mtime_ns: int, batch_hash: str) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO sightings (source_uri, size_bytes, mtime_ns, batch_hash, noted_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (printable_name(source_uri), size_bytes, mtime_ns, batch_hash, _now()),
+            )
+
+    def forget_sightings(self, source_uri: str) -> None:
+        """Drop what was noted for a file (its content changed without its stat showing it): read it again."""
+        with self._connect() as conn:
+            conn.execute("DELETE FROM sightings WHERE source_uri=?", (printable_name(source_uri),))
 
     def known_hashes(self) -> set[str]:
         with self._connect() as conn:

@@ -8,6 +8,11 @@ Layout of a snapshot folder ``<snapshots>/<snapshot_id>/``::
 
     train.npz  val.npz  test.npz   # x: uint8 N×28×28, y: int64 N
     manifest.json                  # snapshot_id, batches, counts, split fractions
+
+Publishing is crash-safe: the folder is written under a staging name (``.<id>.<host>.<pid>.staging``), every file
+and the folder itself are fsynced, and only then is it renamed into place (and the parent fsynced). Any failure
+(a full disk, an interrupt) removes the staging folder; a writer killed outright leaves one behind, which the next
+build removes once its process is gone. A re-run builds the same id again and converges.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,8 @@ from typing import Literal
 
 import numpy as np
 
-from mlcd.data.batch import load_batch
+from mlcd.data.batch import UNLIMITED, load_batch
+from mlcd.files import clean_stale_staging, fsync_dir, staging_tag
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -31,6 +37,7 @@ SPLIT_VERSION = "blake2b-bucket-v1"  # change only with a migration: it decides 
 BUCKETS = 1000
 TRAIN_BUCKETS = 800  # [0, 800) train
 VAL_BUCKETS = 100  # [800, 900) validation, [900, 1000) test
+STAGING_MARKER = ".staging"
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,9 @@ def build_snapshot(batch_files: dict[str, str | Path], snapshots_dir: str | Path
         return read_snapshot(final)
     xs, ys = [], []
     for batch_hash in sorted(batch_files):
-        batch = load_batch(batch_files[batch_hash])
+        # mlcd's own accepted copies, checked within the limits when they were accepted: a limit lowered since
+        # must not make older training data unreadable.
+        batch = load_batch(batch_files[batch_hash], UNLIMITED)
         xs.append(batch.x.astype(np.uint8, copy=False))
         ys.append(batch.y.astype(np.int64))
     return write_snapshot(np.concatenate(xs), np.concatenate(ys), root, snapshot_id, tuple(sorted(batch_files)))
@@ -98,29 +107,44 @@ def write_snapshot(
     root = Path(snapshots_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / snapshot_id
-    staging = Path(tempfile.mkdtemp(prefix=f".{snapshot_id}-", dir=root))
-    codes = split_of(x)
-    counts: dict[str, int] = {}
-    for code, split in enumerate(SPLITS):
-        mask = codes == code
-        counts[split] = int(mask.sum())
-        # Plain writes: the whole staging folder becomes visible at once by the rename below.
-        with open(staging / f"{split}.npz", "wb") as fh:
-            np.savez(fh, x=x[mask], y=y[mask])
-    manifest = {
-        "snapshot_id": snapshot_id,
-        "batches": list(batches),
-        "counts": counts,
-        "split": {"rule": SPLIT_VERSION, "train": TRAIN_BUCKETS / BUCKETS, "val": VAL_BUCKETS / BUCKETS},
-    }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    clean_stale_staging(root, STAGING_MARKER)
+    if (final / "manifest.json").exists():
+        return read_snapshot(final)
+    staging = root / f".{snapshot_id}.{staging_tag()}{STAGING_MARKER}"
     try:
-        os.replace(staging, final)
-    except OSError:
-        # Another run built the same snapshot first: same id means same content.
-        import shutil
-
+        staging.mkdir()
+        codes = split_of(x)
+        counts: dict[str, int] = {}
+        for code, split in enumerate(SPLITS):
+            mask = codes == code
+            counts[split] = int(mask.sum())
+            with open(staging / f"{split}.npz", "wb") as fh:
+                np.savez(fh, x=x[mask], y=y[mask])
+                fh.flush()
+                os.fsync(fh.fileno())
+        manifest = {
+            "snapshot_id": snapshot_id,
+            "batches": list(batches),
+            "counts": counts,
+            "split": {"rule": SPLIT_VERSION, "train": TRAIN_BUCKETS / BUCKETS, "val": VAL_BUCKETS / BUCKETS},
+        }
+        # The manifest is written last: a folder with one is complete.
+        with open(staging / "manifest.json", "w") as fh:
+            fh.write(json.dumps(manifest, indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(staging)
+        try:
+            os.replace(staging, final)
+        except OSError:
+            # Another run published the same id first: same id means same content.
+            if not (final / "manifest.json").exists():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+        fsync_dir(root)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
     return read_snapshot(final)
 
 
@@ -148,5 +172,5 @@ def load_split(snapshot_dir: str | Path, split: Split) -> tuple[np.ndarray, np.n
     """``(x uint8 N×28×28, y int64 N)`` of one split of a snapshot."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    batch = load_batch(Path(snapshot_dir) / f"{split}.npz")
+    batch = load_batch(Path(snapshot_dir) / f"{split}.npz", UNLIMITED)
     return batch.x.astype(np.uint8, copy=False), batch.y.astype(np.int64)

@@ -111,6 +111,10 @@ def evaluate_challenger(
         "champion"}, "p_value", "p_value_exact", "p_value_mid", "b", "c", "checks", "first_model", "forced",
         "gate_passed", "champion_version", "champion_model_uri", "challenger_model_uri", "run_id",
         "snapshot_path", "n_test", "golden", "config"}`` — JSON types only.
+
+    Raises:
+        ArtifactIntegrityError: the challenger's or the champion's artifact is not the one its training run
+            sealed (see :func:`mlcd.model_io.load_predictor`): nothing is judged, the task fails with that line.
     """
     from mlcd.data.snapshot import load_split
     from mlcd.model_io import load_predictor

@@ -6,6 +6,12 @@ wrong). Under "no difference" each discordant example is a fair coin, so ``min(b
 The exact test is conservative for small counts; the mid-p variant (Fagerland et al., 2013) keeps the size
 close to alpha and is what the gate decides on by default. Both are reported.
 
+Promotion is a *non-inferiority* decision: the challenger passes only when the upper confidence bound of its
+paired accuracy loss, ``(b - c) / N``, is below a stated margin (default 0.2 accuracy points). Conditional on the
+``b + c`` discordant pairs, ``b`` is binomial, so the bound is ``(b + c) / N × (2 θ_U − 1)`` with ``θ_U`` the
+one-sided ``1 − alpha`` Clopper-Pearson bound (``scipy.stats.binomtest(...).proportion_ci``). A challenger that
+is merely "not significantly worse" on a small test set no longer passes: too few examples give a wide bound.
+
 The gate fails closed: a challenger passes only when every check passes. ``force`` passes it anyway and
 says so in the reasons, keeping what the gate would have decided.
 """
@@ -33,7 +39,9 @@ class GateConfig:
         class_recall_floor: optional absolute floor on every class's recall (catches a collapsed class
             even for the first model); ``None`` turns it off.
         require_improvement: pass only when the challenger is *significantly better* than the champion.
-        mid_p: decide on the mid-p McNemar value (else on the exact one).
+        mid_p: report (and decide ``require_improvement`` on) the mid-p McNemar value (else the exact one).
+        non_inferiority_margin: the largest paired accuracy loss tolerated, as a fraction (0.002 = 0.2 points);
+            the upper ``1 - alpha`` confidence bound of the loss must be below it.
     """
 
     accuracy_floor: float = 0.90
@@ -43,6 +51,7 @@ class GateConfig:
     class_recall_floor: float | None = None
     require_improvement: bool = False
     mid_p: bool = True
+    non_inferiority_margin: float = 0.002
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.accuracy_floor <= 1.0:
@@ -53,6 +62,8 @@ class GateConfig:
             raise ValueError(f"max_class_recall_drop must be in [0, 1], got {self.max_class_recall_drop}")
         if self.min_class_support < 0:
             raise ValueError(f"min_class_support must be >= 0, got {self.min_class_support}")
+        if not 0.0 < self.non_inferiority_margin <= 1.0:
+            raise ValueError(f"non_inferiority_margin must be in (0, 1], got {self.non_inferiority_margin}")
         if self.class_recall_floor is not None and not 0.0 <= self.class_recall_floor <= 1.0:
             raise ValueError(f"class_recall_floor must be in [0, 1], got {self.class_recall_floor}")
 
@@ -150,6 +161,23 @@ def mcnemar_counts(b: int, c: int) -> McNemarResult:
     return McNemarResult(b=b, c=c, p_exact=p_exact, p_mid=p_mid)
 
 
+def loss_upper_bound(b: int, c: int, n: int, alpha: float) -> float:
+    """One-sided ``1 - alpha`` upper bound of the paired accuracy loss ``(b - c) / n`` (champion minus challenger).
+
+    Conditional on the ``b + c`` discordant pairs, ``b`` ~ binomial(b + c, θ) and the loss is
+    ``(b + c) (2 θ - 1) / n``; θ's bound is Clopper-Pearson (exact), from scipy.
+    """
+    if n <= 0:
+        raise ValueError("n must be > 0")
+    d = b + c
+    if d == 0:
+        return 0.0
+    from scipy.stats import binomtest
+
+    theta_u = float(binomtest(b, d).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").high)
+    return d * (2 * theta_u - 1) / n
+
+
 def judge(
     challenger_pred: np.ndarray,
     champion_pred: np.ndarray | None,
@@ -225,9 +253,13 @@ def judge(
             f"discordant pairs: {result.b} challenger-only errors, {result.c} champion-only errors; "
             f"McNemar {kind} p={p:.3g}, alpha={cfg.alpha}"
         )
-        regression = result.b > result.c and p < cfg.alpha
-        check("no_significant_regression", not regression, ("significant regression: " if regression else "")
-              + paired)
+        bound = loss_upper_bound(result.b, result.c, int(y_true.size), cfg.alpha)
+        inferior = not bound < cfg.non_inferiority_margin
+        check("non_inferiority", not inferior,
+              f"accuracy loss upper {1 - cfg.alpha:.0%} bound {bound * 100:+.3f} points "
+              f"{'>=' if inferior else '<'} margin {cfg.non_inferiority_margin * 100:.2f} points"
+              + (" (not shown non-inferior)" if inferior else "") + "; " + paired)
+        metrics["loss_upper_bound"] = bound
         if cfg.require_improvement:
             improved = result.c > result.b and p < cfg.alpha
             check(

@@ -1,4 +1,4 @@
-"""The rollback guard's pure parts: the judge (canary against stable) and input drift against training data.
+"""The rollback guard's pure parts: the analysis engine (canary against stable) and input drift against training data.
 
 Nothing here does I/O or imports Airflow; scipy is imported inside the judge's functions, so importing
 ``mlcd.guard`` stays cheap for DAG parsing.
@@ -13,13 +13,10 @@ from mlcd.guard.judge import (
     CLASS_DISTRIBUTION,
     ERROR_RATE,
     LATENCY,
+    Analysis,
     CheckResult,
     GuardThresholds,
     GuardVerdict,
-    VariantObservation,
-    judge,
-    latencies_from_histogram,
-    look_alpha,
 )
 
 __all__ = [
@@ -28,6 +25,7 @@ __all__ = [
     "CLASS_DISTRIBUTION",
     "ERROR_RATE",
     "LATENCY",
+    "Analysis",
     "CheckResult",
     "DriftMonitor",
     "DriftReference",
@@ -35,9 +33,5 @@ __all__ = [
     "DriftThresholds",
     "GuardThresholds",
     "GuardVerdict",
-    "VariantObservation",
-    "judge",
-    "latencies_from_histogram",
-    "look_alpha",
     "psi",
 ]

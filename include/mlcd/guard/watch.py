@@ -1,23 +1,25 @@
 """The guard's moving parts without Airflow: one poll of the gateway, and what a rollback does.
 
 A guard run watches one version from the moment it is served as a canary until it is either rolled back, or
-promoted and healthy through a bake period. Each :meth:`Guard.poll` scrapes the gateway's ``/metrics`` once,
-builds cumulative per-variant observations since the guard's baseline, and asks the pure judge
-(:func:`mlcd.guard.judge.judge`) with ``look=k`` (the k-th poll), so the false-alarm rate of the whole run
-stays at or below ``alpha`` however many polls it takes. The decision is one of :class:`Decision`:
+promoted and healthy through a bake period. Each :meth:`Guard.poll` scrapes the gateway's ``/metrics`` once and
+feeds the *interval since the previous poll* (canary and stable, same interval, with the canary weight the
+gateway reports) to the analysis engine (:class:`mlcd.guard.judge.Analysis`), the same engine every canary step
+and ``mlcd watch`` use. The engine's sequential test keeps the false-rollback rate of the whole run below
+``alpha`` however many polls it takes. The decision is one of :class:`Decision`:
 
 * ``watch``: keep polling (no version yet, too little data, or pass/inconclusive so far);
-* ``healthy``: done, nothing to do (bake period over after promotion, no canary within the grace period, or
+* ``healthy``: done (bake period over with enough data and no failure, no canary within the grace period, or
   the version left serving without the guard: the rollout aborted it or a person moved it);
-* ``breach``: the judge failed the version; the verdict (every statistic, count and p-value) is the evidence.
+* ``unverified``: the bake period ended without enough traffic to say anything: not healthy, not broken;
+* ``breach``: the engine failed the version; the verdict (every statistic, count and p-value) is the evidence.
 
 Which version and phase is read from the gateway itself (``mlcd_gateway_model_info{variant, version}``), so a
-poll needs no registry call and the trigger stays cheap. In the canary phase the canary is compared with the
-stable variant over the same period. After promotion (the watched version now serves as ``stable`` and the old
-champion no longer gets traffic) the bake phase compares the version's traffic, canary phase included, with
-what the old champion served while the guard watched: the same comparison the canary task makes at 100 %.
+poll needs no registry call. After promotion (the watched version serves as ``stable`` alone) nothing is served
+concurrently, so the engine compares the version's errors and predicted classes with what the old champion
+served concurrently during the canary phase, and latency is not judged.
 
-The state between polls is a JSON-able dict (:class:`GuardState`), so a trigger can be serialised with it.
+The state between polls is a JSON-able dict (:class:`GuardState`, the engine's state included), so a trigger
+serialises it and a restart continues the same test instead of starting a fresh one.
 
 :func:`rollback` takes traffic back: it routes 100 % to stable through the :class:`~mlcd.rollout.router.Router`
 *first* (users before bookkeeping), then moves the registry (``canary`` alias removed, or ``champion`` given
@@ -25,8 +27,7 @@ back to ``previous``), marks the version ``rolled_back`` with the evidence and t
 rollback of the same version only makes sure no traffic reaches it.
 
 TODO(prometheus): ``MLCD_PROMETHEUS_URL`` is read by :func:`scrape_from_settings` but only the gateway's own
-``/metrics`` is implemented; querying Prometheus (``sum by (variant, version) (mlcd_gateway_requests_total)``
-and friends) would let several gateway replicas be judged together.
+``/metrics`` is implemented.
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from mlcd.guard.judge import LATENCY, GuardThresholds, GuardVerdict, VariantObservation, judge
+from mlcd.guard.judge import LATENCY, Analysis, GuardThresholds, GuardVerdict
 from mlcd.rollout.metrics import (
     SeriesCounters,
     Snapshot,
     diff,
-    parse_metrics,
     snapshot_from_dict,
+    snapshot_from_families,
     snapshot_to_dict,
 )
 from mlcd.rollout.router import Router
@@ -66,6 +67,7 @@ class Decision(str, Enum):
 
     WATCH = "watch"
     HEALTHY = "healthy"
+    UNVERIFIED = "unverified"
     BREACH = "breach"
 
 
@@ -87,7 +89,7 @@ class GuardConfig:
         poll_interval_s: seconds between polls.
         bake_s: after promotion, how long the new champion is still watched.
         grace_s: with no canary served for this long after the guard started, there is nothing to watch.
-        thresholds: the judge's limits.
+        thresholds: the engine's limits.
     """
 
     gateway_url: str
@@ -113,12 +115,13 @@ class GuardState:
         phase: waiting / canary / bake.
         version: the watched version (``None`` until a canary is seen).
         stable: the version it is compared with (the champion when the canary appeared).
-        look: polls judged so far (the judge's alpha-spending index).
-        baseline: counters when the version first appeared (``snapshot_to_dict`` form).
+        look: polls so far that brought the engine new information.
+        polls: polls judged so far.
+        last: the previous poll's counters (``snapshot_to_dict`` form): the next interval starts there.
+        last_weight: the canary weight (0–1) the gateway reported at the previous poll.
+        analysis: the engine's state (evidence so far, samples, looks).
         promoted_at: when the version was first seen serving as stable.
-        frozen_stable: the old champion's counters over the canary phase, kept once it gets no traffic.
-        canary_part: the version's counters over the canary phase, added to its bake-phase traffic.
-        bake_baseline: the version's stable-variant counters at promotion.
+        bake_requests: requests the version served alone in the bake period.
         failures: consecutive failed scrapes.
     """
 
@@ -127,11 +130,12 @@ class GuardState:
     version: str | None = None
     stable: str | None = None
     look: int = 0
-    baseline: dict[str, Any] = field(default_factory=dict)
+    polls: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+    last_weight: float | None = None
+    analysis: dict[str, Any] = field(default_factory=dict)
     promoted_at: float | None = None
-    frozen_stable: dict[str, Any] | None = None
-    canary_part: dict[str, Any] | None = None
-    bake_baseline: dict[str, Any] | None = None
+    bake_requests: float = 0.0
     failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +143,10 @@ class GuardState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> GuardState:
-        return cls(**dict(data)) if data else cls()
+        if not data:
+            return cls()
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in dict(data).items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -147,10 +154,10 @@ class PollResult:
     """One poll's outcome.
 
     Attributes:
-        decision: watch / healthy / breach.
+        decision: watch / healthy / unverified / breach.
         reason: one line for the log and the event.
         state: the state for the next poll.
-        verdict: the judge's verdict (``None`` when nothing was judged).
+        verdict: the engine's verdict (``None`` when nothing was judged).
     """
 
     decision: Decision
@@ -174,26 +181,33 @@ class PollResult:
 
 @dataclass(frozen=True)
 class Scrape:
-    """One read of the gateway: the counters and which version serves as which variant."""
+    """One read of the gateway: the counters, which version serves as which variant, the canary's share."""
 
     counters: Snapshot
     served: dict[str, str]  # variant → version
-    canary_weight: int = 0
+    canary_weight: float = 0.0  # 0–1 (Prometheus ratio convention)
 
 
 def parse_scrape(text: str) -> Scrape:
-    """Counters (:func:`mlcd.rollout.metrics.parse_metrics`) plus ``model_info`` and the canary weight."""
+    """Counters (:func:`mlcd.rollout.metrics.parse_metrics`) plus ``model_info`` and the canary weight ratio."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    return scrape_from_families(list(text_string_to_metric_families(text)))
+
+
+def scrape_from_families(families: list[Any]) -> Scrape:
+    """One pass over metric families (parsed text, or a registry's ``collect()``): counters, served, weight."""
     served: dict[str, str] = {}
-    weight = 0
-    for family in text_string_to_metric_families(text):
+    weight = 0.0
+    for family in families:
         for sample in family.samples:
             if sample.name == "mlcd_gateway_model_info" and sample.value == 1:
                 served[sample.labels["variant"]] = sample.labels["version"]
             elif sample.name == "mlcd_gateway_canary_weight":
-                weight = int(sample.value)
-    return Scrape(parse_metrics(text), served, weight)
+                weight = float(sample.value)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"mlcd_gateway_canary_weight must be a 0-1 ratio, got {weight}")
+    return Scrape(snapshot_from_families(families), served, weight)
 
 
 def fetch_scrape(gateway_url: str, timeout: float = 5.0) -> Scrape:
@@ -212,7 +226,7 @@ def scrape_from_settings() -> Callable[[str], Scrape]:
 
 
 def add_counters(a: SeriesCounters | None, b: SeriesCounters | None) -> SeriesCounters:
-    """``a + b`` (two disjoint periods of one version's traffic)."""
+    """The sum of two periods' counters (``None`` counts as empty)."""
     a, b = a or SeriesCounters(), b or SeriesCounters()
     return SeriesCounters(
         requests=a.requests + b.requests,
@@ -227,16 +241,12 @@ def add_counters(a: SeriesCounters | None, b: SeriesCounters | None) -> SeriesCo
     )
 
 
-def _one(data: dict[str, Any] | None) -> SeriesCounters | None:
-    return SeriesCounters.from_dict(data) if data else None
-
-
 class Guard:
     """Polls one gateway and judges one version (see the module docstring).
 
     Args:
         config: what to watch and how.
-        scrape: reads the gateway (default: HTTP ``GET /metrics``); tests and the bench pass the real one.
+        scrape: reads the gateway (default: HTTP ``GET /metrics``); tests and the bench pass a simulated one.
         clock: epoch seconds (injectable so phases can be reasoned about; defaults to ``time.time``).
     """
 
@@ -258,20 +268,20 @@ class Guard:
         now = self.clock()
         served = scrape.served
         canary_v, stable_v = served.get(CANARY), served.get(STABLE)
+        last = snapshot_from_dict(state.last)
+        last_weight = state.last_weight
+        state.last, state.last_weight = snapshot_to_dict(scrape.counters), scrape.canary_weight
 
         if state.phase == Phase.WAITING.value:
             wanted = self.config.version
             if canary_v is not None and (wanted is None or canary_v == wanted):
                 state.phase, state.version, state.stable = Phase.CANARY.value, canary_v, stable_v
-                state.baseline = snapshot_to_dict(scrape.counters)
-                return PollResult(Decision.WATCH, f"canary {canary_v} seen next to stable {stable_v}: baseline taken",
-                                  state)
+                return PollResult(Decision.WATCH, f"canary {canary_v} seen next to stable {stable_v}: first "
+                                  "interval starts now", state)
             if wanted is not None and stable_v == wanted and canary_v is None:
                 # Promoted before the guard ever saw it as a canary (skip_canary, or a very late start).
                 state.version, state.stable = wanted, None
                 state.phase, state.promoted_at = Phase.BAKE.value, now
-                state.baseline = snapshot_to_dict(scrape.counters)
-                state.bake_baseline = scrape.counters.get((STABLE, wanted), SeriesCounters()).to_dict()
                 return PollResult(Decision.WATCH, f"version {wanted} already champion: baking", state)
             if now - state.started_at >= self.config.grace_s:
                 what = f"version {wanted}" if wanted else "a canary"
@@ -280,19 +290,15 @@ class Guard:
             return PollResult(Decision.WATCH, "waiting for a canary", state)
 
         v = str(state.version)
-        base = snapshot_from_dict(state.baseline)
         if state.phase == Phase.CANARY.value:
             if canary_v == v:
-                canary = diff(base.get((CANARY, v)), scrape.counters.get((CANARY, v)))
-                stable = diff(base.get((STABLE, str(state.stable))), scrape.counters.get((STABLE, str(state.stable))))
-                return self._judge(state, canary, stable, "canary")
+                canary = diff(last.get((CANARY, v)), scrape.counters.get((CANARY, v)))
+                stable = diff(last.get((STABLE, str(state.stable))), scrape.counters.get((STABLE, str(state.stable))))
+                # The reported weight is the interval's stratum only when it did not change within it.
+                weight = scrape.canary_weight if last_weight is not None and last_weight == scrape.canary_weight \
+                    else None
+                return self._judge(state, canary, stable, weight, "canary")
             if stable_v == v:
-                # Promoted: freeze what the old champion served and start the bake period.
-                state.frozen_stable = diff(
-                    base.get((STABLE, str(state.stable))), scrape.counters.get((STABLE, str(state.stable)))
-                ).to_dict()
-                state.canary_part = diff(base.get((CANARY, v)), scrape.counters.get((CANARY, v))).to_dict()
-                state.bake_baseline = scrape.counters.get((STABLE, v), SeriesCounters()).to_dict()
                 state.phase, state.promoted_at = Phase.BAKE.value, now
                 log.info("version %s promoted: bake period of %.0fs", v, self.config.bake_s)
                 return PollResult(Decision.WATCH, f"version {v} promoted: baking for {self.config.bake_s:.0f}s",
@@ -300,34 +306,32 @@ class Guard:
             return PollResult(Decision.HEALTHY, f"version_retired: version {v} is no longer served (the rollout "
                               "aborted it or a person moved it): nothing left to guard", state)
 
-        # Bake: the version serves as stable; the old champion is frozen at what it served in the canary phase.
+        # Bake: the version serves as stable alone; the engine compares it with what the old champion served
+        # concurrently in the canary phase (latency is not judged: nothing runs side by side any more).
         if stable_v != v:
             return PollResult(Decision.HEALTHY, f"version_retired: version {v} is no longer the served champion "
                               f"(stable is {stable_v})", state)
-        bake_part = diff(_one(state.bake_baseline), scrape.counters.get((STABLE, v)))
-        if canary_v is not None and canary_v != v:
-            pass  # a newer canary: the next guard run watches it; this one keeps judging v as stable
-        version_obs = add_counters(_one(state.canary_part), bake_part)
-        # Latency is not judged here: the old champion's numbers come from an earlier period, and load changes
-        # over time (a training job on the same node doubles latency) would read as a slower model.
-        result = self._judge(state, version_obs, _one(state.frozen_stable) or SeriesCounters(), "champion",
-                             skip=(LATENCY,))
+        alone = diff(last.get((STABLE, v)), scrape.counters.get((STABLE, v)))
+        state.bake_requests += alone.requests
+        result = self._judge(state, alone, SeriesCounters(), None, "champion", skip=(LATENCY,))
         if result.decision is Decision.WATCH and now - (state.promoted_at or now) >= self.config.bake_s:
+            t = self.config.thresholds
+            if state.bake_requests < t.min_requests:
+                return PollResult(Decision.UNVERIFIED, f"bake_unverified: version {v} served "
+                                  f"{int(state.bake_requests)} requests in its {self.config.bake_s:.0f}s bake period "
+                                  f"(< {t.min_requests} needed): not verified healthy", result.state, result.verdict)
             return PollResult(Decision.HEALTHY, f"bake_complete: version {v} healthy for "
-                              f"{self.config.bake_s:.0f}s after promotion", result.state, result.verdict)
+                              f"{self.config.bake_s:.0f}s after promotion ({int(state.bake_requests)} requests)",
+                              result.state, result.verdict)
         return result
 
-    def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, role: str,
-               skip: tuple[str, ...] = ()) -> PollResult:
-        t = self.config.thresholds
-        state.look += 1
-        verdict = judge(
-            VariantObservation.from_series(canary, t.max_latency_samples),
-            VariantObservation.from_series(stable, t.max_latency_samples),
-            t,
-            look=state.look,
-            skip=skip,
-        )
+    def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, weight: float | None,
+               role: str, skip: tuple[str, ...] = ()) -> PollResult:
+        engine = Analysis(self.config.thresholds, state.analysis or None)
+        verdict = engine.update(canary, stable, weight, skip=skip)
+        state.analysis = engine.state
+        state.polls += 1
+        state.look = int(engine.state["looks"])
         if verdict.outcome is Outcome.FAIL:
             return PollResult(Decision.BREACH, f"{role} version {state.version} failed: "
                               + "; ".join(verdict.reasons), state, verdict)

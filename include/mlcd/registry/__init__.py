@@ -11,19 +11,29 @@ from mlcd.registry.errors import (
     RolloutError,
     StaleAliasError,
 )
+from mlcd.registry.lease import LeaseError, LeaseHeldError, LeaseLostError
+from mlcd.registry.protocol import Registry
 from mlcd.registry.state import RolloutRecord, RolloutState, check_transition, is_allowed
+from mlcd.registry.tags import Alias, Event, Violation
 
 __all__ = [
     "ALIASES",
+    "Alias",
+    "Event",
     "GateRejected",
     "IllegalTransitionError",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "ModelRegistry",
+    "Registry",
     "RegistryError",
     "RegistryUnavailableError",
     "RolloutError",
     "RolloutRecord",
     "RolloutState",
     "StaleAliasError",
+    "Violation",
     "check_transition",
     "is_allowed",
 ]

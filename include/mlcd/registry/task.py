@@ -7,20 +7,22 @@ from pathlib import Path
 from typing import Any
 
 from mlcd import __version__
-from mlcd.registry.client import (
-    MAX_DETAILS_CHARS,
+from mlcd.registry.base import MAX_DETAILS_CHARS, compact_json
+from mlcd.registry.client import ModelRegistry
+from mlcd.registry.errors import GateRejected, StaleAliasError
+from mlcd.registry.state import RolloutState
+from mlcd.registry.tags import (
+    TAG_CHAMPION_AT_EVAL,
     TAG_CODE_VERSION,
     TAG_DAG_RUN,
+    TAG_DISCORDANT,
+    TAG_FORCED,
     TAG_METRICS,
     TAG_P_VALUE,
     TAG_REASONS,
     TAG_SNAPSHOT,
     TAG_VERDICT,
-    ModelRegistry,
-    compact_json,
 )
-from mlcd.registry.errors import GateRejected, StaleAliasError
-from mlcd.registry.state import RolloutState
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,9 @@ def version_tags(train_result: dict[str, Any], evaluation: dict[str, Any], dag_r
         TAG_REASONS: compact_json(evaluation.get("reasons", []), MAX_DETAILS_CHARS),
         TAG_METRICS: compact_json({k: chal[k] for k in _HEADLINE if k in chal}),
         TAG_P_VALUE: "none" if evaluation.get("p_value") is None else f"{evaluation['p_value']:.6g}",
-        "mlcd.discordant": f"b={evaluation.get('b')},c={evaluation.get('c')}",
-        "mlcd.champion_at_eval": str(evaluation.get("champion_version")),
-        "mlcd.forced": str(bool(evaluation.get("forced", False))).lower(),
+        TAG_DISCORDANT: f"b={evaluation.get('b')},c={evaluation.get('c')}",
+        TAG_CHAMPION_AT_EVAL: str(evaluation.get("champion_version")),
+        TAG_FORCED: str(bool(evaluation.get("forced", False))).lower(),
         TAG_SNAPSHOT: str(snapshot),
         TAG_CODE_VERSION: str(train_result.get("code_version") or f"mlcd {__version__}"),
     }

@@ -14,7 +14,6 @@ from mlcd.rollout.spec import (
     VariantStats,
     next_action,
     next_weight,
-    step_verdict,
 )
 
 __all__ = [
@@ -25,5 +24,4 @@ __all__ = [
     "VariantStats",
     "next_action",
     "next_weight",
-    "step_verdict",
 ]

@@ -1,10 +1,14 @@
 """One canary rollout, step by step, without Airflow: the operator and ``run_rollout`` both drive this.
 
-Each step: read the rollout record (stop if the guard rolled the version back meanwhile), set the weight,
-scrape the gateway's counters; after the analysis window: read the record again, scrape again, judge the
-window with :func:`~mlcd.rollout.spec.step_verdict`, record the step in the rollout record, then advance,
-repeat, abort (traffic back to stable, version rolled back with the evidence) or promote after the last step.
-The progress between the two halves of a step is a JSON-able dict, so a deferred task can carry it.
+Each step: read the rollout record (stop if the guard rolled the version back meanwhile), set the weight, scrape
+the gateway; during the window, every ``poll_interval_s``, :func:`observe` feeds the interval since the last
+scrape to the analysis engine the guard uses too (:class:`mlcd.guard.judge.Analysis`: errors, latency side by
+side, predicted-class distribution, live accuracy; sequential, so a failure ends the window at once). After the
+window: read the record again, judge, record the step, then advance, repeat (the window stretches: its counts
+keep adding up at this weight), abort (traffic back to stable, version rolled back with the evidence), stop
+undecided (not a failure: traffic back to stable, the version stays eligible) or promote after the last step.
+The engine's state lives in the progress for the whole rollout, so alpha is spent once, not per step. The
+progress is a JSON-able dict, so a deferred task carries it.
 """
 
 from __future__ import annotations
@@ -15,18 +19,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlcd.rollout.metrics import Snapshot, fetch_metrics, snapshot_from_dict, snapshot_to_dict, window_stats
-from mlcd.rollout.router import Router
-from mlcd.rollout.spec import (
-    Action,
-    Outcome,
-    RolloutSpec,
-    StepVerdict,
-    VariantStats,
-    next_action,
-    next_weight,
-    step_verdict,
+from mlcd.rollout.metrics import (
+    SeriesCounters,
+    Snapshot,
+    diff,
+    fetch_metrics,
+    snapshot_from_dict,
+    snapshot_to_dict,
+    variant_stats,
 )
+from mlcd.rollout.router import Router
+from mlcd.rollout.spec import Action, Outcome, RolloutSpec, StepVerdict, next_action, next_weight
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +45,38 @@ class RolloutStopped(RuntimeError):
 
 
 class RolloutAborted(RuntimeError):
-    """The rollout's own analysis failed or stayed inconclusive too long: traffic is back on stable."""
+    """The rollout's own analysis failed: traffic is back on stable and the version is rolled back."""
+
+
+class RolloutUndecided(RuntimeError):
+    """The analysis could not decide within the longest window: stopped, not failed (the version stays eligible)."""
 
 
 @dataclass
 class RolloutProgress:
-    """Where a rollout is; JSON-able so it survives a deferral."""
+    """Where a rollout is; JSON-able so it survives a deferral.
+
+    Attributes:
+        version, stable: the canary and the version it is compared with.
+        weight: the canary's weight now (percent).
+        outcomes: every window's outcome so far.
+        held: inconclusive windows at this weight (the window stretches).
+        last: the last scrape (``snapshot_to_dict``): the next interval starts there.
+        window: this weight's counters so far (``{"canary": …, "stable": …}``, ``SeriesCounters.to_dict``).
+        analysis: the engine's state for the whole rollout.
+        verdict: the engine's latest verdict (``GuardVerdict.as_dict``).
+        window_started: when the current window began.
+    """
 
     version: str
     stable: str | None
     weight: int = 0
     outcomes: list[str] = field(default_factory=list)
-    baseline: dict[str, Any] = field(default_factory=dict)
-    last_stable: dict[str, Any] | None = None
+    held: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+    window: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None
     window_started: float = 0.0
     repeat: bool = False
     done: bool = False
@@ -65,7 +87,8 @@ class RolloutProgress:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutProgress:
-        return cls(**data)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,45 @@ class StepResult:
     action: Action
     verdict: StepVerdict
     progress: RolloutProgress
+
+
+def observe(spec: RolloutSpec, p: RolloutProgress, snap: Snapshot) -> Outcome:
+    """Feed the interval since the last scrape to the engine; returns its outcome so far (pure: no I/O).
+
+    The rollout sets the weight itself and holds it through the window, so the interval's stratum is that
+    weight; at 100 % stable serves nothing and the engine compares with what stable served before.
+    """
+    from mlcd.guard.judge import Analysis
+
+    before = snapshot_from_dict(p.last)
+    canary = diff(before.get(("canary", p.version)), snap.get(("canary", p.version)))
+    stable = diff(before.get(("stable", str(p.stable))), snap.get(("stable", str(p.stable))))
+    engine = Analysis(spec.guard_thresholds(), p.analysis or None)
+    verdict = engine.update(canary, stable, p.weight / 100.0)
+    p.analysis, p.last, p.verdict = engine.state, snapshot_to_dict(snap), verdict.as_dict()
+    window = {k: SeriesCounters.from_dict(v) for k, v in p.window.items()}
+    from mlcd.guard.watch import add_counters
+
+    p.window = {"canary": add_counters(window.get("canary"), canary).to_dict(),
+                "stable": add_counters(window.get("stable"), stable).to_dict()}
+    return verdict.outcome
+
+
+def window_outcome(spec: RolloutSpec, p: RolloutProgress) -> StepVerdict:
+    """The step's verdict: the engine's, and a pass needs this weight's minimum traffic on both sides."""
+    v = p.verdict or {"outcome": "inconclusive", "reasons": ["no poll yet"]}
+    canary = variant_stats(SeriesCounters.from_dict(p.window.get("canary", {})))
+    stable = variant_stats(SeriesCounters.from_dict(p.window.get("stable", {})))
+    outcome, reasons = Outcome(v["outcome"]), list(v["reasons"])
+    if outcome is Outcome.PASS:
+        thin = []
+        if canary.requests < spec.min_requests:
+            thin.append(f"canary requests {canary.requests} < minimum {spec.min_requests} at {p.weight}%")
+        if p.weight < 100 and stable.requests < spec.min_stable_requests:
+            thin.append(f"stable requests {stable.requests} < minimum {spec.min_stable_requests} at {p.weight}%")
+        if thin:
+            outcome, reasons = Outcome.INCONCLUSIVE, thin
+    return StepVerdict(outcome, tuple(reasons), canary, stable)
 
 
 class CanaryRollout:
@@ -104,6 +166,7 @@ class CanaryRollout:
         self.actor = actor
         self.dag_run_id = dag_run_id
         self.scrape = scrape
+        self._paused = False
 
     # -- record -------------------------------------------------------------------------------------------
     def _state(self, version: str) -> str:
@@ -149,21 +212,28 @@ class CanaryRollout:
         return RolloutProgress(version, champion)
 
     def begin_step(self, p: RolloutProgress) -> RolloutProgress:
-        """Move to the next weight (or stay, for a repeated window) and take the baseline scrape."""
+        """Move to the next weight (or stay, for a stretched window) and take the window's first scrape."""
         if self._check_record(p):
             p.done, p.result = True, "promoted by someone else during the rollout"
             return p
-        held = getattr(self, "_paused", False)
-        target = p.weight if (p.repeat and p.weight > 0) or held else next_weight(self.spec, p.weight)
+        stay = (p.repeat and p.weight > 0) or self._paused
+        target = p.weight if stay else next_weight(self.spec, p.weight)
         if target is None:
             raise ValueError(f"rollout of {p.version} is past its last step")
         self.router.set_routes(str(p.stable), p.version, target)
+        if target != p.weight:
+            p.window, p.held = {}, 0  # a new weight: its own counts (a stretched window keeps adding up)
         p.weight, p.repeat = target, False
-        p.baseline = snapshot_to_dict(self.scrape(self.metrics_url))
-        p.window_started = time.time()
+        # The interval starts after the weight is set: each window is one stratum at one weight.
+        p.last = snapshot_to_dict(self.scrape(self.metrics_url))
+        p.window_started = time.time()  # this window's start: the trigger waits a full window from here
         log.info("canary %s at %d%% (stable %s), window %.0fs", p.version, target, p.stable,
                  self.spec.analysis_window_s)
         return p
+
+    def poll(self, p: RolloutProgress) -> Outcome:
+        """One scrape within the window (``run_rollout`` and the window trigger call this every poll)."""
+        return observe(self.spec, p, self.scrape(self.metrics_url))
 
     def finish_step(self, p: RolloutProgress) -> StepResult:
         """Judge the window that began in :meth:`begin_step`, record it, and act on the verdict."""
@@ -171,56 +241,74 @@ class CanaryRollout:
             p.done, p.result = True, "promoted by someone else during the rollout"
             verdict = StepVerdict(Outcome.PASS, ("promoted by hand during the rollout",))
             return StepResult(Action.ADVANCE, verdict, p)
-        if getattr(self, "_paused", False):
+        if self._paused:
             # Paused by a person: the window is neither judged nor counted; the next step holds the weight.
             self._event(p.version, "canary_step_held", {"weight": p.weight})
             p.repeat = True
             held = StepVerdict(Outcome.INCONCLUSIVE, (f"paused at {p.weight}%: weight held",))
             return StepResult(Action.REPEAT, held, p)
-        after = self.scrape(self.metrics_url)
-        before = snapshot_from_dict(p.baseline)
-        canary = window_stats(before, after, "canary", p.version)
-        stable = window_stats(before, after, "stable", p.stable)
-        concurrent = True
-        if stable.requests >= self.spec.min_stable_requests:
-            p.last_stable = asdict(stable)
-        elif p.last_stable is not None:
-            # At 100 % the stable variant has no traffic: compare with its last window that had some.
-            stable = VariantStats(**p.last_stable)
-            concurrent = False
-        verdict = step_verdict(self.spec, canary, stable, concurrent=concurrent)
+        self.poll(p)
+        verdict = window_outcome(self.spec, p)
         p.outcomes.append(verdict.outcome.value)
-        action = next_action(self.spec, p.outcomes)
+        if verdict.outcome is Outcome.INCONCLUSIVE:
+            p.held += 1
+        action = next_action(self.spec, p.outcomes, p.held)
         elapsed = time.time() - p.window_started
         self._event(p.version, "canary_step", {
             "weight": p.weight, "window_s": round(elapsed, 1), "action": action.value, **verdict.to_dict(),
+            "analysis": _evidence(p.verdict),
         })
         log.info("canary %s at %d%%: %s → %s (%s)", p.version, p.weight, verdict.outcome.value, action.value,
                  "; ".join(verdict.reasons))
-        if action in (Action.ABORT_FAILED, Action.ABORT_INCONCLUSIVE):
-            self._abort(p, action, verdict)
+        if action is Action.ABORT_FAILED:
+            self._abort(p, verdict)
+        if action is Action.ABORT_INCONCLUSIVE:
+            self._undecided(p, verdict)
         if action is Action.REPEAT:
             p.repeat = True
         elif next_weight(self.spec, p.weight) is None:
             self._promote(p, verdict)
         return StepResult(action, verdict, p)
 
-    def _abort(self, p: RolloutProgress, action: Action, verdict: StepVerdict) -> None:
-        why = "failed its analysis" if action is Action.ABORT_FAILED else "stayed inconclusive too long"
-        reason = f"canary {why} at {p.weight}%: " + "; ".join(verdict.reasons)
+    def _abort(self, p: RolloutProgress, verdict: StepVerdict) -> None:
+        reason = f"canary failed its analysis at {p.weight}%: " + "; ".join(verdict.reasons)
         # The one rollback the guard and people use too: traffic first (users before bookkeeping), then the record.
         from mlcd.guard.watch import rollback
 
-        rollback(self.registry, self.router, p.version, reason, {"outcomes": p.outcomes, "last": verdict.to_dict()},
+        rollback(self.registry, self.router, p.version, reason,
+                 {"outcomes": p.outcomes, "last": verdict.to_dict(), "verdict": p.verdict},
                  self.actor, self.dag_run_id)
         p.done, p.result = True, reason
         raise RolloutAborted(reason)
+
+    def _undecided(self, p: RolloutProgress, verdict: StepVerdict) -> None:
+        """Not enough evidence within the longest window: stop without failing the version."""
+        retreat = self.spec.on_undecided == "retreat"
+        if retreat:
+            self.router.set_routes(str(p.stable), None, 0)  # users back on the version that is known to work
+        reason = (f"canary undecided at {p.weight}% after {p.held} windows "
+                  f"({self.spec.max_window_s:.0f}s): " + "; ".join(verdict.reasons)
+                  + ("; traffic back on stable" if retreat else f"; weight held at {p.weight}%")
+                  + f"; version {p.version} stays a canary, eligible for another rollout")
+        self._event(p.version, "canary_undecided", {"weight": p.weight, "reason": reason,
+                                                    "analysis": _evidence(p.verdict)})
+        p.done, p.result = True, reason
+        raise RolloutUndecided(reason)
 
     def _promote(self, p: RolloutProgress, verdict: StepVerdict) -> None:
         self.registry.promote(p.version, self.actor, f"canary passed {len(p.outcomes)} analysis windows",
                               self.dag_run_id, {"outcomes": p.outcomes, "last": verdict.to_dict()})
         self.router.set_routes(p.version, None, 0)
         p.done, p.result = True, f"promoted to champion after {len(p.outcomes)} windows"
+
+
+def _evidence(verdict: dict[str, Any] | None) -> dict[str, Any]:
+    """The engine's verdict without the bulky per-class shares (the record has a size limit)."""
+    if not verdict:
+        return {}
+    return {"outcome": verdict.get("outcome"), "look": verdict.get("look"),
+            "checks": [{k: c.get(k) for k in ("name", "outcome", "p_value", "alpha", "effect")}
+                       for c in verdict.get("checks", [])]}
 
 
 def run_rollout(rollout: CanaryRollout, version: str, reason: str, sleep: Callable[[float], None] = time.sleep
@@ -231,7 +319,14 @@ def run_rollout(rollout: CanaryRollout, version: str, reason: str, sleep: Callab
         p = rollout.begin_step(p)
         if p.done:
             break
-        sleep(rollout.spec.analysis_window_s)
+        waited = 0.0
+        while waited + rollout.spec.poll_interval_s < rollout.spec.analysis_window_s:
+            sleep(rollout.spec.poll_interval_s)
+            waited += rollout.spec.poll_interval_s
+            if rollout.poll(p) is Outcome.FAIL:
+                break  # overwhelming evidence: finish the window now
+        else:
+            sleep(rollout.spec.analysis_window_s - waited)
         p = rollout.finish_step(p).progress
     return p
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,11 @@ def parse_metrics(text: str) -> Snapshot:
     """Parse the exposition text into counters keyed by ``(variant, version)``."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    return snapshot_from_families(text_string_to_metric_families(text))
+
+
+def snapshot_from_families(families: Iterable[Any]) -> Snapshot:
+    """Counters keyed by ``(variant, version)`` from metric families (parsed text, or a registry's ``collect()``)."""
     snap: Snapshot = {}
 
     def series(labels: Mapping[str, str]) -> SeriesCounters | None:
@@ -74,7 +79,7 @@ def parse_metrics(text: str) -> Snapshot:
             return None
         return snap.setdefault((labels["variant"], labels["version"]), SeriesCounters())
 
-    for family in text_string_to_metric_families(text):
+    for family in families:
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, float(sample.value)
             if not name.startswith(PREFIX) or name.endswith("_created"):

@@ -1,6 +1,22 @@
 """Where traffic weights are applied: the local gateway's admin API, or a Gateway API ``HTTPRoute``.
 
 Both implement :class:`Router`; the canary logic never knows which one it drives (Flagger's mesh providers).
+
+**No resurrection.** Routes carry a generation: the gateway's counter (it grows with every route change and
+survives restarts) or the HTTPRoute's ``metadata.resourceVersion``. Every move can be compare-and-set: pass the
+``generation`` read with the routes as ``expected_generation`` and the move applies only if nobody moved the routes
+since; otherwise :class:`RouteConflict` is raised and nothing changes. A canary step reads the routes, decides,
+and sets with the generation it read, so a rollback that lands in between is never undone by the next weight::
+
+    routes = router.get_routes()                  # read once, at the start of the step
+    ...                                            # judge the window, pick the next weight
+    try:
+        router.set_routes(stable, canary, weight, expected_generation=routes.generation)
+    except RouteConflict:                          # a rollback (or a person) moved traffic meanwhile:
+        ...                                        # stop the step; leave traffic where the rollback put it
+
+Without ``expected_generation`` the local router sets unconditionally (as before) and the HTTPRoute router still
+guards its own read-then-patch with the resourceVersion it read.
 """
 
 from __future__ import annotations
@@ -9,32 +25,56 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+# The gateway's route generation (an int) or an HTTPRoute's resourceVersion (an opaque string).
+Generation = int | str
 
 
 @dataclass(frozen=True)
 class RouteStatus:
-    """What a router serves now."""
+    """What a router serves now, and the generation of that state (for compare-and-set).
+
+    ``generation`` is left out of equality: two statuses serving the same versions and weight are equal.
+    """
 
     stable: str | None
     canary: str | None
     canary_weight: int
+    generation: Generation | None = field(default=None, compare=False)
 
 
 @runtime_checkable
 class Router(Protocol):
-    def set_routes(self, stable: str, canary: str | None, canary_weight: int) -> RouteStatus:
-        """Serve ``stable`` and, at ``canary_weight`` percent, ``canary`` (``None``: stable only)."""
+    def set_routes(
+        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None
+    ) -> RouteStatus:
+        """Serve ``stable`` and, at ``canary_weight`` percent, ``canary`` (``None``: stable only).
+
+        With ``expected_generation``, only if the routes are still at that generation (:class:`RouteConflict`).
+        """
         ...
 
     def get_routes(self) -> RouteStatus:
-        """The versions and canary weight served now."""
+        """The versions and canary weight served now, with their generation."""
         ...
 
 
 class RouterError(RuntimeError):
     """The backend refused or could not be reached; the message says which and why."""
+
+
+class RouteConflict(RouterError):
+    """The routes moved since the caller read them (another writer won): nothing was changed.
+
+    The caller lost the race: it must stop, not retry blindly (the winner is usually a rollback).
+    """
+
+    def __init__(self, message: str, expected: Generation | None = None, current: Generation | None = None):
+        super().__init__(message)
+        self.expected = expected
+        self.current = current
 
 
 def _check_weight(canary: str | None, canary_weight: int) -> int:
@@ -69,18 +109,39 @@ class LocalGatewayRouter:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - configured URL
                 return dict(json.loads(resp.read()))
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            raise RouterError(f"gateway {method} {path} answered {exc.code}: {detail}") from None
+            raw = exc.read().decode(errors="replace")
+            if exc.code == 409:
+                try:
+                    answer = json.loads(raw)
+                except ValueError:
+                    answer = {}
+                if isinstance(answer, dict) and answer.get("conflict") == "generation":
+                    raise RouteConflict(
+                        f"gateway routes moved: {answer.get('detail')}",
+                        expected=answer.get("expected_generation"),
+                        current=answer.get("current_generation"),
+                    ) from None
+            raise RouterError(f"gateway {method} {path} answered {exc.code}: {raw[:300]}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise RouterError(f"gateway {self.url} unreachable: {exc}") from None
 
     @staticmethod
     def _status(body: dict[str, Any]) -> RouteStatus:
-        return RouteStatus(body.get("stable"), body.get("canary"), int(body.get("canary_weight", 0)))
+        gen = body.get("generation")
+        return RouteStatus(
+            body.get("stable"), body.get("canary"), int(body.get("canary_weight", 0)),
+            None if gen is None else int(gen),
+        )
 
-    def set_routes(self, stable: str, canary: str | None, canary_weight: int) -> RouteStatus:
+    def set_routes(
+        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None
+    ) -> RouteStatus:
         weight = _check_weight(canary, canary_weight)
-        body = {"stable": str(stable), "canary": None if canary is None else str(canary), "canary_weight": weight}
+        body: dict[str, Any] = {
+            "stable": str(stable), "canary": None if canary is None else str(canary), "canary_weight": weight,
+        }
+        if expected_generation is not None:
+            body["expected_generation"] = int(expected_generation)  # the gateway compares and sets under its lock
         return self._status(self._call("POST", "/admin/routes", body))
 
     def get_routes(self) -> RouteStatus:
@@ -141,11 +202,20 @@ class KubernetesHTTPRouteRouter:
     def deployment_path(self, name: str) -> str:
         return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
 
-    def route_patch(self, stable: str, canary: str | None, canary_weight: int) -> dict[str, Any]:
-        """The JSON merge patch that sets both weights (and records the versions as annotations)."""
+    def route_patch(
+        self, stable: str, canary: str | None, canary_weight: int, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """The JSON merge patch that sets both weights (and records the versions as annotations).
+
+        With ``resource_version`` the API server applies it only if the route is still at that version (409
+        Conflict otherwise): the compare-and-set that keeps a stale canary step from undoing a rollback.
+        """
         weight = _check_weight(canary, canary_weight)
+        metadata: dict[str, Any] = {"annotations": {STABLE_ANNOTATION: str(stable), CANARY_ANNOTATION: canary}}
+        if resource_version is not None:
+            metadata["resourceVersion"] = str(resource_version)
         return {
-            "metadata": {"annotations": {STABLE_ANNOTATION: str(stable), CANARY_ANNOTATION: canary}},
+            "metadata": metadata,
             "spec": {
                 "rules": [
                     {
@@ -173,10 +243,25 @@ class KubernetesHTTPRouteRouter:
             }
         }
 
-    def set_routes(self, stable: str, canary: str | None, canary_weight: int) -> RouteStatus:
-        """Pin changed versions into their Deployments, then move the weights on the HTTPRoute."""
-        patch = self.route_patch(stable, canary, canary_weight)  # validates before anything is sent
+    def set_routes(
+        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None
+    ) -> RouteStatus:
+        """Pin changed versions into their Deployments, then move the weights on the HTTPRoute.
+
+        Compare-and-set on the route's ``resourceVersion``: ``expected_generation`` if given (checked before any
+        Deployment is touched), else the one just read; a concurrent change makes the API server answer 409,
+        raised as :class:`RouteConflict`.
+        """
+        self.route_patch(stable, canary, canary_weight)  # validates before anything is sent
         current = self.get_routes()
+        if expected_generation is not None and str(expected_generation) != str(current.generation):
+            raise RouteConflict(
+                f"HTTPRoute {self.namespace}/{self.route_name} is at resourceVersion {current.generation}, "
+                f"expected {expected_generation}: another writer moved the routes; nothing changed",
+                expected=expected_generation, current=current.generation,
+            )
+        fence = None if current.generation is None else str(current.generation)
+        patch = self.route_patch(stable, canary, canary_weight, fence)
         if current.stable != str(stable):
             self.api("PATCH", self.deployment_path(self.stable_deployment), self.deployment_patch(stable),
                      STRATEGIC_MERGE_PATCH)
@@ -199,7 +284,8 @@ class KubernetesHTTPRouteRouter:
         total = weights[self.stable_service] + weights[self.canary_service]
         canary = annotations.get(CANARY_ANNOTATION)
         pct = round(100 * weights[self.canary_service] / total) if total and canary else 0
-        return RouteStatus(annotations.get(STABLE_ANNOTATION), canary, pct)
+        rv = (route.get("metadata") or {}).get("resourceVersion")
+        return RouteStatus(annotations.get(STABLE_ANNOTATION), canary, pct, None if rv is None else str(rv))
 
 
 def kubernetes_api(config_file: str | None = None, context: str | None = None) -> KubeApi:
@@ -225,6 +311,9 @@ def kubernetes_api(config_file: str | None = None, context: str | None = None) -
                 response_type="object", _return_http_data_only=True,
             )
         except client.ApiException as exc:
+            if exc.status == 409:  # resourceVersion mismatch on our compare-and-set patch
+                raise RouteConflict(f"kubernetes {method} {path}: 409 {exc.reason}: the object changed since it "
+                                    "was read; nothing changed") from None
             raise RouterError(f"kubernetes {method} {path}: {exc.status} {exc.reason}") from None
         return dict(data or {})
 

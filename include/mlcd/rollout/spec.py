@@ -1,21 +1,19 @@
-"""The rollout spec and the pure functions that walk it (Flagger's analysis, Argo Rollouts' three outcomes).
+"""The rollout spec and the pure functions that walk it (Argo Rollouts' three outcomes).
 
-Nothing here does I/O: the canary task, the guard and the tests feed constructed statistics in and get a
-decision out. A check is ``pass``, ``fail`` or ``inconclusive``; too little data is inconclusive, never a pass,
-and each of fail / inconclusive has its own limit.
+Nothing here does I/O. Each window is judged by the analysis engine the guard uses too
+(:class:`mlcd.guard.judge.Analysis`); a window is ``pass``, ``fail`` or ``inconclusive``; too little data is
+inconclusive, never a pass, and inconclusive is never a failure.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
 DEFAULT_STEPS: tuple[int, ...] = (5, 25, 50, 100)
-# Errors needed before a window with fewer than ``min_requests`` canary requests can fail.
-THIN_DATA_MIN_ERRORS = 5
+UNDECIDED_ACTIONS = ("retreat", "hold")
 
 
 class Outcome(str, Enum):
@@ -32,7 +30,7 @@ class Action(str, Enum):
     ADVANCE = "advance"  # go to the next weight (or promote after the last)
     REPEAT = "repeat"  # stay at this weight for another window
     ABORT_FAILED = "abort_failed"  # too many failed windows: traffic back to stable
-    ABORT_INCONCLUSIVE = "abort_inconclusive"  # too many windows without enough evidence: halt, never promote
+    ABORT_INCONCLUSIVE = "abort_inconclusive"  # undecided after the longest window: stop, not a failure
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,18 @@ class RolloutSpec:
         max_p99_latency_ratio: canary p99 may be at most this multiple of stable's p99 …
         p99_latency_slack_s: … plus this absolute slack, so millisecond jitter on a fast model is not a failure.
         failure_limit: failed windows tolerated; one more aborts (Argo's ``failureLimit``, default 0).
-        inconclusive_limit: inconclusive windows tolerated; one more halts the rollout.
+        inconclusive_limit: inconclusive windows repeated at one weight (the window stretches, its counts keep
+            adding up) before the rollout is undecided; undecided is not a failure (see ``on_undecided``).
+        poll_interval_s: how often a window scrapes the gateway and feeds the analysis engine (a failure ends
+            the window at once).
+        alpha: the false-rollback probability of the whole rollout (the engine's sequential test).
+        on_undecided: ``"retreat"`` (traffic back to stable only; the version stays a canary, eligible for
+            another try) or ``"hold"`` (keep its weight); either way the rollout stops and says so.
+        thresholds: further overrides of :class:`mlcd.guard.judge.GuardThresholds`.
+
+    The window's pass needs ``min_requests`` canary and ``min_stable_requests`` concurrent stable requests at
+    this weight; the engine judges errors, latency (side by side only), predicted classes and live accuracy;
+    ``max_error_rate_increase``, ``max_p99_latency_ratio`` and ``p99_latency_slack_s`` are its practical floors.
     """
 
     steps: tuple[int, ...] = DEFAULT_STEPS
@@ -61,6 +70,10 @@ class RolloutSpec:
     p99_latency_slack_s: float = 0.005
     failure_limit: int = 0
     inconclusive_limit: int = 3
+    poll_interval_s: float = 2.0
+    alpha: float = 0.001
+    on_undecided: str = "retreat"
+    thresholds: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         steps = tuple(int(s) for s in self.steps)
@@ -77,10 +90,36 @@ class RolloutSpec:
             raise ValueError("thresholds must be non-negative and the latency ratio >= 1")
         if self.failure_limit < 0 or self.inconclusive_limit < 0:
             raise ValueError("limits must be >= 0")
+        if self.poll_interval_s <= 0 or not 0 < self.alpha < 1:
+            raise ValueError("poll_interval_s must be > 0 and alpha in (0, 1)")
+        if self.on_undecided not in UNDECIDED_ACTIONS:
+            raise ValueError(f"on_undecided must be one of {UNDECIDED_ACTIONS}, got {self.on_undecided!r}")
+        object.__setattr__(self, "thresholds", dict(self.thresholds or {}))
+
+    @property
+    def max_window_s(self) -> float:
+        """The longest one weight is held while its window stretches for data."""
+        return self.analysis_window_s * (self.inconclusive_limit + 1)
+
+    def guard_thresholds(self) -> Any:
+        """The analysis engine's thresholds for this spec (the engine is shared with the guard)."""
+        from mlcd.guard.judge import GuardThresholds
+
+        base = {
+            "alpha": self.alpha,
+            "min_requests": self.min_requests,
+            "min_predictions": self.min_requests,
+            "min_latency_samples": min(self.min_requests, self.min_stable_requests),
+            "min_error_rate_increase": self.max_error_rate_increase,
+            "min_latency_ratio": self.max_p99_latency_ratio,
+            "min_latency_increase_s": self.p99_latency_slack_s,
+        }
+        return GuardThresholds.from_dict({**base, **self.thresholds})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["steps"] = list(self.steps)
+        data["thresholds"] = dict(self.thresholds)
         return data
 
     @classmethod
@@ -149,88 +188,19 @@ def next_weight(spec: RolloutSpec, current_weight: int) -> int | None:
     return None
 
 
-def step_verdict(
-    spec: RolloutSpec, canary_stats: VariantStats, stable_stats: VariantStats, *, concurrent: bool = True
-) -> StepVerdict:
-    """Judge one analysis window: fail on any breached threshold, else inconclusive on thin data, else pass.
+def next_action(spec: RolloutSpec, outcomes: Sequence[Outcome | str], inconclusive_at_weight: int | None = None
+                ) -> Action:
+    """What to do after the latest window, given the outcomes so far (at this weight, for inconclusive).
 
-    A failure is reported even on thin data (errors already seen are evidence), but a pass needs
-    ``min_requests`` canary requests and ``min_stable_requests`` stable requests to compare with.
-
-    Args:
-        concurrent: the stable stats were measured in the same window. When they come from an earlier window
-            (at 100 % the stable variant gets no traffic), latency is not compared: the machine's load changes
-            between windows and would read as a slower model. Error rates still are.
-    """
-    fails: list[str] = []
-    thin: list[str] = []
-    c, s = canary_stats, stable_stats
-
-    if c.requests <= 0:
-        thin.append("canary received no traffic in the window")
-    elif c.requests < spec.min_requests:
-        thin.append(f"canary requests {c.requests} < minimum {spec.min_requests}")
-    if s.requests < spec.min_stable_requests:
-        thin.append(f"stable requests {s.requests} < minimum {spec.min_stable_requests}")
-
-    # Error rate: with no stable baseline, compare against zero errors so a broken canary still fails.
-    if c.requests > 0:
-        c_rate = c.errors / c.requests
-        s_rate = s.errors / s.requests if s.requests > 0 else 0.0
-        increase = c_rate - s_rate
-        # Thin data proves a failure only with several errors that would breach the limit even if the rest of
-        # the window's minimum were clean, so a single early error does not abort a rollout.
-        enough = c.requests >= spec.min_requests or (
-            c.errors >= THIN_DATA_MIN_ERRORS
-            and c.errors / spec.min_requests - s_rate > spec.max_error_rate_increase
-        )
-        if increase > spec.max_error_rate_increase and enough:
-            fails.append(
-                f"canary error rate {c_rate:.2%} exceeds stable {s_rate:.2%} by {increase:.2%} "
-                f"(> {spec.max_error_rate_increase:.2%})"
-            )
-
-    # Latency: compared only side by side, and only when both sides have a p99 from enough requests.
-    if not concurrent:
-        pass
-    elif c.p99_latency_s is not None and s.p99_latency_s is not None and c.requests >= spec.min_requests:
-        if not (math.isfinite(c.p99_latency_s) and math.isfinite(s.p99_latency_s)):
-            thin.append("p99 latency is not finite (observations above the top histogram bucket)")
-        else:
-            limit = spec.max_p99_latency_ratio * s.p99_latency_s + spec.p99_latency_slack_s
-            if c.p99_latency_s > limit:
-                fails.append(
-                    f"canary p99 {c.p99_latency_s * 1000:.1f} ms > {spec.max_p99_latency_ratio:g}× stable p99 "
-                    f"{s.p99_latency_s * 1000:.1f} ms + {spec.p99_latency_slack_s * 1000:.1f} ms"
-                )
-    elif c.requests >= spec.min_requests and s.requests >= spec.min_stable_requests:
-        thin.append("p99 latency unavailable for canary or stable")
-
-    if fails:
-        return StepVerdict(Outcome.FAIL, tuple(fails + thin), c, s)
-    if thin:
-        return StepVerdict(Outcome.INCONCLUSIVE, tuple(thin), c, s)
-    reasons = (
-        f"canary {c.requests} requests, error rate {c.error_rate:.2%} vs stable {s.error_rate or 0.0:.2%}",
-        f"canary p99 {c.p99_latency_s * 1000:.1f} ms vs stable {s.p99_latency_s * 1000:.1f} ms"  # type: ignore[operator]
-        if concurrent and c.p99_latency_s is not None and s.p99_latency_s is not None
-        else "latency not compared (stable measured in an earlier window)" if not concurrent
-        else "latency not compared",
-    )
-    return StepVerdict(Outcome.PASS, reasons, c, s)
-
-
-def next_action(spec: RolloutSpec, outcomes: Sequence[Outcome | str]) -> Action:
-    """What to do after the latest window, given every window's outcome so far in this rollout.
-
-    Failures and inconclusive windows count across the whole rollout (Argo Rollouts), each against its
-    own limit; a pass advances.
+    Failures count across the whole rollout (Argo Rollouts); inconclusive windows count at the current weight:
+    the window stretches up to ``inconclusive_limit`` repeats, then the rollout is undecided; a pass advances.
     """
     if not outcomes:
         raise ValueError("next_action needs at least one outcome")
     values = [Outcome(o) for o in outcomes]
     if values.count(Outcome.FAIL) > spec.failure_limit:
         return Action.ABORT_FAILED
-    if values.count(Outcome.INCONCLUSIVE) > spec.inconclusive_limit:
+    held = values.count(Outcome.INCONCLUSIVE) if inconclusive_at_weight is None else inconclusive_at_weight
+    if held > spec.inconclusive_limit:
         return Action.ABORT_INCONCLUSIVE
     return Action.ADVANCE if values[-1] is Outcome.PASS else Action.REPEAT

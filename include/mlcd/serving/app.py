@@ -12,11 +12,16 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
+import signal
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +43,13 @@ MAX_CLIENT_ID = 256
 
 
 class RequestError(Exception):
-    """A refused request: HTTP status and a one-line reason."""
+    """A refused request: HTTP status and a one-line reason (``extra``: more fields for the JSON answer)."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, extra: dict[str, Any] | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.extra = extra or {}
 
 
 @dataclass(frozen=True)
@@ -51,18 +57,35 @@ class Routes:
     stable: ModelSlot | None = None
     canary: ModelSlot | None = None
     canary_weight: int = 0
+    generation: int = 0  # grows by one with every route change; persisted; the compare-and-set token
 
     def describe(self) -> dict[str, Any]:
         return {
             "stable": self.stable.version if self.stable else None,
             "canary": self.canary.version if self.canary else None,
             "canary_weight": self.canary_weight if self.canary else 0,
+            "generation": self.generation,
             "warnings": {
                 variant: slot.warning
                 for variant, slot in ((STABLE, self.stable), (CANARY, self.canary))
                 if slot is not None and slot.warning
             },
         }
+
+
+@dataclass(frozen=True)
+class Served:
+    """One routed answer: which version and variant answered, its ``N×10`` probabilities, and whether the
+    canary failed and the stable model answered instead."""
+
+    version: str
+    variant: str
+    probs: np.ndarray
+    fallback: bool
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.asarray(self.probs).argmax(axis=1)
 
 
 def sticky_bucket(client_id: str) -> int:
@@ -100,16 +123,23 @@ def parse_images(payload: Any, max_batch: int) -> tuple[np.ndarray, str | None]:
         arr = np.asarray(images)
     except (ValueError, TypeError):
         raise RequestError(422, "each image must be a 28x28 list of lists of numbers (ragged input)") from None
+    return check_pixels(arr), client_id
+
+
+def check_pixels(arr: np.ndarray, status: int = 422) -> np.ndarray:
+    """``N×28×28`` finite numbers in 0..255 as float32, or :class:`RequestError` with ``status`` saying why."""
     if arr.ndim != 3 or arr.shape[1:] != (28, 28):
-        raise RequestError(422, f"images must have shape Nx28x28, got {'x'.join(map(str, arr.shape))}")
+        raise RequestError(status, f"images must have shape Nx28x28, got {'x'.join(map(str, arr.shape))}")
     if arr.dtype.kind not in "iuf":
-        raise RequestError(422, f"pixels must be numbers, got {arr.dtype.kind!r} values")
+        raise RequestError(status, f"pixels must be numbers, got {arr.dtype.kind!r} values")
+    if len(arr) == 0:
+        raise RequestError(status, "no images: the batch dimension is 0")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise RequestError(422, "pixels must be finite numbers (no NaN or Infinity)")
+        raise RequestError(status, "pixels must be finite numbers (no NaN or Infinity)")
     lo, hi = arr.min(), arr.max()
     if lo < 0 or hi > 255:
-        raise RequestError(422, f"pixel values must be in 0..255, got {lo}..{hi}")
-    return arr.astype(np.float32, copy=False), client_id
+        raise RequestError(status, f"pixel values must be in 0..255, got {lo}..{hi}")
+    return arr.astype(np.float32, copy=False)
 
 
 class Gateway:
@@ -154,8 +184,22 @@ class Gateway:
             build_slot, version, self.loader, self.config.batch_max_rows, self.config.batch_max_wait_s
         )
 
-    async def set_routes(self, stable: str | None, canary: str | None, canary_weight: int, persist: bool = True) -> Routes:
-        """Load what is not loaded yet, then switch routes in one assignment and retire unused slots."""
+    async def set_routes(
+        self,
+        stable: str | None,
+        canary: str | None,
+        canary_weight: int,
+        persist: bool = True,
+        expected_generation: int | None = None,
+        generation: int | None = None,
+    ) -> Routes:
+        """Load what is not loaded yet, persist the new routes, then switch in one assignment.
+
+        Persist first: a failed save answers an error with traffic unchanged (the new slots are dropped), so what
+        the gateway serves is always what a restart would serve. With ``expected_generation`` the move applies
+        only if the routes are still at that generation (409 otherwise): a stale canary step cannot undo a
+        rollback. ``generation`` restores a persisted generation at startup instead of counting up.
+        """
         if not 0 <= canary_weight <= 100:
             raise RequestError(422, f"canary_weight must be in 0..100, got {canary_weight}")
         if stable is None and canary is not None:
@@ -164,25 +208,47 @@ class Gateway:
             canary = None  # the same version twice is just the stable model
         async with self._admin_lock:
             old = self.routes
+            if expected_generation is not None and expected_generation != old.generation:
+                raise RequestError(
+                    409,
+                    f"routes are at generation {old.generation}, not {expected_generation}: another writer moved "
+                    "them; nothing changed",
+                    {"conflict": "generation", "expected_generation": expected_generation,
+                     "current_generation": old.generation, "routes": old.describe()},
+                )
             current = [old.stable, old.canary]
             new_stable = await self._slot_for(stable, current)
             new_canary = await self._slot_for(canary, current)
-            self.routes = Routes(new_stable, new_canary, canary_weight if new_canary else 0)
+            new_gen = old.generation + 1 if generation is None else generation
+            routes = Routes(new_stable, new_canary, canary_weight if new_canary else 0, new_gen)
+            if persist and self.config.pinned_version is None:
+                try:
+                    await asyncio.to_thread(
+                        save_state, self.config.state_path,
+                        RouteState(stable, canary if new_canary else None, routes.canary_weight, generation=new_gen),
+                    )
+                except Exception as exc:  # noqa: BLE001 - nothing switched; drop what was loaded for it
+                    for slot in (new_stable, new_canary):
+                        if slot is not None and slot not in current:
+                            self._retire(slot)
+                    raise RequestError(
+                        503, f"could not persist the routes, traffic unchanged: {type(exc).__name__}: {exc}"
+                    ) from exc
+            self.routes = routes
             for slot in current:
                 if slot is not None and slot not in (new_stable, new_canary):
-                    task = asyncio.get_running_loop().create_task(slot.retire())
-                    self._retiring.add(task)
-                    task.add_done_callback(self._retiring.discard)
+                    self._retire(slot)
             self.ready_error = None if new_stable else "no stable model version configured"
             self.metrics.set_served(
                 {STABLE: stable, CANARY: canary if new_canary else None}, self.routes.canary_weight
             )
-            if persist and self.config.pinned_version is None:
-                await asyncio.to_thread(
-                    save_state, self.config.state_path, RouteState(stable, canary, self.routes.canary_weight)
-                )
             log.info("routes: %s", self.routes.describe())
             return self.routes
+
+    def _retire(self, slot: ModelSlot) -> None:
+        task = asyncio.get_running_loop().create_task(slot.retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def resolve_aliases(self) -> tuple[str | None, str | None]:
         name, uri = self.config.model_name, self.config.tracking_uri
@@ -203,7 +269,10 @@ class Gateway:
                 return
             saved = await asyncio.to_thread(load_state, self.config.state_path)
             if saved is not None and saved.stable is not None:
-                await self.set_routes(saved.stable, saved.canary, saved.canary_weight, persist=False)
+                # The persisted routes at their persisted generation, before the first request is answered
+                # (uvicorn binds the port only after this lifespan startup returns).
+                await self.set_routes(saved.stable, saved.canary, saved.canary_weight, persist=False,
+                                      generation=saved.generation)
             else:
                 await self.reload_aliases()
         except Exception as exc:  # noqa: BLE001 - the process stays up and says why on /healthz
@@ -221,6 +290,19 @@ class Gateway:
         return self.config.pinned_variant if self.config.pinned_version else variant
 
     async def predict(self, x: np.ndarray, client_id: str | None) -> dict[str, Any]:
+        """``/predict``: route, answer with per-image classes, probabilities and prediction ids."""
+        served = await self.route(x, client_id)
+        return self._answer(served)
+
+    async def route(self, x: np.ndarray, client_id: str | None, version: str | None = None) -> Served:
+        """Answer ``x`` through the canary logic; every protocol (``/predict``, Open Inference) comes through here.
+
+        Args:
+            x: float32 ``N×28×28`` pixels in 0..255, already checked.
+            client_id: sticky routing key; ``None`` routes each request by chance at the canary's weight.
+            version: answer with exactly this served version (stable or canary); no weighting, no fallback:
+                a caller that names a version gets that version's answer or its error.
+        """
         if self.drift is not None:
             try:
                 self.drift.update(x)  # inputs drift whatever the model answers: scored before the model call
@@ -230,6 +312,8 @@ class Gateway:
         stable, canary = routes.stable, routes.canary
         if stable is None:
             raise RequestError(503, f"no model is being served ({self.ready_error})")
+        if version is not None:
+            return await self._route_pinned(x, version, routes)
         variant = choose_variant(routes.canary_weight, client_id, self.rng) if canary is not None else STABLE
         held = [stable] if variant == STABLE else [stable, canary]
         for slot in held:
@@ -243,10 +327,7 @@ class Gateway:
                     probs = await canary.predict(x)
                     self._observe(canary, CANARY, t0, len(x))
                 except Exception as exc:  # noqa: BLE001 - counted against the canary, answered by stable
-                    label = self._variant_label(CANARY)
-                    self.metrics.requests.labels(canary.version, label).inc()
-                    self.metrics.errors.labels(canary.version, label).inc()
-                    self.metrics.fallbacks.labels(canary.version, label).inc()
+                    self._count_failure(canary, CANARY, fallback=True)
                     log.warning("canary %s failed, answering with stable: %s", canary.version, exc)
                     variant, fallback = STABLE, True
             if variant == STABLE:
@@ -254,9 +335,7 @@ class Gateway:
                 try:
                     probs = await stable.predict(x)
                 except Exception as exc:
-                    label = self._variant_label(STABLE)
-                    self.metrics.requests.labels(stable.version, label).inc()
-                    self.metrics.errors.labels(stable.version, label).inc()
+                    self._count_failure(stable, STABLE, fallback=False)
                     raise RequestError(500, f"model version {stable.version} failed: {type(exc).__name__}") from exc
                 self._observe(stable, STABLE, t0, len(x))
         finally:
@@ -264,26 +343,61 @@ class Gateway:
                 slot.release()  # type: ignore[union-attr]
         served = stable if variant == STABLE else canary
         assert served is not None
-        return self._answer(served.version, self._variant_label(variant), probs, fallback)
+        return Served(served.version, self._variant_label(variant), probs, fallback)
+
+    async def _route_pinned(self, x: np.ndarray, version: str, routes: Routes) -> Served:
+        slots = {v: s for v, s in ((STABLE, routes.stable), (CANARY, routes.canary)) if s is not None}
+        match = [(variant, slot) for variant, slot in slots.items() if slot.version == version]
+        if not match:
+            serving = ", ".join(slot.version for slot in slots.values())
+            raise RequestError(404, f"model version {version} is not being served (serving: {serving})")
+        variant, slot = match[0]
+        slot.hold()
+        try:
+            t0 = time.perf_counter()
+            try:
+                probs = await slot.predict(x)
+            except Exception as exc:
+                self._count_failure(slot, variant, fallback=False)
+                raise RequestError(500, f"model version {slot.version} failed: {type(exc).__name__}") from exc
+            self._observe(slot, variant, t0, len(x))
+        finally:
+            slot.release()
+        return Served(slot.version, self._variant_label(variant), probs, False)
+
+    def _count_failure(self, slot: ModelSlot, variant: str, fallback: bool) -> None:
+        label = self._variant_label(variant)
+        self.metrics.requests.labels(slot.version, label).inc()
+        self.metrics.errors.labels(slot.version, label).inc()
+        if fallback:
+            self.metrics.fallbacks.labels(slot.version, label).inc()
 
     def _observe(self, slot: ModelSlot, variant: str, t0: float, n: int) -> None:
         label = self._variant_label(variant)
         self.metrics.latency.labels(slot.version, label).observe(time.perf_counter() - t0)
         self.metrics.requests.labels(slot.version, label).inc()
 
-    def _answer(self, version: str, variant: str, probs: np.ndarray, fallback: bool) -> dict[str, Any]:
-        classes = probs.argmax(axis=1)
-        predictions = []
-        for cls, row in zip(classes.tolist(), probs.tolist(), strict=True):
+    def remember(self, served: Served) -> list[str]:
+        """Count each image's predicted class and keep a prediction id per image for ``/feedback``."""
+        ids = []
+        for cls in served.classes.tolist():
             pid = uuid.uuid4().hex
-            self._remember(pid, (version, variant, cls))
-            self.metrics.predictions.labels(version, variant, str(cls)).inc()
-            predictions.append({"prediction_id": pid, "class": cls, "probabilities": row})
+            self._remember(pid, (served.version, served.variant, cls))
+            self.metrics.predictions.labels(served.version, served.variant, str(cls)).inc()
+            ids.append(pid)
+        return ids
+
+    def _answer(self, served: Served) -> dict[str, Any]:
+        ids = self.remember(served)
+        predictions = [
+            {"prediction_id": pid, "class": cls, "probabilities": row}
+            for pid, cls, row in zip(ids, served.classes.tolist(), served.probs.tolist(), strict=True)
+        ]
         return {
             "model": self.config.model_name,
-            "version": version,
-            "variant": variant,
-            "fallback": fallback,
+            "version": served.version,
+            "variant": served.variant,
+            "fallback": served.fallback,
             "predictions": predictions,
         }
 
@@ -318,8 +432,81 @@ class Gateway:
             raise RequestError(401, "missing or wrong bearer token")
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing oversized bodies before reading them whole."""
+# Bodies larger than this are parsed in a worker *process*: json.loads holds the GIL for its whole run (a worker
+# thread would stall the event loop, and with it /metrics and /healthz, just the same), while unpickling the
+# parsed result costs about a quarter of parsing it. Small bodies are cheaper to parse inline.
+PARSE_INLINE_BYTES = 64 * 1024
+_PARSER: ProcessPoolExecutor | None = None
+_PARSER_LOCK = threading.Lock()
+
+
+def _parser_pool() -> ProcessPoolExecutor:
+    """One spawned parser process per gateway process, started on first use (spawn: never fork TensorFlow)."""
+    global _PARSER
+    with _PARSER_LOCK:
+        if _PARSER is None:
+            import multiprocessing
+
+            _PARSER = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent
+            )
+        return _PARSER
+
+
+def _die_with_parent() -> None:
+    """In the parser process: exit when the gateway dies, even by SIGKILL (no orphaned parsers)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _drop_parser_pool() -> None:
+    global _PARSER
+    with _PARSER_LOCK:
+        pool, _PARSER = _PARSER, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _parse_outcome(raw: bytes) -> tuple[bool, Any]:
+    """In the parser process: ``(True, value)`` or ``(False, one-line reason)`` (exceptions do not pickle well)."""
+    try:
+        return True, _parse_json(raw)
+    except RequestError as err:
+        return False, err.reason
+
+
+async def _parse_off_loop(raw: bytes) -> Any:
+    try:
+        ok, value = await asyncio.get_running_loop().run_in_executor(_parser_pool(), _parse_outcome, raw)
+    except (BrokenProcessPool, RuntimeError, OSError) as exc:  # the parser died or was shut down: parse here
+        log.warning("JSON parser process unavailable (%s: %s); parsing in a thread", type(exc).__name__, exc)
+        _drop_parser_pool()
+        return await asyncio.to_thread(_parse_json, raw)
+    if not ok:
+        raise RequestError(400, str(value))
+    return value
+
+
+def _parse_json(raw: bytes) -> Any:
+    """``json.loads`` with every failure as a one-line 400 (syntax, encoding, nesting too deep)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, "body is not acceptable JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"body is not valid JSON: {str(exc).splitlines()[0]}") from None
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The whole body, refusing an oversized one (declared or streamed) before reading it whole."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -327,23 +514,30 @@ async def _read_json(request: Request, limit: int) -> Any:
                 raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
         except ValueError:
             raise RequestError(400, "invalid Content-Length header") from None
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise RequestError(415, f"content type must be application/json, got {ctype}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not valid JSON: {str(exc).splitlines()[0]}") from None
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing oversized bodies before reading them whole; parse errors are a one-line 400."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise RequestError(415, f"content type must be application/json, got {ctype}")
+    raw = await read_bounded(request, limit)
+    if len(raw) <= PARSE_INLINE_BYTES:
+        return _parse_json(raw)
+    return await _parse_off_loop(raw)
 
 
 def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None = None) -> FastAPI:
     """Build the gateway application; models load at startup (in a thread, so the loop stays responsive)."""
+    from mlcd.serving.v2 import V2_PREFIX, add_v2_routes  # v2 builds on this module's Gateway
+
     config = config or GatewayConfig.from_settings()
     gateway = Gateway(config, loader)
 
@@ -351,20 +545,29 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.startup()
         await gateway.start_drift()
+        try:
+            _parser_pool().submit(int)  # start the parser process now, not on the first large body
+        except (RuntimeError, OSError) as exc:
+            log.warning("JSON parser process not started (%s); large bodies are parsed in a thread", exc)
         yield
         await gateway.shutdown()
+        _drop_parser_pool()
 
     app = FastAPI(title="mlcd gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
 
-    def refuse(err: RequestError) -> JSONResponse:
+    def refuse(err: RequestError, path: str) -> JSONResponse:
         if 400 <= err.status < 500:
             gateway.metrics.rejected.labels(str(err.status)).inc()
-        return JSONResponse({"detail": err.reason}, status_code=err.status)
+        # The Open Inference Protocol's error body is {"error": ...}; mlcd's own routes keep FastAPI's "detail".
+        key = "error" if path.startswith(V2_PREFIX) else "detail"
+        return JSONResponse({key: err.reason, **err.extra}, status_code=err.status)
 
     @app.exception_handler(RequestError)
-    async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-        return refuse(err)
+    async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+        return refuse(err, request.url.path)
+
+    add_v2_routes(app, gateway)
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -409,14 +612,18 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
             raise RequestError(422, "body must be {'stable': version, 'canary': version|null, 'canary_weight': 0..100}")
         stable, canary = body.get("stable"), body.get("canary")
         weight = body.get("canary_weight", 0)
+        expected = body.get("expected_generation")
         for name, value in (("stable", stable), ("canary", canary)):
             if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)):
                 raise RequestError(422, f"'{name}' must be a version string or null")
         if isinstance(weight, bool) or not isinstance(weight, int):
             raise RequestError(422, "'canary_weight' must be an integer percent")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise RequestError(422, "'expected_generation' must be an integer (the 'generation' last read)")
         try:
             routes = await gateway.set_routes(
-                None if stable is None else str(stable), None if canary is None else str(canary), weight
+                None if stable is None else str(stable), None if canary is None else str(canary), weight,
+                expected_generation=expected,
             )
         except RequestError:
             raise
@@ -430,13 +637,20 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
         body = await _read_json(request, 1024)
         weight = body.get("canary_weight") if isinstance(body, dict) else None
         if isinstance(weight, bool) or not isinstance(weight, int):
-            raise RequestError(422, "body must be {'canary_weight': 0..100}")
+            raise RequestError(422, "body must be {'canary_weight': 0..100, 'expected_generation'?: int}")
+        expected = body.get("expected_generation")
+        if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
+            raise RequestError(422, "'expected_generation' must be an integer (the 'generation' last read)")
         routes = gateway.routes
         if routes.canary is None and weight > 0:
             raise RequestError(409, "no canary is loaded; set routes or reload aliases first")
         stable = routes.stable.version if routes.stable else None
         canary = routes.canary.version if routes.canary else None
-        return JSONResponse((await gateway.set_routes(stable, canary, weight)).describe())
+        # Without an expected generation, the one just read: the weight applies to exactly these routes.
+        expected = routes.generation if expected is None else expected
+        return JSONResponse(
+            (await gateway.set_routes(stable, canary, weight, expected_generation=expected)).describe()
+        )
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> JSONResponse:

@@ -35,7 +35,8 @@ class GatewayMetrics:
         self.feedback = Counter("mlcd_gateway_feedback", "Feedback labels received", (*labels, "correct"), registry=r)
         self.accuracy = Gauge("mlcd_gateway_live_accuracy", "Accuracy on feedback labels so far", labels, registry=r)
         self.rejected = Counter("mlcd_gateway_rejected", "Requests refused with a 4xx", ("status",), registry=r)
-        self.weight = Gauge("mlcd_gateway_canary_weight", "Percent of traffic routed to the canary", registry=r)
+        # A 0-1 ratio (Prometheus convention: ratios, not percents); the router API keeps integer percents.
+        self.weight = Gauge("mlcd_gateway_canary_weight", "Share of traffic routed to the canary (0-1)", registry=r)
         self.model_info = Gauge("mlcd_gateway_model_info", "1 for each served (variant, version)", labels, registry=r)
         self._feedback_counts: dict[tuple[str, str], list[int]] = {}
         # Input drift of live traffic against the training data (set only when the gateway monitors drift).
@@ -66,8 +67,9 @@ class GatewayMetrics:
         self.accuracy.labels(version, variant).set(counts[0] / counts[1])
 
     def set_served(self, served: dict[str, str | None], canary_weight: int) -> None:
+        """Export what is served; ``canary_weight`` is the router's integer percent, exported as a 0-1 ratio."""
         self.model_info.clear()
         for variant, version in served.items():
             if version is not None:
                 self.model_info.labels(version, variant).set(1)
-        self.weight.set(canary_weight)
+        self.weight.set(canary_weight / 100.0)

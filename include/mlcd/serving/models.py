@@ -24,7 +24,12 @@ ModelLoader = Callable[[str], PredictFn]
 
 
 def mlflow_loader(model_name: str, tracking_uri: str) -> ModelLoader:
-    """Load ``models:/<name>/<version>`` with the shared model contract (:mod:`mlcd.model_io`)."""
+    """Load ``models:/<name>/<version>`` with the shared model contract (:mod:`mlcd.model_io`).
+
+    Only the artifact the training run sealed is loaded: a digest or signature mismatch, or an artifact that asks
+    for custom code, raises :class:`mlcd.model_io.ArtifactIntegrityError` (logged there), so the gateway refuses the
+    version (a canary: ``409`` to the router, traffic stays on stable).
+    """
 
     def load(version: str) -> PredictFn:
         from mlcd.model_io import load_predictor

@@ -1,4 +1,9 @@
-"""The gateway's persisted routes: written atomically so a crash never leaves half a file behind."""
+"""The gateway's persisted routes: written atomically so a crash never leaves half a file behind.
+
+The gateway saves the routes *before* it switches to them, with their generation (the compare-and-set counter of
+``/admin/routes``), so a restart serves exactly what was last acknowledged, at the same generation: a canary step
+that read generation G before the restart can still move, and one that read an older G is still refused.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ class RouteState:
     canary: str | None = None
     canary_weight: int = 0
     updated_at: str = ""
+    generation: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -36,6 +42,7 @@ def load_state(path: Path) -> RouteState | None:
             canary=None if data.get("canary") is None else str(data["canary"]),
             canary_weight=int(data.get("canary_weight", 0)),
             updated_at=str(data.get("updated_at", "")),
+            generation=int(data.get("generation", 0)),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"gateway state file {path} is corrupt: {exc}") from exc
@@ -44,6 +51,8 @@ def load_state(path: Path) -> RouteState | None:
 def save_state(path: Path, state: RouteState) -> RouteState:
     """Write ``state`` via a temporary file, fsync and ``os.replace`` (atomic on POSIX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamped = RouteState(state.stable, state.canary, state.canary_weight, datetime.now(UTC).isoformat())
+    stamped = RouteState(
+        state.stable, state.canary, state.canary_weight, datetime.now(UTC).isoformat(), state.generation
+    )
     atomic_write_bytes(path, json.dumps(stamped.to_dict(), indent=2, sort_keys=True).encode())
     return stamped

@@ -28,6 +28,7 @@ __all__ = [
     "RESULT_PREFIX",
     "TrainResult",
     "parse_result",
+    "seal_result",
     "train",
     "trainer_args",
     "trainer_command",
@@ -49,7 +50,7 @@ def train(
     """Train and log to MLflow; see :func:`mlcd.training.trainer.train`."""
     from mlcd.training.trainer import train as _train
 
-    return _train(
+    return seal_result(_train(
         snapshot_dir,
         epochs=epochs,
         batch_size=batch_size,
@@ -60,4 +61,16 @@ def train(
         max_train_samples=max_train_samples,
         model=model,
         **kwargs,
-    )
+    ))
+
+
+def seal_result(result: TrainResult) -> TrainResult:
+    """Record the digest (and signature) of the model the run just logged; also kept in ``result.extra``.
+
+    Every trainer entrypoint calls this right after training, before anything can register the model.
+    """
+    from mlcd.training.tracking import seal_model
+
+    tags = seal_model(result.model_uri, result.tracking_uri)
+    result.extra.update(tags)
+    return result

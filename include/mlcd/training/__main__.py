@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dag-run-id", default=None, help="Airflow DAG run id, recorded as a run tag")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-train-samples", type=_optional_int, default=None, help="cap on training images")
-    parser.add_argument("--model", default=None, help="'cnn' (default) or 'package.module:factory'")
+    parser.add_argument("--model", default=None, 
+                        help="'cnn' (default), 'mlcd.training.faulty:BlindModel' or an 'mlcd.models' entry point")
     parser.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs")
     return parser
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the trainer; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    from mlcd.training import seal_result
     from mlcd.training.trainer import train
 
     try:
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             patience=args.patience,
         )
+        seal_result(result)
     except KeyboardInterrupt:
         print(ERROR_PREFIX + "interrupted", file=sys.stderr, flush=True)
         return 130

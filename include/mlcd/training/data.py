@@ -102,14 +102,22 @@ def load_training_data(snapshot: str | Path, max_train_samples: int | None = Non
 
 
 def make_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0, accelerated: bool = False
 ) -> tf.data.Dataset:
-    """A batched pipeline of ``(float32 N×28×28 pixels 0–255, int64 labels)``.
+    """A batched pipeline of ``(float32 N×28×28 pixels 0–255, int64 labels)`` over uint8 images held once.
 
-    The uint8 images are held once in memory (a quarter of float32's size) and each batch is one vectorised
-    gather + cast of shuffled indices, instead of per-image ops: measured in bench/training.py against
-    ``model.fit`` on NumPy arrays. Shuffling reshuffles every epoch (seeded); the unshuffled (validation)
-    pipeline caches its prepared batches after the first pass; prefetch overlaps input with the train step.
+    The images stay uint8 in memory (a quarter of float32's bytes; ``model.fit`` on NumPy arrays needs a
+    float32 copy of the whole set) and are cast in the graph, per batch: one vectorised gather + cast of a
+    batch of shuffled indices. Scaling to 0–1 lives in the model (its ``Rescaling`` layer), so serving and
+    training cannot disagree. Shuffling reshuffles every epoch, seeded, so a run is repeatable. Nothing is
+    cached: a cache after the cast would hold float32 copies again.
+
+    Profiled on 2 CPU cores (bench/training.py, bench/RESULTS.md), a batch costs about 1 ms against 60 ms or
+    more for the CNN's train step, so on a CPU the pipeline's job is to stay out of the step's way: a
+    sequential map, two batches prefetched, no autotuning thread and no static graph rewrites (tf.data would
+    serialise the in-graph image tensor at every epoch's iterator to rewrite it, as Keras' own array adapter
+    also avoids). ``accelerated`` (the trainer's GPU check) turns parallel mapping and autotuned prefetching
+    back on, where a step takes a few milliseconds; a distribution strategy then prefetches to each device.
     """
     import tensorflow as tf
 
@@ -121,8 +129,10 @@ def make_dataset(
     ds = ds.batch(batch_size)
     ds = ds.map(
         lambda idx: (tf.cast(tf.gather(images, idx), tf.float32), tf.gather(labels, idx)),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=tf.data.AUTOTUNE if accelerated else None,
     )
-    if not shuffle:
-        ds = ds.cache()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True  # batches in the seeded order whatever the parallelism: repeatable runs
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = accelerated
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE if accelerated else 2)

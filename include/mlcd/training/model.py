@@ -17,6 +17,14 @@ if TYPE_CHECKING:
     import keras
 
 DEFAULT_MODEL = "cnn"
+# Installed packages add models by declaring ``[project.entry-points."mlcd.models"] name = "module:attr"``.
+ENTRY_POINT_GROUP = "mlcd.models"
+_REFERENCE = "mlcd.training.model:ReferenceCNN"
+BUILTIN_BUILDERS: dict[str, str] = {
+    DEFAULT_MODEL: _REFERENCE,
+    _REFERENCE: _REFERENCE,
+    "mlcd.training.faulty:BlindModel": "mlcd.training.faulty:BlindModel",
+}
 
 
 @runtime_checkable
@@ -83,26 +91,55 @@ class ReferenceCNN:
         return compile_classifier(model, self.learning_rate)
 
 
+def allowed_builders() -> dict[str, str]:
+    """Every model a training run may build: name or spec → ``module:attr``.
+
+    The built-ins (the reference CNN and the drill model the demo breaks on purpose) plus the entry points
+    that installed packages declare in group :data:`ENTRY_POINT_GROUP`; an entry point is reachable by its
+    name and by its ``module:attr`` value. The ``model`` DAG param is user input: only what a deployment
+    installed may run in the training process.
+    """
+    from importlib.metadata import entry_points
+
+    allowed = dict(BUILTIN_BUILDERS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        allowed.setdefault(ep.name, ep.value)
+        allowed.setdefault(ep.value, ep.value)
+    return allowed
+
+
 def get_builder(spec: str | None = None) -> ModelBuilder:
-    """The builder named by ``spec``.
+    """The builder named by ``spec``, if it is on the allow-list (:func:`allowed_builders`).
 
     Args:
-        spec: ``"cnn"`` (or ``None``) for :class:`ReferenceCNN`, or ``"package.module:factory"`` for a
-            callable that returns a :class:`ModelBuilder`, so another model plugs in without editing mlcd.
+        spec: ``"cnn"`` (or ``None``) for :class:`ReferenceCNN`, ``"mlcd.training.faulty:BlindModel"``, or
+            the name or ``module:attr`` of an entry point in group ``mlcd.models``; the attribute is a
+            builder, or a class or factory returning one.
 
     Raises:
-        ValueError: the spec cannot be imported or does not give a builder.
+        ValueError: the spec is not allowed (refused before anything is imported), cannot be imported, or
+            does not give a builder.
     """
     if spec in (None, "", DEFAULT_MODEL, ReferenceCNN.name):
         return ReferenceCNN()
     assert spec is not None
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"unknown model {spec!r}: use 'cnn' or 'package.module:factory'")
+    allowed = allowed_builders()
+    target = allowed.get(spec.strip())
+    if target is None:
+        others = sorted(k for k in allowed if k != DEFAULT_MODEL)
+        raise ValueError(
+            f"model {spec!r} is not allowed: use 'cnn', {', '.join(map(repr, others))}, or install a builder as an "
+            f"entry point in group {ENTRY_POINT_GROUP!r}"
+        )
+    if target == _REFERENCE:
+        return ReferenceCNN()
+    module_name, _, attr = target.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        factory = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load model builder {spec!r}: {err}") from None
+        raise ValueError(f"cannot load model builder {spec!r} ({target}): {err}") from None
     # A class or a factory function is called; a ready builder instance is used as is.
     call = isinstance(factory, type) or (callable(factory) and not isinstance(factory, ModelBuilder))
     builder = factory() if call else factory

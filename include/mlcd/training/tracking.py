@@ -1,4 +1,5 @@
-"""What a training run records besides the model: code version, confusion matrix, per-class metrics.
+"""What a training run records besides the model: code version, confusion matrix, per-class metrics, and the
+seal of the model it logged (digest, optional signature) that every loader checks.
 
 The numbers are plain NumPy so they can be checked without MLflow; :func:`confusion_figure` draws with
 matplotlib's object API (no pyplot, no display backend needed in a pod).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,3 +124,43 @@ def log_snapshot_inputs(snapshot_id: str, snapshot_path: str, splits: dict[str, 
 def epoch_metrics(logs: dict[str, Any]) -> dict[str, float]:
     """Keras' epoch logs as floats (Keras may hand back tensors or NumPy scalars)."""
     return {k: float(v) for k, v in logs.items() if np.isscalar(v) or np.ndim(v) == 0}
+
+
+def seal_model(model_uri: str, tracking_uri: str | None = None, key: str | None = None) -> dict[str, str]:
+    """Record the SHA-256 digest of a just-logged model artifact (and an HMAC signature when a key is set).
+
+    The tags go on the logged model (what a registered version points at) and on the training run, so the
+    gateway and evaluation can refuse an artifact that was changed afterwards (:func:`mlcd.model_io.load_predictor`).
+    The key is ``key`` or ``MLCD_MODEL_SIGNING_KEY`` (a Secret or Connection); without one only the digest is
+    recorded, which catches a changed artifact store but not someone who may also write tags.
+
+    Returns:
+        The tags written.
+    """
+    import mlflow
+
+    from mlcd.model_io import (
+        TAG_MODEL_SHA256,
+        TAG_MODEL_SIGNATURE,
+        _client,
+        artifact_digest,
+        resolve_model,
+        sign_digest,
+        signing_key,
+    )
+
+    ref = resolve_model(model_uri, tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mlcd-seal-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=ref.download_uri, dst_path=tmp, tracking_uri=tracking_uri)
+        digest = artifact_digest(local)
+    tags = {TAG_MODEL_SHA256: digest}
+    secret = signing_key(key)
+    if secret:
+        tags[TAG_MODEL_SIGNATURE] = sign_digest(digest, secret)
+    client = _client(tracking_uri)
+    if ref.logged_model_id:
+        client.set_logged_model_tags(ref.logged_model_id, tags)
+    if ref.run_id:
+        for k, v in tags.items():
+            client.set_tag(ref.run_id, k, v)
+    return tags

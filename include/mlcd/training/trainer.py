@@ -50,6 +50,35 @@ def select_strategy() -> tuple[tf.distribute.Strategy, bool]:
     return tf.distribute.get_strategy(), False
 
 
+def fit(
+    net: keras.Model,
+    data: TrainingData,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    accelerated: bool = False,
+) -> tuple[keras.callbacks.History, tf.data.Dataset]:
+    """Fit a compiled model on a snapshot's train split, validating on its val split every epoch.
+
+    The one fit path of the trainer, also what bench/training.py measures against ``model.fit`` on arrays:
+    uint8 pipelines from :func:`make_dataset` (``accelerated``: the GPU settings). Keras' default of one
+    step per call is kept: 16 steps per call traces a multi-step loop that cost more than it saved on the
+    benchmark's fits (bench/RESULTS.md), and callbacks keep their per-batch hooks.
+
+    Returns:
+        Keras' history and the validation pipeline (reused for the final evaluation).
+    """
+    train_ds = make_dataset(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed, accelerated=accelerated)
+    val_ds = make_dataset(data.x_val, data.y_val, batch_size, shuffle=False, accelerated=accelerated)
+    # shuffle=False: the pipeline shuffles itself (seeded); Keras would ignore True for a dataset and warn.
+    history = net.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks or [], shuffle=False, verbose=0
+    )
+    return history, val_ds
+
+
 def _make_progress_callback(
     epochs: int, train_samples: int, progress: Progress, log_to_mlflow: bool
 ) -> keras.callbacks.Callback:
@@ -159,8 +188,6 @@ def train(
     global_batch = batch_size * replicas
     with strategy.scope():
         net = builder.build()
-    train_ds = make_dataset(data.x_train, data.y_train, global_batch, shuffle=True, seed=seed)
-    val_ds = make_dataset(data.x_val, data.y_val, global_batch, shuffle=False)
 
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.set_experiment(experiment)
@@ -205,7 +232,9 @@ def train(
             _make_progress_callback(epochs, len(data.x_train), progress, log_to_mlflow=True),
         ]
         started = time.perf_counter()
-        history = net.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=0)
+        history, val_ds = fit(
+            net, data, epochs=epochs, batch_size=global_batch, seed=seed, callbacks=callbacks, accelerated=mixed_precision
+        )
         train_seconds = time.perf_counter() - started
         val_losses = [float(v) for v in history.history.get("val_loss", [])]
         epochs_run = len(history.history.get("loss", []))
@@ -221,21 +250,6 @@ def train(
             raise RuntimeError(f"training diverged: validation loss is {val_loss}")
         cm = confusion_matrix(data.y_val, predicted)
         per_class = per_class_metrics(cm)
-        mlflow.log_metrics(
-            {
-                "final_val_loss": val_loss,
-                "final_val_accuracy": val_accuracy,
-                "best_epoch": best_epoch,
-                "epochs_run": epochs_run,
-                "train_seconds": train_seconds,
-                **per_class_metric_dict(per_class),
-            }
-        )
-        mlflow.log_figure(confusion_figure(cm, f"validation, snapshot {data.snapshot_id}"), "confusion_matrix.png")
-        mlflow.log_dict(
-            {"confusion_matrix": cm.tolist(), "per_class": {str(k): v for k, v in per_class.items()}},
-            "per_class_metrics.json",
-        )
 
         example = data.x_val[:5].astype(np.float32)
         signature = infer_signature(example, logits[:5])
@@ -248,6 +262,25 @@ def train(
             # Explicit requirements: inferring them re-loads the model in a subprocess (seconds, for nothing).
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
             tags={"mlcd.snapshot_id": data.snapshot_id, "mlcd.code_version": version},
+        )
+        model_id = getattr(info, "model_id", None)
+        # Logged after the model and linked to it by id: logged before, log_model links them itself with one
+        # metric-history request per metric name (40 round trips for the per-class metrics).
+        mlflow.log_metrics(
+            {
+                "final_val_loss": val_loss,
+                "final_val_accuracy": val_accuracy,
+                "best_epoch": best_epoch,
+                "epochs_run": epochs_run,
+                "train_seconds": train_seconds,
+                **per_class_metric_dict(per_class),
+            },
+            model_id=model_id,
+        )
+        mlflow.log_figure(confusion_figure(cm, f"validation, snapshot {data.snapshot_id}"), "confusion_matrix.png")
+        mlflow.log_dict(
+            {"confusion_matrix": cm.tolist(), "per_class": {str(k): v for k, v in per_class.items()}},
+            "per_class_metrics.json",
         )
 
     return TrainResult(
@@ -267,7 +300,7 @@ def train(
         train_seconds=round(train_seconds, 3),
         code_version=version,
         model_name=builder.name,
-        logged_model_id=getattr(info, "model_id", None),
+        logged_model_id=model_id,
         run_url=_run_url(tracking_uri, str(exp.experiment_id), run_id),
         extra={"mixed_precision": mixed_precision, "replicas": replicas},
     )
