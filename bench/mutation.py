@@ -243,9 +243,18 @@ class _Replace(ast.NodeTransformer):
         return super().visit(node)
 
 
+_SOURCES: dict[str, str] = {}  # the text each mutant was enumerated from: a checkout changing mid-run cannot skew it
+
+
+def _source(rel: str) -> str:
+    if rel not in _SOURCES:
+        _SOURCES[rel] = (INCLUDE / rel).read_text()
+    return _SOURCES[rel]
+
+
 def enumerate_mutants(rel: str) -> list[Mutant]:
     """Every mutation point of one file under include/."""
-    source = (INCLUDE / rel).read_text()
+    source = _source(rel)
     tree = ast.parse(source)
     skip = _skipped_nodes(tree)
     out: list[Mutant] = []
@@ -261,7 +270,7 @@ def enumerate_mutants(rel: str) -> list[Mutant]:
 
 
 def mutated_source(m: Mutant) -> str:
-    tree = ast.parse((INCLUDE / m.file).read_text())
+    tree = ast.parse(_source(m.file))
     target = next(node for i, node in enumerate(ast.walk(tree)) if i == m.index)
     replacer = _Replace(target, m.op)
     new = replacer.visit(tree)
@@ -379,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     tempfile.tempdir = None
     overlay = work / "overlay"
     shutil.copytree(INCLUDE, overlay, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for rel, text in _SOURCES.items():
+        (overlay / rel).write_text(text)  # the overlay holds exactly the text the mutants were made from
     for mod in PRELOAD:
         __import__(mod)
     server = None
