@@ -50,12 +50,7 @@ class Module:
 
 MODULES: dict[str, Module] = {
     "rollout": Module(
-        files=(
-            "mlcd/rollout/canary.py",
-            "mlcd/rollout/spec.py",
-            "mlcd/rollout/router.py",
-            "mlcd/rollout/metrics.py",
-        ),
+        files=("mlcd/rollout/*.py",),
         tests=(
             "tests/unit/test_rollout_spec.py",
             "tests/unit/test_canary_trigger.py",
@@ -65,14 +60,15 @@ MODULES: dict[str, Module] = {
         ),
     ),
     "guard": Module(
-        files=("mlcd/guard/watch.py", "mlcd/guard/judge.py", "mlcd/guard/signals.py", "mlcd/guard/drift.py"),
+        files=("mlcd/guard/*.py",),
         tests=("tests/unit/test_guard_watch.py", "tests/unit/test_guard_judge.py", "tests/unit/test_guard_drift.py"),
     ),
     "registry": Module(
-        files=("mlcd/registry/client.py", "mlcd/registry/state.py", "mlcd/registry/task.py"),
+        files=("mlcd/registry/*.py",),
         tests=(
             "tests/unit/test_rollout_state.py",
             "tests/unit/test_registry_helpers.py",
+            "tests/unit/test_registry_invariants.py",
             "tests/integration/test_registry.py",
             # the tests that log and evaluate real Keras models (minutes each) or restart a server of their own
             "-k", "not evaluate_and_register and not registration_is_idempotent and not killed_server and not hook",
@@ -82,6 +78,7 @@ MODULES: dict[str, Module] = {
     "intake": Module(
         files=("mlcd/data/intake.py",),
         tests=(
+            "tests/unit/test_intake_hostile.py",
             "tests/integration/test_validation_gate.py::test_intake_accepts_good_quarantines_bad_and_converges",
             "tests/dags/test_retrain_intake_dag.py",
         ),
@@ -252,6 +249,15 @@ def _source(rel: str) -> str:
     return _SOURCES[rel]
 
 
+def _expand(patterns: tuple[str, ...]) -> list[str]:
+    """Files under include/ matching the patterns (package ``__init__`` files hold only re-exports)."""
+    out: list[str] = []
+    for pattern in patterns:
+        found = sorted(p.relative_to(INCLUDE).as_posix() for p in INCLUDE.glob(pattern) if p.name != "__init__.py")
+        out += [f for f in found if f not in out]
+    return out
+
+
 def enumerate_mutants(rel: str) -> list[Mutant]:
     """Every mutation point of one file under include/."""
     source = _source(rel)
@@ -370,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     plan: dict[str, list[Mutant]] = {}
     totals: dict[str, int] = {}
     for name in names:
-        every = [m for rel in MODULES[name].files for m in enumerate_mutants(rel)]
+        every = [m for rel in _expand(MODULES[name].files) for m in enumerate_mutants(rel)]
         totals[name] = len(every)
         chosen = every if args.sample <= 0 or args.sample >= len(every) else random.Random(args.seed).sample(every, args.sample)
         plan[name] = sorted(chosen, key=lambda m: (m.file, m.line, m.index, m.op))
