@@ -50,12 +50,7 @@ class Module:
 
 MODULES: dict[str, Module] = {
     "rollout": Module(
-        files=(
-            "mlcd/rollout/canary.py",
-            "mlcd/rollout/spec.py",
-            "mlcd/rollout/router.py",
-            "mlcd/rollout/metrics.py",
-        ),
+        files=("mlcd/rollout/*.py",),
         tests=(
             "tests/unit/test_rollout_spec.py",
             "tests/unit/test_canary_trigger.py",
@@ -65,14 +60,15 @@ MODULES: dict[str, Module] = {
         ),
     ),
     "guard": Module(
-        files=("mlcd/guard/watch.py", "mlcd/guard/judge.py", "mlcd/guard/signals.py", "mlcd/guard/drift.py"),
+        files=("mlcd/guard/*.py",),
         tests=("tests/unit/test_guard_watch.py", "tests/unit/test_guard_judge.py", "tests/unit/test_guard_drift.py"),
     ),
     "registry": Module(
-        files=("mlcd/registry/client.py", "mlcd/registry/state.py", "mlcd/registry/task.py"),
+        files=("mlcd/registry/*.py",),
         tests=(
             "tests/unit/test_rollout_state.py",
             "tests/unit/test_registry_helpers.py",
+            "tests/unit/test_registry_invariants.py",
             "tests/integration/test_registry.py",
             # the tests that log and evaluate real Keras models (minutes each) or restart a server of their own
             "-k", "not evaluate_and_register and not registration_is_idempotent and not killed_server and not hook",
@@ -82,6 +78,7 @@ MODULES: dict[str, Module] = {
     "intake": Module(
         files=("mlcd/data/intake.py",),
         tests=(
+            "tests/unit/test_intake_hostile.py",
             "tests/integration/test_validation_gate.py::test_intake_accepts_good_quarantines_bad_and_converges",
             "tests/dags/test_retrain_intake_dag.py",
         ),
@@ -243,9 +240,27 @@ class _Replace(ast.NodeTransformer):
         return super().visit(node)
 
 
+_SOURCES: dict[str, str] = {}  # the text each mutant was enumerated from: a checkout changing mid-run cannot skew it
+
+
+def _source(rel: str) -> str:
+    if rel not in _SOURCES:
+        _SOURCES[rel] = (INCLUDE / rel).read_text()
+    return _SOURCES[rel]
+
+
+def _expand(patterns: tuple[str, ...]) -> list[str]:
+    """Files under include/ matching the patterns (package ``__init__`` files hold only re-exports)."""
+    out: list[str] = []
+    for pattern in patterns:
+        found = sorted(p.relative_to(INCLUDE).as_posix() for p in INCLUDE.glob(pattern) if p.name != "__init__.py")
+        out += [f for f in found if f not in out]
+    return out
+
+
 def enumerate_mutants(rel: str) -> list[Mutant]:
     """Every mutation point of one file under include/."""
-    source = (INCLUDE / rel).read_text()
+    source = _source(rel)
     tree = ast.parse(source)
     skip = _skipped_nodes(tree)
     out: list[Mutant] = []
@@ -261,7 +276,7 @@ def enumerate_mutants(rel: str) -> list[Mutant]:
 
 
 def mutated_source(m: Mutant) -> str:
-    tree = ast.parse((INCLUDE / m.file).read_text())
+    tree = ast.parse(_source(m.file))
     target = next(node for i, node in enumerate(ast.walk(tree)) if i == m.index)
     replacer = _Replace(target, m.op)
     new = replacer.visit(tree)
@@ -361,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     plan: dict[str, list[Mutant]] = {}
     totals: dict[str, int] = {}
     for name in names:
-        every = [m for rel in MODULES[name].files for m in enumerate_mutants(rel)]
+        every = [m for rel in _expand(MODULES[name].files) for m in enumerate_mutants(rel)]
         totals[name] = len(every)
         chosen = every if args.sample <= 0 or args.sample >= len(every) else random.Random(args.seed).sample(every, args.sample)
         plan[name] = sorted(chosen, key=lambda m: (m.file, m.line, m.index, m.op))
@@ -379,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     tempfile.tempdir = None
     overlay = work / "overlay"
     shutil.copytree(INCLUDE, overlay, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for rel, text in _SOURCES.items():
+        (overlay / rel).write_text(text)  # the overlay holds exactly the text the mutants were made from
     for mod in PRELOAD:
         __import__(mod)
     server = None

@@ -1,7 +1,8 @@
 """The Asset events that chain the DAGs, read back from Airflow's metadata DB after a real ``dag.test()``.
 
 landing → retrain: ``mlcd_landing_watch`` emits ``mlcd_landing_zone`` and Airflow queues ``mlcd_retrain`` on it.
-register → guard and drift → retrain are asserted inside their stories (tests/dags/test_retrain_dag.py and
+register → guard (``announce_canary`` emits ``mlcd_canary`` for a canary, not for a bootstrapped first champion) and
+drift → retrain are asserted inside their stories (tests/dags/test_retrain_dag.py and
 tests/dags/test_drift_dag.py) with :func:`asset_events` from here, because only those runs register a canary or
 see drift.
 """
@@ -63,7 +64,7 @@ def test_the_assets_chain_the_dags(dagbag: Any) -> None:
         return {a.name for a in dagbag.get_dag(dag_id).timetable.asset_condition.objects}
 
     assert outlets("mlcd_landing_watch", "wait_for_batch") == {LANDING_ASSET.name}
-    assert outlets("mlcd_retrain", "register") == {CANARY_ASSET.name}
+    assert outlets("mlcd_retrain", "announce_canary") == {CANARY_ASSET.name}
     assert outlets("mlcd_drift_watch", "check_drift") == {DRIFT_ASSET.name}
     assert {LANDING_ASSET.name, DRIFT_ASSET.name} <= scheduled_on("mlcd_retrain")
     assert scheduled_on("mlcd_guard") == {CANARY_ASSET.name}

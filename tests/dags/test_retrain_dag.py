@@ -95,6 +95,7 @@ def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], d
     assert registry.get_alias_version("champion") == "1"
     assert registry.get_state("1").state.value == "champion"
     assert _served_version(platform["gateway"].url, reference_data.x_test) == {("stable", "1")}
+    assert asset_events("mlcd_canary", first) == []  # a bootstrapped first champion starts no guard
 
     # 2. Second batch under live traffic: gated, canaried through 50 % and 100 %, promoted.
     (landing / "batch-2.npz").write_bytes(good_bytes(x[3000:6000], y[3000:6000]))
@@ -122,7 +123,7 @@ def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], d
     assert _served_version(platform["gateway"].url, reference_data.x_test) == {("stable", "2")}
     # register → guard: the canary registration emitted the mlcd_canary Asset once, which queued mlcd_guard.
     events = asset_events("mlcd_canary", second)
-    assert [(e["dag_id"], e["task_id"]) for e in events] == [("mlcd_retrain", "register")], events
+    assert [(e["dag_id"], e["task_id"]) for e in events] == [("mlcd_retrain", "announce_canary")], events
     assert queued_runs("mlcd_canary", "mlcd_guard") == 1
 
     # 3. A weak model: rejected with the verdict as the reason, the champion untouched.

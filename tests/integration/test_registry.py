@@ -266,6 +266,7 @@ def test_promote_without_a_canary_and_a_leftover_canary_alias(moves: Any, experi
     assert registry.promote(v1, actor="alice", reason="first").state.value == "champion"
     assert registry.aliases() == {"champion": v1}
     assert [e.get("to") for e in registry.get_state(v1).transitions()] == ["registered", "champion"]
+    assert registry.get_version_info(v1)["tags"]["mlcd.promoted_by"] == "alice"  # who made it champion
     # With a champion: the canary is skipped by hand, and the record says so.
     registry.promote(v2, actor="bob", reason="hotfix", dag_run_id="run-2")
     assert registry.aliases() == {"champion": v2, "previous": v1}
@@ -334,6 +335,19 @@ def test_champion_rollback_converges_after_a_crash_halfway(moves: Any, experimen
     assert restored.state.value == "champion"
     assert restored.transitions()[-1]["why"] == f"restored by rollback of version {v2}: accuracy dropped"
     assert registry.status()["consistent"]
+
+
+def test_an_mlflow_error_that_is_not_absence_is_raised(mlflow_server: Any) -> None:
+    """Only "no such model" reads as "no aliases"; any other MLflow error (here a 404 endpoint) is raised."""
+    from mlflow.exceptions import MlflowException
+
+    from mlcd.registry import ModelRegistry
+
+    wrong = ModelRegistry(f"{mlflow_server.url}/not-mlflow", "some-model")
+    with pytest.raises(MlflowException):
+        wrong.aliases()
+    with pytest.raises(MlflowException):
+        wrong.status()
 
 
 def test_status_and_history_of_an_absent_model(moves: Any) -> None:
