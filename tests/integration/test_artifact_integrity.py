@@ -89,7 +89,7 @@ def test_a_tampered_artifact_is_refused_by_the_gateway_and_by_evaluation(
     from mlcd.mlflow_server import free_port
     from mlcd.model_io import ArtifactIntegrityError
     from mlcd.registry import ModelRegistry
-    from mlcd.rollout.router import LocalGatewayRouter, RouterError
+    from mlcd.rollout.router import LocalGatewayRouter, VersionRefused
     from mlcd.serving.config import GatewayConfig
     from mlcd.serving.models import mlflow_loader
     from mlcd.serving.server import GatewayServer
@@ -121,7 +121,8 @@ def test_a_tampered_artifact_is_refused_by_the_gateway_and_by_evaluation(
     try:
         router = LocalGatewayRouter(server.url, TOKEN)
         assert router.get_routes().stable == stable
-        with pytest.raises(RouterError, match="409.*ArtifactIntegrityError.*does not match"):
+        # ...as a refusal the canary counts as a failed canary (not a transient router error it would retry).
+        with pytest.raises(VersionRefused, match="409.*ArtifactIntegrityError.*does not match"):
             router.set_routes(stable, canary, 50)
         routes = router.get_routes()
         assert routes.stable == stable and routes.canary is None

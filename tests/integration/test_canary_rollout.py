@@ -14,6 +14,7 @@ import pytest
 from mlcd.guard.watch import rollback
 from mlcd.registry import ModelRegistry
 from mlcd.registry.state import RolloutState
+from mlcd.registry.tags import TAG_ROLLBACK_REASON
 from mlcd.rollout.canary import (
     CanaryRollout,
     RolloutAborted,
@@ -21,7 +22,7 @@ from mlcd.rollout.canary import (
     RolloutStopped,
     RolloutUndecided,
 )
-from mlcd.rollout.router import RouterError, RouteStatus
+from mlcd.rollout.router import RouterError, RouteStatus, VersionRefused
 from mlcd.rollout.spec import Action, Outcome, RolloutSpec
 from tests.gatewaysim import SimGateway, behaviours
 
@@ -106,6 +107,26 @@ def test_start_branches(setup: dict[str, Any]) -> None:
     rollback(s["registry"], ro.router, s["v2"], "broken", None, "tests")
     with pytest.raises(RolloutStopped, match="already rolled back"):
         ro.start(s["v2"], "again")
+
+
+def test_a_canary_the_gateway_refuses_to_load_is_a_failed_canary(setup: dict[str, Any]) -> None:
+    s = setup
+    ro, _ = _rollout(s)
+    ro.start(s["v1"], "serving follows the registry")
+
+    def refuse_canary(stable: str, canary: str | None, canary_weight: int) -> RouteStatus:
+        if canary is not None:
+            raise VersionRefused(f"gateway answered 409, version refused: ArtifactIntegrityError: {canary} changed")
+        return SimRouter.set_routes(ro.router, stable, canary, canary_weight)
+
+    ro.router.set_routes = refuse_canary  # type: ignore[method-assign]
+    with pytest.raises(RolloutAborted, match="could not be served.*ArtifactIntegrityError"):
+        ro.start(s["v2"], "tampered model")
+    record = s["registry"].get_state(s["v2"])
+    assert record.state is RolloutState.ROLLED_BACK
+    assert "ArtifactIntegrityError" in s["registry"].client.get_model_version(s["name"], s["v2"]).tags[TAG_ROLLBACK_REASON]
+    assert s["registry"].aliases().get("canary") is None and s["registry"].aliases()["champion"] == s["v1"]
+    assert ro.router.routes == RouteStatus(s["v1"], None, 0)
 
 
 def test_first_model_is_bootstrapped(mlflow_server: Any, tmp_path: Path) -> None:

@@ -120,7 +120,9 @@ class LocalGatewayRouter:
                 except ValueError:
                     answer = {}
                 if isinstance(answer, dict) and answer.get("refused") == "artifact_integrity":
-                    raise VersionRefused(f"gateway refused the version: {answer.get('detail')}") from None
+                    raise VersionRefused(
+                        f"gateway {method} {path} answered 409, version refused: {answer.get('detail')}"
+                    ) from None
                 if isinstance(answer, dict) and answer.get("conflict") == "generation":
                     raise RouteConflict(
                         f"gateway routes moved: {answer.get('detail')}",
