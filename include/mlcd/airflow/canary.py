@@ -91,7 +91,7 @@ def _failed(progress: Mapping[str, Any]) -> bool:
     return bool(verdict) and verdict.get("outcome") == "fail"
 
 
-def _mapping(value: Any, what: str) -> dict[str, Any]:
+def mapping_param(value: Any, what: str) -> dict[str, Any]:
     """A dict param arrives as a dict (native rendering) or as JSON text; anything else is refused in one line."""
     if value is None:
         return {}
@@ -150,7 +150,7 @@ class CanaryRolloutOperator(BaseOperator):
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _spec(self) -> RolloutSpec:
-        spec = _mapping(self.spec, "canary spec")
+        spec = mapping_param(self.spec, "canary spec")
         from mlcd.settings import get_settings
 
         # Deploy-wide defaults (MLCD_CANARY_SPEC) first, then this run's overrides (the canary_spec param).

@@ -289,16 +289,9 @@ class CanaryHealthSensor(BaseOperator):
         self.max_watch_s = max_watch_s
 
     def _thresholds(self) -> dict[str, Any]:
-        value = self.thresholds
-        if isinstance(value, str):
-            # A dict param arrives natively as a dict; as text it must be JSON.
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except ValueError as exc:
-                raise AirflowException(f"guard thresholds must be a JSON object: {exc}") from None
-        if not isinstance(value, Mapping):
-            raise AirflowException(f"guard thresholds must be a mapping, got {type(value).__name__}")
-        return dict(value)
+        from mlcd.airflow.canary import mapping_param
+
+        return mapping_param(self.thresholds, "guard thresholds")
 
     def _trigger_kwargs(self) -> dict[str, Any]:
         cfg = guard_config(self.gateway_url, self.version, float(self.poll_interval_s), float(self.bake_s),
