@@ -42,5 +42,5 @@ def test_retrain_stops_at_validate_when_a_batch_is_quarantined(dagbag, mlcd_home
     assert ledger["labels.npz"][0] == "quarantined" and "labels outside 0-9" in ledger["labels.npz"][1]
     # Nothing after validate ran: a quarantine never reaches training.
     assert {k: v for k, v in _states(first).items() if k not in ("collect", "validate")} == {
-        "train": "upstream_failed", "evaluate": "upstream_failed", "register": "upstream_failed",
-        "canary": "upstream_failed"}
+        "unchanged": "upstream_failed", "train": "upstream_failed", "evaluate": "upstream_failed",
+        "register": "upstream_failed", "canary": "upstream_failed", "announce_canary": "upstream_failed"}
