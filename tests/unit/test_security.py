@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,18 +77,6 @@ def test_a_secret_an_older_version_left_readable_is_tightened(settings) -> None:
 # --- 3. `mlcd down` signals only the process it started ---------------------------------------------------------
 
 
-@pytest.fixture
-def stranger() -> Iterator[subprocess.Popen[bytes]]:
-    """A process that `mlcd up` did not start, leading its own process group (as our services do)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
 def _repoint(pid_file: Path, pid: int) -> None:
     """What pid reuse does to a pid file: the number now names another process, the rest is unchanged."""
     text = pid_file.read_text()
@@ -104,16 +91,29 @@ def _repoint(pid_file: Path, pid: int) -> None:
         pid_file.write_text(str(pid))
 
 
-def test_down_does_not_signal_a_process_that_reused_the_pid(settings, stranger: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
-    from mlcd.platform import Service, down, running_pid, start
+def test_down_does_not_signal_a_process_that_reused_the_pid(settings) -> None:  # type: ignore[no-untyped-def]
+    from mlcd.platform import Service, running_pid, start
 
     (settings.home / "run").mkdir(parents=True)  # as `up` makes it
     service = Service("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
     pid = start(service, settings, dict(os.environ))
     assert running_pid(settings, "sleeper") == pid
+    time.sleep(0.05)  # start times count 10 ms ticks: a reused pid belongs to a process started after ours died
     os.killpg(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    # The service is gone; its pid now belongs to someone else.
+    # The service is gone; its pid now belongs to someone else, started after it (as pid reuse does).
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        _check_reused_pid_is_left_alone(settings, stranger)
+    finally:
+        if stranger.poll() is None:
+            stranger.kill()
+        stranger.wait(10)
+
+
+def _check_reused_pid_is_left_alone(settings, stranger: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
+    from mlcd.platform import down, running_pid
+
     _repoint(settings.home / "run" / "sleeper.pid", stranger.pid)
     assert running_pid(settings, "sleeper") is None
     assert down(settings, timeout=3) == []
