@@ -10,8 +10,6 @@ Asset (starting ``mlcd_guard``) only for a version that becomes a canary, not fo
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
@@ -32,13 +30,11 @@ from mlcd.airflow.steps import (
     validate_step,
 )
 from mlcd.airflow.training import make_train_task
+from mlcd.settings import get_settings
 
-# Deploy-wide defaults for the params below, as a JSON object: `make demo` on scikit-learn's 1,797 digits sets more
-# epochs and a lower accuracy floor there (mlcd.demo.DemoPlan says why). A trigger's own params still win.
-RUN_DEFAULTS: dict = json.loads(os.environ.get("MLCD_RETRAIN_DEFAULTS") or "{}")
-if set(RUN_DEFAULTS) - {"epochs", "batch_size", "gate"}:  # a typo must not be silently ignored
-    raise ValueError(f"MLCD_RETRAIN_DEFAULTS: unknown keys {sorted(set(RUN_DEFAULTS) - {'epochs', 'batch_size', 'gate'})}; "
-                     "known: epochs, batch_size, gate")
+# Deploy-wide defaults for the params below (MLCD_RETRAIN_DEFAULTS, checked in mlcd.settings): `make demo` on
+# scikit-learn's 1,797 digits sets more epochs and a lower floor there. A trigger's own params still win.
+RUN_DEFAULTS = get_settings().retrain_defaults
 
 with DAG(
     dag_id="mlcd_retrain",

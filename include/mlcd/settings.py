@@ -6,11 +6,15 @@ between a laptop and a cluster lives here. Nothing in this module touches the ne
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL_NAME = "mnist-cnn"
+# mlcd_retrain params whose defaults a deployment may set (MLCD_RETRAIN_DEFAULTS); a trigger's own params still win.
+RETRAIN_DEFAULT_KEYS = ("epochs", "batch_size", "gate")
 
 
 def _project_root() -> Path:
@@ -43,6 +47,10 @@ class Settings:
     max_batch_images: int = 500_000  # images per batch
     max_compression_ratio: float = 100.0  # uncompressed / compressed size of a member: zip bombs
     settle_s: float = 5.0  # a landed file is taken once unchanged (size, mtime) for this long
+    # SQL database of the registry lease (MLCD_LEDGER_URL); None = the ledger's SQLite file.
+    ledger_url: str | None = None
+    # mlcd_retrain param defaults (MLCD_RETRAIN_DEFAULTS, a JSON object): `make demo` on a small dataset sets them.
+    retrain_defaults: dict[str, Any] = field(default_factory=dict)
     project_root: Path = field(default_factory=_project_root)
 
     @property
@@ -85,6 +93,22 @@ class Settings:
         return Path(__file__).parent / "expectations"
 
 
+def parse_retrain_defaults(raw: str | None) -> dict[str, Any]:
+    """``MLCD_RETRAIN_DEFAULTS`` as a dict; a typo or a non-object is refused in one line, never ignored."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"MLCD_RETRAIN_DEFAULTS is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("MLCD_RETRAIN_DEFAULTS must be a JSON object")
+    unknown = sorted(set(value) - set(RETRAIN_DEFAULT_KEYS))
+    if unknown:
+        raise ValueError(f"MLCD_RETRAIN_DEFAULTS: unknown keys {unknown}; known: {', '.join(RETRAIN_DEFAULT_KEYS)}")
+    return value
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -111,6 +135,8 @@ def load_settings() -> Settings:
         max_batch_images=int(_env("MLCD_MAX_BATCH_IMAGES", "500000")),  # type: ignore[arg-type]
         max_compression_ratio=float(_env("MLCD_MAX_COMPRESSION_RATIO", "100")),  # type: ignore[arg-type]
         settle_s=float(_env("MLCD_SETTLE_S", "5")),  # type: ignore[arg-type]
+        ledger_url=_env("MLCD_LEDGER_URL"),
+        retrain_defaults=parse_retrain_defaults(_env("MLCD_RETRAIN_DEFAULTS")),
         project_root=root,
     )
 

@@ -57,11 +57,10 @@ def ledger_url(url: str | None = None) -> str:
 
     A bare filesystem path is accepted too (``/x/ledger.sqlite`` → ``sqlite:////x/ledger.sqlite``).
     """
-    value = url or os.environ.get("MLCD_LEDGER_URL") or ""
-    if not value:
-        from mlcd.settings import get_settings
+    from mlcd.settings import get_settings
 
-        value = str(get_settings().ledger_path)
+    settings = get_settings()
+    value = url or settings.ledger_url or str(settings.ledger_path)
     if "://" not in value:
         path = Path(value).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
