@@ -45,22 +45,19 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     from mlcd.settings import get_settings
 
     home = tmp_path_factory.mktemp("page-home")
-    saved = {k: os.environ.get(k) for k in ("MLCD_HOME", "AIRFLOW_HOME", "MLCD_ADMIN_TOKEN", "MLCD_GATEWAY_URL",
-                                            "MLFLOW_TRACKING_URI")}
-    os.environ.update({"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), "MLCD_ADMIN_TOKEN": TOKEN})
+    patched = pytest.MonkeyPatch()  # module scope: the function-scoped monkeypatch fixture is not available
+    for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), "MLCD_ADMIN_TOKEN": TOKEN}.items():
+        patched.setenv(key, value)
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
     try:
         urls = up(settings, ports)
-        os.environ.update({"MLCD_GATEWAY_URL": urls["gateway"], "MLFLOW_TRACKING_URI": urls["mlflow"]})
+        patched.setenv("MLCD_GATEWAY_URL", urls["gateway"])
+        patched.setenv("MLFLOW_TRACKING_URI", urls["mlflow"])
         yield {"settings": settings, "urls": urls, "home": home}
     finally:
         down(settings)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        patched.undo()
 
 
 def _demo_rollout(urls: dict[str, str], model: str, reference: Any) -> tuple[str, str, int]:

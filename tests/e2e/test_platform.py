@@ -28,9 +28,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     from mlcd.settings import get_settings
 
     home = tmp_path_factory.mktemp("platform-home")
-    saved = {k: os.environ.get(k) for k in ("MLCD_HOME", "AIRFLOW_HOME", "MLCD_ADMIN_TOKEN")}
-    os.environ.update({"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"),
-                       "MLCD_ADMIN_TOKEN": "platform-test-token-0123456789"})
+    patched = pytest.MonkeyPatch()  # module scope: the function-scoped monkeypatch fixture is not available
+    for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"),
+                       "MLCD_ADMIN_TOKEN": "platform-test-token-0123456789"}.items():
+        patched.setenv(key, value)
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
     try:
@@ -39,11 +40,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         yield {"settings": settings, "ports": ports, "urls": urls, "api": api}
     finally:
         down(settings)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        patched.undo()
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, str]:

@@ -6,7 +6,6 @@ MLCD_HOME; the routes are read from the plugin's own app, so a route added later
 
 from __future__ import annotations
 
-import os
 import subprocess
 import urllib.error
 import urllib.request
@@ -26,8 +25,9 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     from mlcd.settings import get_settings
 
     home = tmp_path_factory.mktemp("ui-auth-home")
-    saved = {k: os.environ.get(k) for k in ("MLCD_HOME", "AIRFLOW_HOME")}
-    os.environ.update({"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow")})
+    patched = pytest.MonkeyPatch()  # module scope: the function-scoped monkeypatch fixture is not available
+    for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow")}.items():
+        patched.setenv(key, value)
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
     settings.data_docs_dir.mkdir(parents=True, exist_ok=True)
@@ -44,11 +44,7 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
                "jwt_secret": (settings.home / "run" / "jwt_secret").read_text().strip()}
     finally:
         down(settings)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        patched.undo()
 
 
 def _request(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, str]:
