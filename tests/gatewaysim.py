@@ -8,8 +8,11 @@ slows everything on the machine at once). Used by the unit tests and by ``bench/
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 from prometheus_client import generate_latest
@@ -120,3 +123,26 @@ def behaviours(names: Sequence[str]) -> list[Behaviour]:
         "slower5": Behaviour(median_latency_s=0.0042),
     }
     return [table[n] for n in names]
+
+
+@contextmanager
+def serve_metrics(body: Callable[[], bytes]) -> Iterator[str]:
+    """A ``/metrics`` endpoint on a free 127.0.0.1 port answering ``body()`` per scrape; yields its base URL."""
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            data = body()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()

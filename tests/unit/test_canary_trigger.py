@@ -53,41 +53,27 @@ def test_spec_layers_deploy_defaults_under_run_overrides(monkeypatch: pytest.Mon
 
 def test_the_window_trigger_polls_the_engine_and_ends_early_on_a_failure() -> None:
     """A one-class canary behind a real /metrics endpoint on 127.0.0.1: the window ends long before its 60 s."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
 
     from mlcd.rollout.canary import RolloutProgress
     from mlcd.rollout.metrics import snapshot_to_dict
     from mlcd.rollout.spec import RolloutSpec
-    from tests.gatewaysim import SimGateway, behaviours
+    from tests.gatewaysim import SimGateway, behaviours, serve_metrics
 
     gw = SimGateway(*behaviours(["healthy", "one_class"]), seed=3)
     gw.set_routes("1", "2", 25)
 
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            gw.run(1.0, 100.0)  # one second of traffic per scrape
-            body = gw.text().encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def scrape() -> bytes:
+        gw.run(1.0, 100.0)  # one second of traffic per scrape
+        return gw.text().encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serve_metrics(scrape) as url:
         spec = RolloutSpec(analysis_window_s=60, poll_interval_s=0.05)
         p = RolloutProgress("2", "1", weight=25, window_started=time.time(),
                             last=snapshot_to_dict(gw.snapshot()))
         trigger = AnalysisWindowTrigger(progress=p.to_dict(), window_s=60,
-                                        gateway_url=f"http://127.0.0.1:{server.server_port}", spec=spec.to_dict())
+                                        gateway_url=url, spec=spec.to_dict())
         start = time.monotonic()
         event = asyncio.run(asyncio.wait_for(trigger.run().asend(None), timeout=30))
-    finally:
-        server.shutdown()
     assert time.monotonic() - start < 30
     progress = event.payload["progress"]
     assert progress["verdict"]["outcome"] == "fail"

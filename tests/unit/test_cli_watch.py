@@ -3,16 +3,14 @@ driven by the simulated gateway: each scrape is two seconds of traffic)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from click.testing import CliRunner
 
 from mlcd.cli import cli
-from tests.gatewaysim import SimGateway, behaviours
+from tests.gatewaysim import SimGateway, behaviours, serve_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -22,28 +20,16 @@ def metrics_server(gw: SimGateway, rate: float, promote_after: int | None = None
                    ) -> Iterator[str]:
     scrapes = [0]
 
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            scrapes[0] += 1
-            if promote_after is not None and scrapes[0] == promote_after:
-                gw.set_routes("2", None, 0)  # the canary task promotes it
-            promoted = promote_after is not None and scrapes[0] >= promote_after
-            gw.run(2.0, bake_rate if promoted and bake_rate is not None else rate)
-            body = gw.text().encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def scrape() -> bytes:
+        scrapes[0] += 1
+        if promote_after is not None and scrapes[0] == promote_after:
+            gw.set_routes("2", None, 0)  # the canary task promotes it
+        promoted = promote_after is not None and scrapes[0] >= promote_after
+        gw.run(2.0, bake_rate if promoted and bake_rate is not None else rate)
+        return gw.text().encode()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+    with serve_metrics(scrape) as url:
+        yield url
 
 
 def _watch(url: str, *extra: str) -> object:

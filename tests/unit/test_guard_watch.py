@@ -17,6 +17,7 @@ from mlcd.registry.state import RolloutRecord, RolloutState
 from mlcd.rollout.canary import is_paused
 from mlcd.rollout.metrics import SeriesCounters
 from mlcd.serving.metrics import GatewayMetrics
+from tests.gatewaysim import serve_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -241,23 +242,12 @@ def test_the_trigger_carries_its_state_and_a_restart_continues_the_same_test(
     gw = Gw()
     gw.serve("1", "2", weight=25)
 
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            gw.hit("1", "stable", 30)
-            gw.hit("2", "canary", 10)
-            body = generate_latest(gw.m.registry)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def scrape() -> bytes:
+        gw.hit("1", "stable", 30)
+        gw.hit("2", "canary", 10)
+        return generate_latest(gw.m.registry)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
+    with serve_metrics(scrape) as url:
         first = Guard(GuardConfig(url, poll_interval_s=0.05)).poll()
         trigger = CanaryHealthTrigger(url, poll_interval_s=0.05, state=first.state.to_dict(), max_watch_s=0.6)
 
@@ -275,5 +265,3 @@ def test_the_trigger_carries_its_state_and_a_restart_continues_the_same_test(
         again = restarted.serialize()[1]["state"]
         assert again["polls"] > carried["polls"]
         assert again["analysis"]["canary"]["requests"] > carried["analysis"]["canary"]["requests"]
-    finally:
-        server.shutdown()
