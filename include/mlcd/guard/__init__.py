@@ -1,7 +1,7 @@
 """The rollback guard's pure parts: the analysis engine (canary against stable) and input drift against training data.
 
-Nothing here does I/O or imports Airflow; scipy is imported inside the judge's functions, so importing
-``mlcd.guard`` stays cheap for DAG parsing.
+Nothing here does I/O or imports Airflow; the sequential tests are written out in NumPy (scipy has no mSPRT), so
+importing ``mlcd.guard`` stays cheap for DAG parsing.
 """
 
 from __future__ import annotations

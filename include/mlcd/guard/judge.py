@@ -503,17 +503,6 @@ def _mixture(log_e: Any) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
 
 
-def holm(p_values: list[float], alpha: float) -> list[bool]:
-    """Holm's step-down: which hypotheses are rejected at family-wise level ``alpha`` (used by the gate)."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    out = [False] * len(p_values)
-    for rank, i in enumerate(order):
-        if p_values[i] > alpha / (len(p_values) - rank):
-            break
-        out[i] = True
-    return out
-
-
 # --- effects (the practical floors) --------------------------------------------------------------------------
 
 
