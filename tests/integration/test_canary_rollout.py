@@ -22,7 +22,7 @@ from mlcd.rollout.canary import (
     RolloutStopped,
     RolloutUndecided,
 )
-from mlcd.rollout.router import RouterError, RouteStatus, VersionRefused
+from mlcd.rollout.router import RouteConflict, RouterError, RouteStatus, VersionRefused
 from mlcd.rollout.spec import Action, Outcome, RolloutSpec
 from tests.gatewaysim import SimGateway, behaviours
 
@@ -42,10 +42,14 @@ class SimRouter:
     def get_routes(self) -> RouteStatus:
         return self.routes
 
-    def set_routes(self, stable: str, canary: str | None, canary_weight: int) -> RouteStatus:
+    def set_routes(self, stable: str, canary: str | None, canary_weight: int,
+                   expected_generation: int | str | None = None) -> RouteStatus:
         if self.fail:
             raise RouterError("gateway admin API unreachable (simulated)")
-        self.routes = RouteStatus(str(stable), canary, canary_weight if canary else 0)
+        if expected_generation is not None and expected_generation != self.routes.generation:
+            raise RouteConflict(f"routes at generation {self.routes.generation}, not {expected_generation}")
+        generation = int(self.routes.generation or 0) + 1  # as the gateway counts its moves
+        self.routes = RouteStatus(str(stable), canary, canary_weight if canary else 0, generation)
         self.moves.append((self.routes, self.registry.aliases()))
         self.gw.set_routes(str(stable), canary, canary_weight)
         return self.routes
@@ -114,10 +118,11 @@ def test_a_canary_the_gateway_refuses_to_load_is_a_failed_canary(setup: dict[str
     ro, _ = _rollout(s)
     ro.start(s["v1"], "serving follows the registry")
 
-    def refuse_canary(stable: str, canary: str | None, canary_weight: int) -> RouteStatus:
+    def refuse_canary(stable: str, canary: str | None, canary_weight: int,
+                      expected_generation: int | str | None = None) -> RouteStatus:
         if canary is not None:
             raise VersionRefused(f"gateway answered 409, version refused: ArtifactIntegrityError: {canary} changed")
-        return SimRouter.set_routes(ro.router, stable, canary, canary_weight)
+        return SimRouter.set_routes(ro.router, stable, canary, canary_weight, expected_generation)
 
     ro.router.set_routes = refuse_canary  # type: ignore[method-assign]
     with pytest.raises(RolloutAborted, match="could not be served.*ArtifactIntegrityError"):
@@ -213,6 +218,29 @@ def test_the_rollout_stops_when_the_guard_rolled_it_back_or_someone_promoted_it(
         _window(ro2, gw2, p, 4)
     with pytest.raises(RolloutStopped):
         ro2.begin_step(p)
+
+
+def test_a_step_never_undoes_a_rollback_that_moved_traffic_meanwhile(setup: dict[str, Any]) -> None:
+    s = setup
+    ro, gw = _rollout(s, steps=(25, 50, 100))
+    p = ro.begin_step(ro.start(s["v2"], "watched"))
+    step = _window(ro, gw, p, 20)
+    assert step.action is Action.ADVANCE
+    # Traffic taken back by someone else after this step's record check: the routes no longer hold the canary.
+    ro.router.set_routes(s["v1"], None, 0)
+    with pytest.raises(RolloutStopped, match="no longer routed"):
+        ro._move(step.progress, 50)
+    assert ro.router.routes == RouteStatus(s["v1"], None, 0)
+    # A move that lands between reading the routes and setting them: compare-and-set refuses the stale generation.
+    ro.router.set_routes(s["v1"], s["v2"], 25)
+    stale = ro.router.routes
+    real_get = ro.router.get_routes
+    ro.router.get_routes = lambda: stale  # type: ignore[method-assign]
+    ro.router.set_routes(s["v1"], None, 0)  # the rollback wins the race
+    with pytest.raises(RolloutStopped, match="routes moved while canary"):
+        ro._move(step.progress, 50)
+    ro.router.get_routes = real_get  # type: ignore[method-assign]
+    assert ro.router.routes == RouteStatus(s["v1"], None, 0)
 
 
 def test_rollback_moves_traffic_before_the_registry(setup: dict[str, Any]) -> None:

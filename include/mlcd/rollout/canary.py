@@ -28,7 +28,7 @@ from mlcd.rollout.metrics import (
     snapshot_to_dict,
     variant_stats,
 )
-from mlcd.rollout.router import Router, VersionRefused
+from mlcd.rollout.router import RouteConflict, Router, VersionRefused
 from mlcd.rollout.spec import Action, Outcome, RolloutSpec, StepVerdict, next_action, next_weight
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class CanaryRollout:
         target = p.weight if stay else next_weight(self.spec, p.weight)
         if target is None:
             raise ValueError(f"rollout of {p.version} is past its last step")
-        self.router.set_routes(str(p.stable), p.version, target)
+        self._move(p, target)
         if target != p.weight:
             p.window, p.held = {}, 0  # a new weight: its own counts (a stretched window keeps adding up)
         p.weight, p.repeat = target, False
@@ -238,6 +238,22 @@ class CanaryRollout:
         log.info("canary %s at %d%% (stable %s), window %.0fs", p.version, target, p.stable,
                  self.spec.analysis_window_s)
         return p
+
+    def _move(self, p: RolloutProgress, target: int) -> None:
+        """Set the canary's weight only while the routes are still this rollout's (compare-and-set).
+
+        A rollback (guard, ``mlcd rollback``) or a person may move traffic between the record check and this
+        move; the router's generation makes that race visible, and the rollout stops instead of undoing them.
+        """
+        routes = self.router.get_routes()
+        if routes.canary != p.version or routes.stable != str(p.stable):
+            raise RolloutStopped(f"routes moved during the rollout (stable {routes.stable}, canary {routes.canary}): "
+                                 f"canary {p.version} is no longer routed; traffic left where it is")
+        try:
+            self.router.set_routes(str(p.stable), p.version, target, expected_generation=routes.generation)
+        except RouteConflict as exc:
+            raise RolloutStopped(f"routes moved while canary {p.version} stepped to {target}%: {exc}; "
+                                 "traffic left where it is") from None
 
     def poll(self, p: RolloutProgress) -> Outcome:
         """One scrape within the window (``run_rollout`` and the window trigger call this every poll)."""
