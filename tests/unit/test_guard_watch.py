@@ -135,6 +135,24 @@ def test_a_bake_period_without_traffic_ends_unverified_not_healthy() -> None:
     assert not is_breach(r.as_dict())
 
 
+def test_a_bake_with_traffic_but_nothing_to_compare_with_ends_unverified() -> None:
+    # The guard first sees the version already promoted (skip_canary): no old champion served next to it, so its
+    # traffic, however much, cannot show it healthy (a one-class champion would otherwise bake "healthy").
+    gw, clock = Gw(), FakeClock()
+    gw.serve("2", None)
+    guard = Guard(GuardConfig("http://127.0.0.1:1", version="2", poll_interval_s=1, bake_s=30), scrape=gw.scrape,
+                  clock=clock)
+    r = guard.poll()
+    assert r.state.phase == Phase.BAKE.value
+    for _ in range(4):
+        gw.hit("2", "stable", 100, cls=3)
+        clock.t += 10
+        r = guard.poll(r.state)
+    assert r.decision is Decision.UNVERIFIED, r.reason
+    assert "class_distribution_vs_reference: no reference" in r.reason
+    assert _reason_of(r.reason, r.state.phase, r.decision.value) is GuardReason.BAKE_UNVERIFIED
+
+
 def test_a_champion_that_breaks_in_its_bake_period_breaches() -> None:
     gw, clock = Gw(), FakeClock()
     gw.serve("1", "2")

@@ -40,7 +40,14 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from mlcd.guard.judge import LATENCY, Analysis, GuardThresholds, GuardVerdict
+from mlcd.guard.judge import (
+    CLASSES_VS_REFERENCE,
+    ERROR_VS_REFERENCE,
+    LATENCY,
+    Analysis,
+    GuardThresholds,
+    GuardVerdict,
+)
 from mlcd.rollout.metrics import (
     SeriesCounters,
     Snapshot,
@@ -320,6 +327,17 @@ class Guard:
                 return PollResult(Decision.UNVERIFIED, f"bake_unverified: version {v} served "
                                   f"{int(state.bake_requests)} requests in its {self.config.bake_s:.0f}s bake period "
                                   f"(< {t.min_requests} needed): not verified healthy", result.state, result.verdict)
+            # Healthy means the bake's own checks (errors and predicted classes against what the old champion
+            # served) passed on enough data: requests alone, or a bake with no reference, prove nothing.
+            outcomes = {ch.name: ch for ch in (result.verdict.checks if result.verdict else ())}
+            unproven = [f"{name}: {outcomes[name].reason}" if name in outcomes else f"{name}: no reference to "
+                        "compare with (the guard never saw the old champion serve)"
+                        for name in (ERROR_VS_REFERENCE, CLASSES_VS_REFERENCE)
+                        if name not in outcomes or outcomes[name].outcome is not Outcome.PASS]
+            if unproven:
+                return PollResult(Decision.UNVERIFIED, f"bake_unverified: version {v} served "
+                                  f"{int(state.bake_requests)} requests in its {self.config.bake_s:.0f}s bake period "
+                                  "but was not shown healthy: " + "; ".join(unproven), result.state, result.verdict)
             return PollResult(Decision.HEALTHY, f"bake_complete: version {v} healthy for "
                               f"{self.config.bake_s:.0f}s after promotion ({int(state.bake_requests)} requests)",
                               result.state, result.verdict)
