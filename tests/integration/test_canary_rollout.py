@@ -6,6 +6,7 @@ safety paths: traffic before bookkeeping, a champion's ``previous``, crash recov
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,24 @@ def test_a_step_never_undoes_a_rollback_that_moved_traffic_meanwhile(setup: dict
         ro._move(step.progress, 50)
     ro.router.get_routes = real_get  # type: ignore[method-assign]
     assert ro.router.routes == RouteStatus(s["v1"], None, 0)
+
+
+def test_a_rollback_with_mlflow_down_still_moves_traffic_in_seconds(setup: dict[str, Any]) -> None:
+    from mlcd.mlflow_server import free_port
+
+    s = setup
+    ro, _ = _rollout(s)
+    ro.begin_step(ro.start(s["v2"], "watched"))
+    assert ro.router.routes == RouteStatus(s["v1"], s["v2"], 25)
+    down = ModelRegistry(f"http://127.0.0.1:{free_port()}", s["name"])  # nothing listens there: MLflow is down
+    started = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 - whatever MLflow raises: the record cannot be written
+        rollback(down, ro.router, s["v2"], "guard: breach", None, "mlcd_guard")
+    assert ro.router.routes == RouteStatus(s["v1"], None, 0)  # users are back on stable all the same
+    assert time.monotonic() - started < 30  # MLflow's own retries would take minutes
+    # MLflow back: the same call (a task retry) completes the record without moving traffic again.
+    result = rollback(s["registry"], ro.router, s["v2"], "guard: breach", None, "mlcd_guard")
+    assert result.restored == s["v1"] and s["registry"].get_state(s["v2"]).state is RolloutState.ROLLED_BACK
 
 
 def test_rollback_moves_traffic_before_the_registry(setup: dict[str, Any]) -> None:

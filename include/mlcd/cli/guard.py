@@ -45,10 +45,13 @@ def _run(action: str, version: str | None, reason: str, tracking_uri: str | None
     actor = _actor()
     try:
         registry = ModelRegistry(tracking_uri or s.tracking_uri, model_name or s.model_name)
-        target = version or default_version(registry, action)
+        router = router_from_settings(gateway_url or s.gateway_url)
+        # A rollback without a version means the canary being served: asked of the router, not of MLflow,
+        # so `mlcd rollback` moves traffic even when the registry is down.
+        served = router.get_routes().canary if action == "rollback" and not version else None
+        target = version or served or default_version(registry, action)
         if action == "pause" or action == "resume":
             return set_paused(registry, target, action == "pause", reason, actor)
-        router = router_from_settings(gateway_url or s.gateway_url)
         if action == "rollback":
             return {"actor": actor, **rollback(registry, router, target, f"manual: {reason}",
                                                {"manual": True, "asked_by": actor}, actor).as_dict()}

@@ -441,14 +441,30 @@ def rollback(
         champion (e.g. only registered), and ``RouterError`` when traffic cannot be moved: then nothing in
         the registry changes, so a retry starts over cleanly.
     """
+    from mlcd.registry.retries import bounded_mlflow_retries
+
+    version = str(version)
+    routes = router.get_routes()
+    moved = routes.canary == version and bool(routes.stable) and routes.stable != version
+    if moved:
+        # Users before bookkeeping, before the registry is even asked: a served canary goes back to the stable
+        # version the router already holds, so this step needs no MLflow (it may be down: that is often why).
+        router.set_routes(str(routes.stable), None, 0)
+        log.warning("version %s: 100%% of traffic back on version %s (%s)", version, routes.stable, reason)
+    # Each registry call gives up in seconds (MLflow's own default retries for minutes); a failure here leaves
+    # traffic safe and the task's retry (or `mlcd reconcile`) completes the record.
+    with bounded_mlflow_retries():
+        return _rollback_record(registry, router, version, reason, evidence, actor, dag_run_id, routes, moved)
+
+
+def _rollback_record(registry: Any, router: Router, version: str, reason: str, evidence: Mapping[str, Any] | None,
+                     actor: str, dag_run_id: str | None, routes: Any, moved: bool) -> RollbackResult:
     from mlcd.registry.client import now_iso
     from mlcd.registry.errors import RolloutError
     from mlcd.registry.state import RolloutState
 
-    version = str(version)
     record = registry.get_state(version)
     aliases = registry.aliases()
-    routes = router.get_routes()
     if record.state is RolloutState.ROLLED_BACK:
         restored = routes.stable if routes.stable != version else aliases.get("champion")
         if version in (routes.stable, routes.canary) and restored and restored != version:
@@ -469,9 +485,10 @@ def rollback(
                            "rolled back")
     if restored is None:
         raise RolloutError(f"no stable version to send the traffic of version {version} to")
-    # Users before bookkeeping: the traffic moves before anything is written.
-    router.set_routes(str(restored), None, 0)
-    log.warning("version %s: 100%% of traffic back on version %s (%s)", version, restored, reason)
+    if not (moved and str(restored) == str(routes.stable)):
+        # Users before bookkeeping: the traffic moves before anything is written.
+        router.set_routes(str(restored), None, 0)
+        log.warning("version %s: 100%% of traffic back on version %s (%s)", version, restored, reason)
     after = registry.rollback(version, reason, dict(evidence or {}), actor, dag_run_id)
     registry.set_version_tags(version, {
         TAG_ROLLED_BACK_BY: actor,
