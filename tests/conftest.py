@@ -29,6 +29,14 @@ os.environ["MLCD_HOME"] = str(_SESSION_DIR / "mlcd-home")
 os.environ.setdefault("MLCD_SETTLE_S", "0")
 if "MLCD_DATA" not in os.environ and SHARED_MNIST.exists():
     os.environ["MLCD_DATA"] = str(SHARED_MNIST)
+if "MLCD_DATA" not in os.environ:
+    from mlcd.data.reference import reference_path
+
+    if reference_path() is None:  # a fresh clone without MNIST: the digits, at the scale the tests slice
+        from tests.digits import write_digits_at_test_scale
+
+        os.environ["MLCD_DATA"] = str(write_digits_at_test_scale(_SESSION_DIR / "digits-shifted.npz"))
+        print(f"no MNIST file: tests use scikit-learn's digits shifted to {os.environ['MLCD_DATA']}")
 
 
 @pytest.fixture
