@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from mlcd.airflow.guard import GuardReason, RollbackNotifier, _reason_of, is_breach
+from mlcd.airflow.guard import GuardReason, _reason_of, is_breach
+from mlcd.airflow.notifiers import RollbackNotifier
 from mlcd.guard.watch import Decision, Guard, GuardConfig, GuardState, Phase, add_counters, parse_scrape
 from mlcd.registry.state import RolloutRecord, RolloutState
 from mlcd.rollout.canary import is_paused

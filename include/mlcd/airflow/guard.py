@@ -23,15 +23,12 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from mlcd.airflow.notifiers import RollbackNotifier
-
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from mlcd.guard.watch import GuardConfig
 
 TASK_ID = "watch"
-ALERTS_CONN_ID = "mlcd_alerts"
 
 
 class GuardStatus(str, Enum):
@@ -426,16 +423,6 @@ def triggering_user(dag_run: Any) -> str:
 
 
 # --- notifier ----------------------------------------------------------------------------------------------
-
-
-def notify_step(result: Mapping[str, Any], conn_id: str = ALERTS_CONN_ID) -> str:
-    """Send the rollback's message through :class:`RollbackNotifier`; returns the message."""
-    message = str(result.get("message") or f"mlcd: version {result.get('version')} rolled back")
-    RollbackNotifier(message=message, conn_id=conn_id).notify({})
-    return message
-
-
-# --- drift signal ------------------------------------------------------------------------------------------
 
 
 def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -> dict[str, Any]:

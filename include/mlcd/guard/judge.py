@@ -313,8 +313,8 @@ class Analysis:
                 self._binary(ACCURACY, canary.feedback_total - canary.feedback_correct,
                              stable.feedback_total - stable.feedback_correct, canary.feedback_total,
                              stable.feedback_total, self.t.accuracy_margin)
-            st["canary"] = _add(c_tot, canary).to_dict()
-            st["stable"] = _add(s_tot, stable).to_dict()
+            st["canary"] = (c_tot + canary).to_dict()
+            st["stable"] = (s_tot + stable).to_dict()
         elif canary.requests > 0:
             ref = self._reference()
             alone = _one(st["alone"])
@@ -322,7 +322,7 @@ class Analysis:
                 self._error_vs_reference(canary, ref)
             if CLASS_DISTRIBUTION not in skip and ref is not None:
                 self._classes_vs_reference(canary.classes, alone.classes, ref.classes)
-            st["alone"] = _add(alone, canary).to_dict()
+            st["alone"] = (alone + canary).to_dict()
         if self._events_total() > before:
             st["looks"] += 1
         return self.verdict(skip)
@@ -618,16 +618,6 @@ def _pad(v: np.ndarray, k: int) -> np.ndarray:
 
 def _one(data: Mapping[str, Any] | None) -> SeriesCounters:
     return SeriesCounters.from_dict(data) if data else SeriesCounters()
-
-
-def _add(a: SeriesCounters, b: SeriesCounters) -> SeriesCounters:
-    return SeriesCounters(
-        requests=a.requests + b.requests, errors=a.errors + b.errors, fallbacks=a.fallbacks + b.fallbacks,
-        latency_count=a.latency_count + b.latency_count, latency_sum=a.latency_sum + b.latency_sum,
-        buckets={k: a.buckets.get(k, 0.0) + b.buckets.get(k, 0.0) for k in set(a.buckets) | set(b.buckets)},
-        classes={k: a.classes.get(k, 0.0) + b.classes.get(k, 0.0) for k in set(a.classes) | set(b.classes)},
-        feedback_correct=a.feedback_correct + b.feedback_correct, feedback_total=a.feedback_total + b.feedback_total,
-    )
 
 
 def _summary(s: SeriesCounters) -> dict[str, Any]:

@@ -234,18 +234,7 @@ def scrape_from_settings() -> Callable[[str], Scrape]:
 
 def add_counters(a: SeriesCounters | None, b: SeriesCounters | None) -> SeriesCounters:
     """The sum of two periods' counters (``None`` counts as empty)."""
-    a, b = a or SeriesCounters(), b or SeriesCounters()
-    return SeriesCounters(
-        requests=a.requests + b.requests,
-        errors=a.errors + b.errors,
-        fallbacks=a.fallbacks + b.fallbacks,
-        latency_count=a.latency_count + b.latency_count,
-        latency_sum=a.latency_sum + b.latency_sum,
-        buckets={k: a.buckets.get(k, 0.0) + b.buckets.get(k, 0.0) for k in set(a.buckets) | set(b.buckets)},
-        classes={k: a.classes.get(k, 0.0) + b.classes.get(k, 0.0) for k in set(a.classes) | set(b.classes)},
-        feedback_correct=a.feedback_correct + b.feedback_correct,
-        feedback_total=a.feedback_total + b.feedback_total,
-    )
+    return (a or SeriesCounters()) + (b or SeriesCounters())
 
 
 class Guard:

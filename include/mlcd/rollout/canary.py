@@ -113,10 +113,8 @@ def observe(spec: RolloutSpec, p: RolloutProgress, snap: Snapshot) -> Outcome:
     verdict = engine.update(canary, stable, p.weight / 100.0)
     p.analysis, p.last, p.verdict = engine.state, snapshot_to_dict(snap), verdict.as_dict()
     window = {k: SeriesCounters.from_dict(v) for k, v in p.window.items()}
-    from mlcd.guard.watch import add_counters
-
-    p.window = {"canary": add_counters(window.get("canary"), canary).to_dict(),
-                "stable": add_counters(window.get("stable"), stable).to_dict()}
+    p.window = {"canary": (window.get("canary", SeriesCounters()) + canary).to_dict(),
+                "stable": (window.get("stable", SeriesCounters()) + stable).to_dict()}
     return verdict.outcome
 
 

@@ -32,6 +32,21 @@ class SeriesCounters:
     feedback_correct: float = 0.0
     feedback_total: float = 0.0
 
+    def __add__(self, other: SeriesCounters) -> SeriesCounters:
+        """The counters of two periods together (a window stretched over several polls, a whole rollout)."""
+        a, b = self, other
+        return SeriesCounters(
+            requests=a.requests + b.requests,
+            errors=a.errors + b.errors,
+            fallbacks=a.fallbacks + b.fallbacks,
+            latency_count=a.latency_count + b.latency_count,
+            latency_sum=a.latency_sum + b.latency_sum,
+            buckets={k: a.buckets.get(k, 0.0) + b.buckets.get(k, 0.0) for k in set(a.buckets) | set(b.buckets)},
+            classes={k: a.classes.get(k, 0.0) + b.classes.get(k, 0.0) for k in set(a.classes) | set(b.classes)},
+            feedback_correct=a.feedback_correct + b.feedback_correct,
+            feedback_total=a.feedback_total + b.feedback_total,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
