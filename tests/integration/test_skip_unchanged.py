@@ -8,12 +8,9 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 
-from mlcd.airflow.steps import (
-    TAG_TRAIN_FINGERPRINT,
-    announce_canary_step,
-    train_fingerprint,
-    unchanged_step,
-)
+from mlcd.airflow.steps import announce_canary_step, unchanged_step
+from mlcd.registry.tags import TAG_TRAIN_FINGERPRINT
+from mlcd.registry.task import train_fingerprint
 
 pytestmark = pytest.mark.integration
 

@@ -112,27 +112,11 @@ def register_step(
 
 # --- skip what is unchanged ---------------------------------------------------------------------------------
 
-# Version tag: which snapshot and training params produced it (see train_fingerprint).
-TAG_TRAIN_FINGERPRINT = "mlcd.train_fingerprint"
-# The params that change what training produces (the gate and rollout params do not).
-TRAINING_PARAMS = ("epochs", "batch_size", "seed", "model", "max_train_samples")
-
-
-def train_fingerprint(snapshot_id: str, params: dict[str, Any]) -> str:
-    """A short digest of the snapshot and the training params (seeded training makes it the same model)."""
-    import hashlib
-    import json
-
-    chosen = {k: params.get(k) for k in TRAINING_PARAMS}
-    blob = json.dumps({"snapshot": snapshot_id, "params": chosen}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
 def _tag_fingerprint(model_name: str, version: str, fingerprint: str | None) -> None:
-    if fingerprint:
-        from mlcd.airflow.hooks import MlflowHook
+    from mlcd.airflow.hooks import MlflowHook
+    from mlcd.registry.task import tag_fingerprint
 
-        MlflowHook().get_conn().set_model_version_tag(model_name, str(version), TAG_TRAIN_FINGERPRINT, fingerprint)
+    tag_fingerprint(MlflowHook().get_registry(model_name), version, fingerprint)
 
 
 def unchanged_step(report: dict[str, Any], params: dict[str, Any], *, force: bool) -> dict[str, Any]:
@@ -143,9 +127,9 @@ def unchanged_step(report: dict[str, Any], params: dict[str, Any], *, force: boo
         ``{"fingerprint", "snapshot_id"}`` for the register task to tag the new version with.
     """
     from mlcd.airflow.hooks import MlflowHook
-    from mlcd.registry.client import TAG_STATE
     from mlcd.registry.state import RolloutState
-    from mlcd.settings import get_settings
+    from mlcd.registry.tags import TAG_STATE
+    from mlcd.registry.task import train_fingerprint, trained_version
 
     snapshot_id = str(report.get("snapshot_id") or "")
     if not snapshot_id:
@@ -155,17 +139,8 @@ def unchanged_step(report: dict[str, Any], params: dict[str, Any], *, force: boo
     if force:
         log.info("force_retrain: training snapshot %s again", snapshot_id)
         return out
-    name = get_settings().model_name
-    client = MlflowHook().get_conn()
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except Exception as exc:  # noqa: BLE001 - a registry without the model yet (first run), or unreachable
-        log.info("no registered versions to compare with (%s): training", str(exc).splitlines()[0][:200])
-        return out
-    same = sorted((v for v in versions if (v.tags or {}).get(TAG_TRAIN_FINGERPRINT) == fingerprint),
-                  key=lambda v: int(v.version))
-    if same:
-        v = same[-1]
+    v = trained_version(MlflowHook().get_registry(), fingerprint)
+    if v is not None:
         state = (v.tags or {}).get(TAG_STATE, RolloutState.REGISTERED.value)
         raise AirflowSkipException(
             f"unchanged: snapshot {snapshot_id} with the same training params is already version {v.version} "

@@ -79,6 +79,8 @@ TAG_ROLLED_BACK_BY = "mlcd.rolled_back_by"
 TAG_ROLLED_BACK_AT = "mlcd.rolled_back_at"
 TAG_ROLLBACK_CHECKS = "mlcd.rollback_checks"
 # Written by reconcile: the last repair made on this version and when.
+# Which snapshot and training params produced a version (mlcd.registry.task.train_fingerprint).
+TAG_TRAIN_FINGERPRINT = "mlcd.train_fingerprint"
 TAG_RECONCILED = "mlcd.reconciled"
 TAG_RECONCILED_AT = "mlcd.reconciled_at"
 
@@ -94,6 +96,7 @@ def is_record_tag(key: str) -> bool:
 
 
 __all__ = [
+    "TAG_TRAIN_FINGERPRINT",
     "ALIASES",
     "RECORD_TAGS",
     "RETIRED_STATES",

@@ -120,3 +120,38 @@ def register_challenger(
         "passed": True,
         "model_uri": f"models:/{model_name}/{version}",
     }
+
+
+# --- skip what is unchanged ---------------------------------------------------------------------------------
+
+# The params that change what training produces (the gate and rollout params do not).
+TRAINING_PARAMS = ("epochs", "batch_size", "seed", "model", "max_train_samples")
+
+
+def train_fingerprint(snapshot_id: str, params: dict[str, Any]) -> str:
+    """A short digest of the snapshot and the training params (seeded training makes it the same model)."""
+    import hashlib
+    import json
+
+    chosen = {k: params.get(k) for k in TRAINING_PARAMS}
+    blob = json.dumps({"snapshot": snapshot_id, "params": chosen}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def trained_version(registry: ModelRegistry, fingerprint: str) -> Any | None:
+    """The newest version trained from the same snapshot and params (its ``TAG_TRAIN_FINGERPRINT``), else ``None``.
+
+    A registry that cannot be read raises (``RegistryError``): an outage is not taken for "nothing trained yet".
+    """
+    from mlcd.registry.tags import TAG_TRAIN_FINGERPRINT
+
+    same = [v for v in registry.list_versions() if (v.tags or {}).get(TAG_TRAIN_FINGERPRINT) == fingerprint]
+    return same[-1] if same else None
+
+
+def tag_fingerprint(registry: ModelRegistry, version: str, fingerprint: str | None) -> None:
+    """Record which snapshot and params produced ``version`` (so the same run is not trained twice)."""
+    from mlcd.registry.tags import TAG_TRAIN_FINGERPRINT
+
+    if fingerprint:
+        registry.set_version_tags(str(version), {TAG_TRAIN_FINGERPRINT: fingerprint})
