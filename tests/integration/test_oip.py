@@ -195,6 +195,11 @@ def test_binary_framing_errors_and_body_bounds(served: Any) -> None:
     assert beyond.status_code == 400 and "outside the body" in beyond.json()["error"]
     huge = httpx.post(url, content=b"0" * (3 * 1024 * 1024))
     assert huge.status_code == 413 and "exceeds the limit" in huge.json()["error"]
+    # The header goes through the gateway's one JSON parser: a syntax error or hostile nesting is a one-line 400.
+    broken = httpx.post(url, content=b'{"inputs": [')
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
+    deep = httpx.post(url, content=b"[" * 200_000 + b"]" * 200_000)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
     gz = httpx.post(url, content=head, headers={"Content-Encoding": "gzip"})
     assert gz.status_code == 415 and "gzip" in gz.json()["error"]
     # mlcd's own routes keep their own error shape.

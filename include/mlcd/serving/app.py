@@ -528,7 +528,11 @@ async def _read_json(request: Request, limit: int) -> Any:
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise RequestError(415, f"content type must be application/json, got {ctype}")
-    raw = await read_bounded(request, limit)
+    return await parse_json_body(await read_bounded(request, limit))
+
+
+async def parse_json_body(raw: bytes) -> Any:
+    """``raw`` as JSON: small bodies inline, large ones in the parser process; failures are one-line 400s."""
     if len(raw) <= PARSE_INLINE_BYTES:
         return _parse_json(raw)
     return await _parse_off_loop(raw)
