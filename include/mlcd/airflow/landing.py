@@ -41,7 +41,8 @@ def find_unseen_batches(
         known: cache of ``uri|size|mtime`` → hash from earlier polls, so unchanged files are not re-read.
         settle_s / max_bytes: default to ``MLCD_SETTLE_S`` / ``MLCD_MAX_BATCH_BYTES``.
     """
-    from mlcd.data.landing import LandingZone, SourceError
+    from mlcd.data.intake import identify
+    from mlcd.data.landing import LandingZone
     from mlcd.data.ledger import Ledger
     from mlcd.settings import get_settings
 
@@ -57,15 +58,11 @@ def find_unseen_batches(
         if not landed.settled(settle_s):
             continue
         key = f"{landed.display_uri}|{landed.size_bytes}|{landed.mtime_ns}"
-        batch_hash = known.get(key) or ledger.hash_seen_as(landed.uri, landed.size_bytes, landed.mtime_ns)
+        batch_hash = known.get(key)
         if batch_hash is None:
-            try:
-                batch_hash = zone.sha256(landed, max_bytes)
-                ledger.note_sighting(landed.uri, landed.size_bytes, landed.mtime_ns, batch_hash)
-            except SourceError:
-                batch_hash = landed.stat_key()  # collect gives it the same key and validate quarantines it
-            except Exception:  # noqa: BLE001 - one odd file must not stop the watch for the others
-                batch_hash = landed.stat_key()
+            batch_hash = identify(zone, ledger, landed, max_bytes).batch_hash  # the name collect will give it
+            if batch_hash is None:
+                continue  # gone or changed while read: looked at again next poll
         known[key] = batch_hash
         if batch_hash not in seen:
             found.append({"batch_hash": batch_hash, "name": landed.display_name, "uri": landed.display_uri,

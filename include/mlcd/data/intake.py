@@ -86,6 +86,39 @@ def _item(landed: LandedFile, batch_hash: str, size: int, refused: str | None = 
     return item
 
 
+@dataclass(frozen=True)
+class Identified:
+    """What a settled landed file is, by content: its hash, or a refusal, or nothing to judge this time."""
+
+    batch_hash: str | None  # None: gone, or changed while it was read (looked at again next time)
+    refused: str | None = None  # unreadable or too large: validate quarantines it with this reason
+    not_yet: str | None = None  # why it is left for a later look
+
+
+def identify(zone: LandingZone, ledger: Ledger, landed: LandedFile, max_bytes: int) -> Identified:
+    """Hash a settled file once per size and mtime (the ledger remembers sightings); never raises for one file.
+
+    Collect and the landing watcher both call this, so a file is named the same way wherever it is seen.
+    """
+    try:
+        batch_hash = ledger.hash_seen_as(landed.uri, landed.size_bytes, landed.mtime_ns)
+        if batch_hash is None:
+            batch_hash = zone.sha256(landed, max_bytes)
+            now_stat = zone.stat(landed)
+            if (now_stat.size_bytes, now_stat.mtime_ns) != (landed.size_bytes, landed.mtime_ns):
+                return Identified(None, not_yet="changed while it was read")
+            ledger.note_sighting(landed.uri, landed.size_bytes, landed.mtime_ns, batch_hash)
+        return Identified(batch_hash)
+    except SourceGone:
+        return Identified(None)  # tidied away between the listing and the read: nothing to judge
+    except SourceError as err:
+        # Unreadable or too large: recorded under a key made of its place, size and mtime, and quarantined
+        # by validate with this reason; a new copy (other size or mtime) is looked at afresh.
+        return Identified(landed.stat_key(), str(err))
+    except Exception as err:  # noqa: BLE001 - one file must never stop the others
+        return Identified(landed.stat_key(), f"cannot be read: {type(err).__name__}: {printable_name(str(err))}")
+
+
 def scan(settings: Settings | None = None, *, now: float | None = None) -> Scan:
     """Look at every file in the landing zone once, each on its own; see :func:`collect`."""
     settings = settings or get_settings()
@@ -99,25 +132,13 @@ def scan(settings: Settings | None = None, *, now: float | None = None) -> Scan:
             result.settling.append({"name": landed.display_name, "uri": landed.display_uri,
                                     "reason": f"still settling (changed less than {settings.settle_s:g} s ago)"})
             continue
-        refused = None
-        try:
-            batch_hash = ledger.hash_seen_as(landed.uri, landed.size_bytes, landed.mtime_ns)
-            if batch_hash is None:
-                batch_hash = zone.sha256(landed, settings.max_batch_bytes)
-                now_stat = zone.stat(landed)
-                if (now_stat.size_bytes, now_stat.mtime_ns) != (landed.size_bytes, landed.mtime_ns):
-                    result.settling.append({"name": landed.display_name, "uri": landed.display_uri,
-                                            "reason": "changed while it was read"})
-                    continue
-                ledger.note_sighting(landed.uri, landed.size_bytes, landed.mtime_ns, batch_hash)
-        except SourceGone:
-            continue  # tidied away between the listing and the read: nothing to judge
-        except SourceError as err:
-            # Unreadable or too large: recorded under a key made of its place, size and mtime, and quarantined
-            # by validate with this reason; a new copy (other size or mtime) is looked at afresh.
-            batch_hash, refused = landed.stat_key(), str(err)
-        except Exception as err:  # noqa: BLE001 - one file must never stop the others
-            batch_hash, refused = landed.stat_key(), f"cannot be read: {type(err).__name__}: {printable_name(str(err))}"
+        seen = identify(zone, ledger, landed, settings.max_batch_bytes)
+        if seen.batch_hash is None:
+            if seen.not_yet:
+                result.settling.append({"name": landed.display_name, "uri": landed.display_uri,
+                                        "reason": seen.not_yet})
+            continue
+        batch_hash, refused = seen.batch_hash, seen.refused
         if ledger.see(batch_hash, landed.display_name, landed.display_uri, landed.size_bytes) or batch_hash in undecided:
             pending.setdefault(batch_hash, _item(landed, batch_hash, landed.size_bytes, refused))
         else:
