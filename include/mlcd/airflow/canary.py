@@ -161,10 +161,14 @@ class CanaryRolloutOperator(BaseOperator):
         return RolloutSpec.from_dict({**base, **spec})
 
     def _rollout(self, context: Context) -> CanaryRollout:
+        from mlcd.airflow.hooks import MlflowHook
         from mlcd.rollout.canary import rollout_from_settings
 
+        # The registry from the MLflow Connection (as the guard's), unless the task names a tracking URI itself.
+        registry = None if self.tracking_uri else MlflowHook().get_registry(self.model_name or None)
         rollout = rollout_from_settings(
             self._spec(),
+            registry=registry,
             actor=self.actor,
             dag_run_id=str(context.get("run_id") or ""),
             gateway_url=self.gateway_url or None,

@@ -355,13 +355,15 @@ def run_rollout(rollout: CanaryRollout, version: str, reason: str, sleep: Callab
 
 def rollout_from_settings(spec: RolloutSpec, actor: str = "mlcd", dag_run_id: str | None = None,
                           gateway_url: str | None = None, tracking_uri: str | None = None,
-                          model_name: str | None = None) -> CanaryRollout:
-    """A rollout wired from ``MLCD_*`` settings (registry, router backend, gateway URL)."""
+                          model_name: str | None = None, registry: Any | None = None) -> CanaryRollout:
+    """A rollout wired from ``MLCD_*`` settings (router backend, gateway URL) and ``registry`` (the Airflow task
+    passes the one its MLflow Connection builds), else a registry on ``tracking_uri`` / the settings."""
     from mlcd.registry import ModelRegistry
     from mlcd.rollout.router import router_from_settings
     from mlcd.settings import get_settings
 
     s = get_settings()
     url = gateway_url or s.gateway_url
-    registry = ModelRegistry(tracking_uri or s.tracking_uri, model_name or s.model_name)
+    if registry is None:
+        registry = ModelRegistry(tracking_uri or s.tracking_uri, model_name or s.model_name)
     return CanaryRollout(registry, router_from_settings(url), spec, url, actor, dag_run_id)
