@@ -27,14 +27,14 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
     uri = tracking_uri or settings.tracking_uri
 
     def registry() -> dict[str, Any]:
-        from mlcd.registry import ModelRegistry
+        from mlcd.registry import ModelRegistry, RolloutState
 
         reg = ModelRegistry(uri, settings.model_name)
         status = reg.status()
         history = reg.history()
         return {
             "status": status,
-            "rollbacks": [h for h in history if h.get("to") == "rolled_back"][-20:],
+            "rollbacks": [h for h in history if h.get("to") == RolloutState.ROLLED_BACK][-20:],
             "verdicts": [v for v in status["versions"] if v.get("verdict")][-10:],
             "history": history[-30:],
             "full_history": history,

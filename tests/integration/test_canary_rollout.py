@@ -18,6 +18,7 @@ from mlcd.registry.tags import TAG_ROLLBACK_REASON
 from mlcd.rollout.actions import rollback
 from mlcd.rollout.canary import (
     CanaryRollout,
+    EndReason,
     RolloutAborted,
     RolloutProgress,
     RolloutStopped,
@@ -110,8 +111,9 @@ def test_start_branches(setup: dict[str, Any]) -> None:
     assert ro.router.routes == RouteStatus(s["v1"], s["v2"], 0) and record.last_event("canary_started")
     # Rolled back: never canaried again.
     rollback(s["registry"], ro.router, s["v2"], "broken", None, "tests")
-    with pytest.raises(RolloutStopped, match="already rolled back"):
+    with pytest.raises(RolloutStopped, match="already rolled back") as stopped:
         ro.start(s["v2"], "again")
+    assert stopped.value.reason is EndReason.ROLLED_BACK
 
 
 def test_a_canary_the_gateway_refuses_to_load_is_a_failed_canary(setup: dict[str, Any]) -> None:
@@ -126,8 +128,9 @@ def test_a_canary_the_gateway_refuses_to_load_is_a_failed_canary(setup: dict[str
         return SimRouter.set_routes(ro.router, stable, canary, canary_weight, expected_generation)
 
     ro.router.set_routes = refuse_canary  # type: ignore[method-assign]
-    with pytest.raises(RolloutAborted, match="could not be served.*ArtifactIntegrityError"):
+    with pytest.raises(RolloutAborted, match="could not be served.*ArtifactIntegrityError") as aborted:
         ro.start(s["v2"], "tampered model")
+    assert aborted.value.reason is EndReason.REFUSED
     record = s["registry"].get_state(s["v2"])
     assert record.state is RolloutState.ROLLED_BACK
     assert "ArtifactIntegrityError" in s["registry"].client.get_model_version(s["name"], s["v2"]).tags[TAG_ROLLBACK_REASON]
@@ -162,8 +165,9 @@ def test_inconclusive_repeats_at_the_same_weight_then_stops_undecided_not_failed
     gw.run(2.0, 2.0)
     ro.poll(p)
     assert SeriesCountersOf(p) > before  # this weight's counts keep adding up
-    with pytest.raises(RolloutUndecided, match="undecided at 25%"):
+    with pytest.raises(RolloutUndecided, match="undecided at 25%") as undecided:
         _window(ro, gw, p, 2, rate=2.0)
+    assert undecided.value.reason is EndReason.UNDECIDED
     # Not a failure: traffic back on stable, the version still a canary, eligible for another try.
     assert ro.router.routes == RouteStatus(s["v1"], None, 0)
     record = s["registry"].get_state(s["v2"])
@@ -196,8 +200,9 @@ def test_a_broken_canary_is_aborted_by_its_own_analysis(setup: dict[str, Any]) -
     s = setup
     ro, gw = _rollout(s, canary="one_class", steps=(5, 100))
     p = ro.begin_step(ro.start(s["v2"], "broken"))
-    with pytest.raises(RolloutAborted, match="class_distribution"):
+    with pytest.raises(RolloutAborted, match="class_distribution") as aborted:
         _window(ro, gw, p, 60)
+    assert aborted.value.reason is EndReason.ANALYSIS_FAILED
     assert s["registry"].get_state(s["v2"]).state is RolloutState.ROLLED_BACK
     assert ro.router.routes == RouteStatus(s["v1"], None, 0)
 
@@ -215,8 +220,9 @@ def test_the_rollout_stops_when_the_guard_rolled_it_back_or_someone_promoted_it(
     ro2, gw2 = _rollout({**s, "v1": s["v2"], "v2": v3})
     p = ro2.begin_step(ro2.start(v3, "watched"))
     rollback(s["registry"], ro2.router, v3, "guard: breach", None, "mlcd_guard")
-    with pytest.raises(RolloutStopped, match="rolled back during the rollout: guard: breach"):
+    with pytest.raises(RolloutStopped, match="rolled back during the rollout: guard: breach") as stopped:
         _window(ro2, gw2, p, 4)
+    assert stopped.value.reason is EndReason.ROLLED_BACK
     with pytest.raises(RolloutStopped):
         ro2.begin_step(p)
 
@@ -229,8 +235,9 @@ def test_a_step_never_undoes_a_rollback_that_moved_traffic_meanwhile(setup: dict
     assert step.action is Action.ADVANCE
     # Traffic taken back by someone else after this step's record check: the routes no longer hold the canary.
     ro.router.set_routes(s["v1"], None, 0)
-    with pytest.raises(RolloutStopped, match="no longer routed"):
+    with pytest.raises(RolloutStopped, match="no longer routed") as stopped:
         ro._move(step.progress, 50)
+    assert stopped.value.reason is EndReason.ROUTES_MOVED
     assert ro.router.routes == RouteStatus(s["v1"], None, 0)
     # A move that lands between reading the routes and setting them: compare-and-set refuses the stale generation.
     ro.router.set_routes(s["v1"], s["v2"], 25)
@@ -238,8 +245,9 @@ def test_a_step_never_undoes_a_rollback_that_moved_traffic_meanwhile(setup: dict
     real_get = ro.router.get_routes
     ro.router.get_routes = lambda: stale  # type: ignore[method-assign]
     ro.router.set_routes(s["v1"], None, 0)  # the rollback wins the race
-    with pytest.raises(RolloutStopped, match="routes moved while canary"):
+    with pytest.raises(RolloutStopped, match="routes moved while canary") as stopped:
         ro._move(step.progress, 50)
+    assert stopped.value.reason is EndReason.ROUTES_MOVED
     ro.router.get_routes = real_get  # type: ignore[method-assign]
     assert ro.router.routes == RouteStatus(s["v1"], None, 0)
 

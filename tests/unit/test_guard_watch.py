@@ -13,7 +13,17 @@ from prometheus_client import generate_latest
 
 from mlcd.airflow.guard import GuardReason, _reason_of, is_breach
 from mlcd.airflow.notifiers import RollbackNotifier
-from mlcd.guard.watch import Decision, Guard, GuardConfig, GuardState, Phase, add_counters, parse_scrape
+from mlcd.guard.watch import (
+    Decision,
+    Guard,
+    GuardConfig,
+    GuardState,
+    Phase,
+    PollResult,
+    StopReason,
+    add_counters,
+    parse_scrape,
+)
 from mlcd.registry.state import RolloutRecord, RolloutState
 from mlcd.rollout.canary import is_paused
 from mlcd.rollout.metrics import SeriesCounters
@@ -62,8 +72,8 @@ def test_no_canary_within_the_grace_period_is_healthy() -> None:
     assert r.decision is Decision.WATCH and r.state.phase == Phase.WAITING.value
     clock.t += 11
     r = guard.poll(r.state)
-    assert r.decision is Decision.HEALTHY and r.reason.startswith("no_canary")
-    assert _reason_of(r.reason, r.state.phase, r.decision.value) is GuardReason.NO_CANARY
+    assert r.decision is Decision.HEALTHY and r.stop is StopReason.NO_CANARY
+    assert _reason_of(r) is GuardReason.NO_CANARY
 
 
 def test_a_one_class_canary_breaches_and_traffic_before_the_first_poll_is_ignored() -> None:
@@ -88,7 +98,7 @@ def test_a_one_class_canary_breaches_and_traffic_before_the_first_poll_is_ignore
     payload = r.as_dict()
     json.dumps(payload)
     assert is_breach(payload) and not is_breach({"decision": "healthy"}) and not is_breach(None)
-    assert _reason_of(r.reason, r.state.phase, "breach") is GuardReason.CANARY_FAILED
+    assert _reason_of(r) is GuardReason.CANARY_FAILED
 
 
 def _canary_phase(gw: Gw, guard: Guard, polls: int = 3) -> Any:
@@ -118,7 +128,8 @@ def test_promotion_starts_the_bake_period_and_a_clean_bake_ends_healthy() -> Non
     assert r.verdict.check("error_rate_vs_reference").counts["requests"] == 100
     clock.t += 25
     r = guard.poll(r.state)
-    assert r.decision is Decision.HEALTHY and r.reason.startswith("bake_complete"), r.reason
+    assert r.decision is Decision.HEALTHY and r.stop is StopReason.BAKE_COMPLETE, r.reason
+    assert _reason_of(r) is GuardReason.BAKE_COMPLETE and r.as_dict()["stop"] == "bake_complete"
 
 
 def test_a_bake_period_without_traffic_ends_unverified_not_healthy() -> None:
@@ -132,7 +143,7 @@ def test_a_bake_period_without_traffic_ends_unverified_not_healthy() -> None:
     clock.t += 31
     r = guard.poll(r.state)
     assert r.decision is Decision.UNVERIFIED and r.reason.startswith("bake_unverified"), r.reason
-    assert _reason_of(r.reason, r.state.phase, r.decision.value) is GuardReason.BAKE_UNVERIFIED
+    assert _reason_of(r) is GuardReason.BAKE_UNVERIFIED
     assert not is_breach(r.as_dict())
 
 
@@ -151,7 +162,7 @@ def test_a_bake_with_traffic_but_nothing_to_compare_with_ends_unverified() -> No
         r = guard.poll(r.state)
     assert r.decision is Decision.UNVERIFIED, r.reason
     assert "class_distribution_vs_reference: no reference" in r.reason
-    assert _reason_of(r.reason, r.state.phase, r.decision.value) is GuardReason.BAKE_UNVERIFIED
+    assert _reason_of(r) is GuardReason.BAKE_UNVERIFIED
 
 
 def test_a_champion_that_breaks_in_its_bake_period_breaches() -> None:
@@ -167,7 +178,7 @@ def test_a_champion_that_breaks_in_its_bake_period_breaches() -> None:
         if r.decision is not Decision.WATCH:
             break
     assert r.decision is Decision.BREACH and r.state.phase == "bake"
-    assert _reason_of(r.reason, r.state.phase, "breach") is GuardReason.CHAMPION_FAILED
+    assert _reason_of(r) is GuardReason.CHAMPION_FAILED
 
 
 def test_the_weight_is_a_ratio_and_a_changed_weight_is_not_used_as_the_stratum() -> None:
@@ -193,8 +204,26 @@ def test_a_version_taken_out_elsewhere_ends_the_watch() -> None:
     r = guard.poll()
     gw.serve("1", None)  # the rollout aborted it itself
     r = guard.poll(r.state)
-    assert r.decision is Decision.HEALTHY and r.reason.startswith("version_retired")
+    assert r.decision is Decision.HEALTHY and r.stop is StopReason.VERSION_RETIRED
+    assert _reason_of(r) is GuardReason.VERSION_RETIRED
     assert GuardState.from_dict(r.state.to_dict()) == r.state
+
+
+def test_the_airflow_reason_comes_from_the_stop_reason_not_the_message() -> None:
+    """Every core StopReason has its trigger reason; the message is for people and is never parsed."""
+    assert {r.value for r in StopReason} <= {r.value for r in GuardReason}
+    misleading = PollResult(Decision.HEALTHY, "no_canary: (this text says otherwise)", GuardState(),
+                            stop=StopReason.VERSION_RETIRED)
+    assert _reason_of(misleading) is GuardReason.VERSION_RETIRED
+    bake = GuardState(phase=Phase.BAKE.value)
+    assert _reason_of(PollResult(Decision.BREACH, "bake_complete: no", bake)) is GuardReason.CHAMPION_FAILED
+    assert _reason_of(PollResult(Decision.BREACH, "x", GuardState(phase=Phase.CANARY.value))) is GuardReason.CANARY_FAILED
+    assert PollResult(Decision.UNVERIFIED, "x", bake).stop is StopReason.BAKE_UNVERIFIED
+    assert PollResult(Decision.WATCH, "bake_complete: still watching", bake).stop is None
+    with pytest.raises(ValueError, match="StopReason"):
+        PollResult(Decision.HEALTHY, "bake_complete: a healthy end must say why", bake)
+    with pytest.raises(ValueError, match="without a StopReason"):
+        _reason_of(PollResult(Decision.WATCH, "x", bake))
 
 
 def test_add_counters_sums_two_periods() -> None:

@@ -22,12 +22,12 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from mlcd.rollout.spec import RolloutSpec
+from mlcd.rollout.spec import Outcome, RolloutSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from mlcd.rollout.canary import CanaryRollout, RolloutProgress
+    from mlcd.rollout.canary import CanaryRollout, RolloutEnded, RolloutProgress
 
 TASK_ID = "canary"
 TRUE_STRINGS = {"true", "1", "yes", "on"}
@@ -88,7 +88,7 @@ class AnalysisWindowTrigger(BaseTrigger):
 
 def _failed(progress: Mapping[str, Any]) -> bool:
     verdict = progress.get("verdict") or {}
-    return bool(verdict) and verdict.get("outcome") == "fail"
+    return bool(verdict) and verdict.get("outcome") == Outcome.FAIL.value
 
 
 def mapping_param(value: Any, what: str) -> dict[str, Any]:
@@ -204,7 +204,7 @@ class CanaryRolloutOperator(BaseOperator):
 
     # -- Airflow entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped, RolloutUndecided
+        from mlcd.rollout.canary import RolloutEnded, RolloutProgress
 
         version = str(self.version).strip()
         if not version or version in ("None", "null"):
@@ -222,17 +222,15 @@ class CanaryRolloutOperator(BaseOperator):
                 self.log.info("version %s: %s", version, progress.result)
                 return self._summary(progress)
             return self._step(rollout, progress)
-        except (RolloutStopped, RolloutAborted) as exc:
-            raise AirflowFailException(str(exc)) from None
-        except RolloutUndecided as exc:
-            raise AirflowSkipException(str(exc)) from None
+        except RolloutEnded as exc:
+            raise self._ended(exc) from None
 
     def execute_complete(self, context: Context, event: Any = None, progress: dict[str, Any] | None = None
                          ) -> dict[str, Any]:
         """Resumed after an analysis window: judge it, then defer for the next step or finish."""
         if isinstance(event, dict) and event.get("status") == WindowEvent.ELAPSED.value:
             progress = event.get("progress")
-        from mlcd.rollout.canary import RolloutAborted, RolloutProgress, RolloutStopped, RolloutUndecided
+        from mlcd.rollout.canary import RolloutEnded, RolloutProgress
 
         if progress is None:
             raise AirflowException("resumed without rollout progress; re-run the canary task")
@@ -244,9 +242,17 @@ class CanaryRolloutOperator(BaseOperator):
             if result.progress.done:
                 return self._summary(result.progress)
             return self._step(rollout, result.progress)
-        except (RolloutStopped, RolloutAborted) as exc:
-            raise AirflowFailException(str(exc)) from None
-        except RolloutUndecided as exc:
+        except RolloutEnded as exc:
+            raise self._ended(exc) from None
+
+    def _ended(self, exc: RolloutEnded) -> AirflowException:
+        """The task's end for a rollout that ended early, chosen by its :class:`~mlcd.rollout.canary.EndReason`."""
+        from mlcd.rollout.canary import EndReason
+
+        if exc.reason is EndReason.UNDECIDED:
             # Undecided is not a failure: the task says so and is skipped; the version stays eligible.
             self.log.warning("%s", exc)
-            raise AirflowSkipException(str(exc)) from None
+            return AirflowSkipException(str(exc))
+        # Rolled back, refused, failed its analysis, or traffic moved by someone else: retrying cannot help.
+        self.log.error("rollout ended (%s): %s", exc.reason.value, exc)
+        return AirflowFailException(str(exc))

@@ -26,7 +26,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from mlcd.guard.watch import GuardConfig
+    from mlcd.guard.watch import GuardConfig, PollResult
+    from mlcd.registry.protocol import Registry
+    from mlcd.rollout.router import Router
 
 TASK_ID = "watch"
 
@@ -41,7 +43,10 @@ class GuardStatus(str, Enum):
 
 
 class GuardReason(str, Enum):
-    """Why the trigger ended; :meth:`CanaryHealthSensor.execute_complete` maps each to one outcome."""
+    """Why the trigger ended; :meth:`CanaryHealthSensor.execute_complete` maps each to one outcome.
+
+    The first six are the core's :class:`mlcd.guard.watch.StopReason` (same values); the rest are the trigger's own.
+    """
 
     CANARY_FAILED = "canary_failed"  # breach of a canary
     CHAMPION_FAILED = "champion_failed"  # breach in the bake period after promotion
@@ -66,17 +71,11 @@ class GuardTriggerError(AirflowException):
     """The trigger failed unexpectedly; the message says how."""
 
 
-def _reason_of(result_reason: str, phase: str, decision: str) -> GuardReason:
-    """Map a :class:`~mlcd.guard.watch.PollResult` to its event reason."""
-    if decision == "breach":
-        return GuardReason.CHAMPION_FAILED if phase == "bake" else GuardReason.CANARY_FAILED
-    if decision == "unverified":
-        return GuardReason.BAKE_UNVERIFIED
-    head = result_reason.split(":", 1)[0]
-    try:
-        return GuardReason(head)
-    except ValueError:
-        return GuardReason.BAKE_COMPLETE
+def _reason_of(result: PollResult) -> GuardReason:
+    """The event reason of a deciding :class:`~mlcd.guard.watch.PollResult`: its ``StopReason``, never its message."""
+    if result.stop is None:
+        raise ValueError(f"guard decision {result.decision.value} without a StopReason: {result.reason}")
+    return GuardReason(result.stop.value)
 
 
 def guard_config(
@@ -231,7 +230,7 @@ class CanaryHealthTrigger(BaseTrigger):
                 if result.decision is not Decision.WATCH:
                     status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED}.get(
                         result.decision, GuardStatus.HEALTHY)
-                    reason = _reason_of(result.reason, state.phase, result.decision.value)
+                    reason = _reason_of(result)
                     yield self._event(status, reason, result.reason, result=result.as_dict())
                     return
                 if time.time() - started >= self.max_watch_s:
@@ -351,10 +350,12 @@ class CanaryHealthSensor(BaseOperator):
 
 def is_breach(decision: Mapping[str, Any] | None) -> bool:
     """The short-circuit between ``watch`` and ``rollback``: True only for a breach."""
-    return bool(decision) and decision.get("decision") == "breach"  # type: ignore[union-attr]
+    from mlcd.guard.watch import Decision
+
+    return decision is not None and decision.get("decision") == Decision.BREACH.value
 
 
-def _registry_and_router(gateway_url: str | None = None) -> tuple[Any, Any]:
+def _registry_and_router(gateway_url: str | None = None) -> tuple[Registry, Router]:
     from mlcd.airflow.hooks import MlflowHook
     from mlcd.rollout.router import router_from_settings
 

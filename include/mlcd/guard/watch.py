@@ -70,6 +70,17 @@ class Decision(str, Enum):
     BREACH = "breach"
 
 
+class StopReason(str, Enum):
+    """Why a guard run ended (every decision but ``watch`` has one): callers switch on it, people read the message."""
+
+    CANARY_FAILED = "canary_failed"  # breach of a canary
+    CHAMPION_FAILED = "champion_failed"  # breach in the bake period after promotion
+    BAKE_COMPLETE = "bake_complete"
+    BAKE_UNVERIFIED = "bake_unverified"  # the bake period ended without the version shown healthy
+    NO_CANARY = "no_canary"  # nothing was served to watch within the grace period
+    VERSION_RETIRED = "version_retired"  # the version left serving without the guard (aborted, moved by hand)
+
+
 class Phase(str, Enum):
     """Where the watched version is."""
 
@@ -157,18 +168,30 @@ class PollResult:
         reason: one line for the log and the event.
         state: the state for the next poll.
         verdict: the engine's verdict (``None`` when nothing was judged).
+        stop: why the run ended (``None`` while watching); a breach and an unverified bake fill it in themselves.
     """
 
     decision: Decision
     reason: str
     state: GuardState
     verdict: GuardVerdict | None = None
+    stop: StopReason | None = None
+
+    def __post_init__(self) -> None:
+        if self.stop is None and self.decision is Decision.BREACH:
+            failed = StopReason.CHAMPION_FAILED if self.state.phase == Phase.BAKE.value else StopReason.CANARY_FAILED
+            object.__setattr__(self, "stop", failed)
+        elif self.stop is None and self.decision is Decision.UNVERIFIED:
+            object.__setattr__(self, "stop", StopReason.BAKE_UNVERIFIED)
+        if self.decision is Decision.HEALTHY and self.stop is None:
+            raise ValueError(f"a healthy end needs its StopReason: {self.reason}")
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-able payload a trigger event and an XCom carry (the rollback's evidence)."""
         return {
             "decision": self.decision.value,
             "reason": self.reason,
+            "stop": self.stop.value if self.stop is not None else None,
             "version": self.state.version,
             "stable": self.state.stable,
             "phase": self.state.phase,
@@ -274,7 +297,7 @@ class Guard:
             if now - state.started_at >= self.config.grace_s:
                 what = f"version {wanted}" if wanted else "a canary"
                 return PollResult(Decision.HEALTHY, f"no_canary: {what} was not served within "
-                                  f"{self.config.grace_s:.0f}s: nothing to watch", state)
+                                  f"{self.config.grace_s:.0f}s: nothing to watch", state, stop=StopReason.NO_CANARY)
             return PollResult(Decision.WATCH, "waiting for a canary", state)
 
         v = str(state.version)
@@ -292,13 +315,14 @@ class Guard:
                 return PollResult(Decision.WATCH, f"version {v} promoted: baking for {self.config.bake_s:.0f}s",
                                   state)
             return PollResult(Decision.HEALTHY, f"version_retired: version {v} is no longer served (the rollout "
-                              "aborted it or a person moved it): nothing left to guard", state)
+                              "aborted it or a person moved it): nothing left to guard", state,
+                              stop=StopReason.VERSION_RETIRED)
 
         # Bake: the version serves as stable alone; the engine compares it with what the old champion served
         # concurrently in the canary phase (latency is not judged: nothing runs side by side any more).
         if stable_v != v:
             return PollResult(Decision.HEALTHY, f"version_retired: version {v} is no longer the served champion "
-                              f"(stable is {stable_v})", state)
+                              f"(stable is {stable_v})", state, stop=StopReason.VERSION_RETIRED)
         alone = diff(last.get((STABLE, v)), scrape.counters.get((STABLE, v)))
         state.bake_requests += alone.requests
         result = self._judge(state, alone, SeriesCounters(), None, "champion", skip=(LATENCY,))
@@ -321,7 +345,7 @@ class Guard:
                                   "but was not shown healthy: " + "; ".join(unproven), result.state, result.verdict)
             return PollResult(Decision.HEALTHY, f"bake_complete: version {v} healthy for "
                               f"{self.config.bake_s:.0f}s after promotion ({int(state.bake_requests)} requests)",
-                              result.state, result.verdict)
+                              result.state, result.verdict, StopReason.BAKE_COMPLETE)
         return result
 
     def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, weight: float | None,

@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, TypeVar
 
 from mlcd.registry.errors import RegistryUnavailableError
@@ -41,6 +42,9 @@ def validate_model_name(name: str) -> str:
 
 
 def validate_alias(alias: str) -> str:
+    """The alias as a plain string (an :class:`~mlcd.registry.tags.Alias` member gives its value), or ValueError."""
+    if isinstance(alias, Enum):
+        alias = alias.value
     if (
         not isinstance(alias, str)
         or not _ALIAS_RE.match(alias)

@@ -27,6 +27,7 @@ from mlcd.registry.tags import (
     TAG_REASONS,
     TAG_ROLLBACK_EVIDENCE,
     TAG_ROLLBACK_REASON,
+    Alias,
     Event,
 )
 
@@ -182,7 +183,7 @@ class AliasMovesMixin(JournalMixin):
         record = self.get_state(version)
         if record.state not in (RolloutState.REGISTERED, RolloutState.CANARY):
             check_transition(record.state, RolloutState.CANARY)
-        holder = self.get_alias_version("canary")
+        holder = self.get_alias_version(Alias.CANARY)
         expected: str | None = None
         if holder is not None and holder != version:
             if self.get_state(holder).state is RolloutState.CANARY:
@@ -192,7 +193,7 @@ class AliasMovesMixin(JournalMixin):
             expected = holder
         # State first: a crash before the alias leaves a canary without traffic, which the re-run completes.
         record = self.record_transition(version, RolloutState.CANARY, reason, actor, dag_run_id)
-        self.set_alias("canary", version, expected=expected)
+        self.set_alias(Alias.CANARY, version, expected=expected)
         return record
 
     @_move
@@ -215,16 +216,16 @@ class AliasMovesMixin(JournalMixin):
         record = self.get_state(version)
         aliases = self.aliases()
         if record.state is RolloutState.CHAMPION:
-            if aliases.get("champion") != version:
+            if aliases.get(Alias.CHAMPION) != version:
                 raise RolloutError(
                     f"version {version} is recorded champion but the champion alias points at "
                     f"{aliases.get('champion')}; run `mlcd status` and fix by hand"
                 )
-            if aliases.get("canary") == version:
-                self.delete_alias("canary", version)
+            if aliases.get(Alias.CANARY) == version:
+                self.delete_alias(Alias.CANARY, version)
             return record
         if record.state is RolloutState.REGISTERED:
-            if "champion" not in aliases:
+            if Alias.CHAMPION not in aliases:
                 return self.bootstrap_champion(version, actor, reason, dag_run_id)
             record = self.record_transition(
                 version, RolloutState.CANARY, f"canary skipped: {reason}", actor, dag_run_id
@@ -235,12 +236,12 @@ class AliasMovesMixin(JournalMixin):
         # Recorded intent wins while it still describes the aliases: a re-run after a crash between steps 1 and 2
         # must not take the half-moved ``previous`` as the old one (the real old previous would never be archived).
         intent = self._open_intent(record, Event.PROMOTE_STARTED)
-        if intent is not None and aliases.get("champion") in (version, intent.get("old_champion")):
+        if intent is not None and aliases.get(Alias.CHAMPION) in (version, intent.get("old_champion")):
             old_champion = intent.get("old_champion")
             old_previous = intent.get("old_previous")
         else:
-            old_champion = aliases.get("champion")
-            old_previous = aliases.get("previous")
+            old_champion = aliases.get(Alias.CHAMPION)
+            old_previous = aliases.get(Alias.PREVIOUS)
             self.record_event(
                 version,
                 Event.PROMOTE_STARTED.value,
@@ -250,14 +251,14 @@ class AliasMovesMixin(JournalMixin):
             )
         # 1. previous ← old champion (serving ignores previous, so this step alone changes no traffic).
         if old_champion is not None and old_champion != version:
-            self.set_alias("previous", old_champion, expected=old_previous)
+            self.set_alias(Alias.PREVIOUS, old_champion, expected=old_previous)
         elif old_previous == version:
-            self.delete_alias("previous", version)
+            self.delete_alias(Alias.PREVIOUS, version)
         # 2. champion ← version: the commit point.
-        self.set_alias("champion", version, expected=old_champion)
+        self.set_alias(Alias.CHAMPION, version, expected=old_champion)
         # 3. the canary slot is free again.
-        if self.get_alias_version("canary") == version:
-            self.delete_alias("canary", version)
+        if self.get_alias_version(Alias.CANARY) == version:
+            self.delete_alias(Alias.CANARY, version)
         # 4. records follow the aliases.
         if old_champion is not None and old_champion != version:
             self.record_transition(
@@ -283,11 +284,11 @@ class AliasMovesMixin(JournalMixin):
         """``registered → champion`` for the very first model (no champion alias yet)."""
         version = validate_version(version)
         record = self.get_state(version)
-        if record.state is RolloutState.CHAMPION and self.get_alias_version("champion") == version:
+        if record.state is RolloutState.CHAMPION and self.get_alias_version(Alias.CHAMPION) == version:
             return record
         if record.state is not RolloutState.REGISTERED:
             check_transition(record.state, RolloutState.CHAMPION)
-        self.set_alias("champion", version, expected=None)  # refuses when a champion exists
+        self.set_alias(Alias.CHAMPION, version, expected=None)  # refuses when a champion exists
         self.set_version_tags(version, {TAG_PROMOTED_BY: actor, TAG_PROMOTED_AT: now_iso()})
         return self.record_transition(version, RolloutState.CHAMPION, reason, actor, dag_run_id)
 
@@ -332,12 +333,12 @@ class AliasMovesMixin(JournalMixin):
                 TAG_ROLLBACK_REASON: _clip(reason),
                 TAG_ROLLBACK_EVIDENCE: compact_json(evidence or {}, MAX_DETAILS_CHARS * 2),
             })
-            if self.get_alias_version("champion") == version:
+            if self.get_alias_version(Alias.CHAMPION) == version:
                 # A promotion was interrupted after its commit: undo it from its recorded intent, or the champion
                 # alias would stay on a version this rollback is about to mark rolled_back.
                 self._undo_promotion(record, version, reason, actor, dag_run_id)
-            if self.get_alias_version("canary") == version:
-                self.delete_alias("canary", version)
+            if self.get_alias_version(Alias.CANARY) == version:
+                self.delete_alias(Alias.CANARY, version)
             return self.record_transition(version, RolloutState.ROLLED_BACK, reason, actor, dag_run_id, details)
         if record.state is not RolloutState.CHAMPION:
             raise RolloutError(
@@ -345,8 +346,8 @@ class AliasMovesMixin(JournalMixin):
             )
         aliases = self.aliases()
         intent = record.last_event(Event.ROLLBACK_STARTED.value)
-        if aliases.get("champion") == version:
-            target = aliases.get("previous")
+        if aliases.get(Alias.CHAMPION) == version:
+            target = aliases.get(Alias.PREVIOUS)
             if target is None:
                 raise RolloutError(
                     f"version {version} is champion with no previous version to restore: roll forward instead"
@@ -362,9 +363,9 @@ class AliasMovesMixin(JournalMixin):
             TAG_ROLLBACK_REASON: _clip(reason),
             TAG_ROLLBACK_EVIDENCE: compact_json(evidence or {}, MAX_DETAILS_CHARS * 2),
         })
-        self.set_alias("champion", target, expected=version)  # the commit: serving follows champion
-        if self.get_alias_version("previous") == target:
-            self.delete_alias("previous", target)
+        self.set_alias(Alias.CHAMPION, target, expected=version)  # the commit: serving follows champion
+        if self.get_alias_version(Alias.PREVIOUS) == target:
+            self.delete_alias(Alias.PREVIOUS, target)
         self.record_transition(
             target, RolloutState.CHAMPION, f"restored by rollback of version {version}: {reason}", actor, dag_run_id
         )
@@ -385,12 +386,12 @@ class AliasMovesMixin(JournalMixin):
         restore = str(restore)
         self.record_event(version, Event.ROLLBACK_STARTED.value, {"restore": restore, "undo": "promote"}, actor,
                           dag_run_id)
-        self.set_alias("champion", restore, expected=version)  # traffic-relevant first: serving follows champion
-        if self.get_alias_version("previous") == restore:
+        self.set_alias(Alias.CHAMPION, restore, expected=version)  # traffic-relevant first: serving follows champion
+        if self.get_alias_version(Alias.PREVIOUS) == restore:
             if old_previous is not None and str(old_previous) != restore:
-                self.set_alias("previous", str(old_previous), expected=restore)
+                self.set_alias(Alias.PREVIOUS, str(old_previous), expected=restore)
             else:
-                self.delete_alias("previous", restore)
+                self.delete_alias(Alias.PREVIOUS, restore)
         if self.get_state(restore).state is RolloutState.PREVIOUS:
             self.record_transition(
                 restore, RolloutState.CHAMPION,

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlcd.registry.base import now_iso
 from mlcd.registry.lease import read_lease
+from mlcd.registry.protocol import Registry
 from mlcd.registry.state import RolloutRecord, RolloutState
 from mlcd.registry.tags import (
     RETIRED_STATES,
@@ -35,6 +36,9 @@ from mlcd.registry.tags import (
     Event,
     Violation,
 )
+
+if TYPE_CHECKING:
+    from mlcd.registry.client import ModelRegistry  # reads the MLflow tags directly: the implementation
 
 log = logging.getLogger(__name__)
 S = RolloutState
@@ -168,7 +172,7 @@ def check(
     return out
 
 
-def _note(registry: Any, version: str | None, repair: Repair) -> Repair:
+def _note(registry: Registry, version: str | None, repair: Repair) -> Repair:
     """Record the repair on the version it concerns: a history event plus readable tags."""
     if version is not None:
         registry.record_event(version, Event.RECONCILED.value, repair.to_dict(), RECONCILE_ACTOR)
@@ -177,7 +181,7 @@ def _note(registry: Any, version: str | None, repair: Repair) -> Repair:
     return repair
 
 
-def _repair_one(registry: Any, finding: Finding, aliases: dict[str, str],
+def _repair_one(registry: Registry, finding: Finding, aliases: dict[str, str],
                 records: dict[str, RolloutRecord]) -> Repair | None:
     v = finding.version
     champion = aliases.get(Alias.CHAMPION.value)
@@ -255,7 +259,7 @@ def _repair_one(registry: Any, finding: Finding, aliases: dict[str, str],
     return None
 
 
-def snapshot(registry: Any) -> tuple[dict[str, str], dict[str, RolloutRecord]]:
+def snapshot(registry: ModelRegistry) -> tuple[dict[str, str], dict[str, RolloutRecord]]:
     """The aliases and every version's record, read once."""
     aliases = registry.aliases()
     records = {
@@ -265,7 +269,7 @@ def snapshot(registry: Any) -> tuple[dict[str, str], dict[str, RolloutRecord]]:
     return aliases, records
 
 
-def findings(registry: Any) -> list[Finding]:
+def findings(registry: ModelRegistry) -> list[Finding]:
     """Check the live registry (for ``mlcd status``)."""
     aliases, records = snapshot(registry)
     try:
@@ -276,7 +280,7 @@ def findings(registry: Any) -> list[Finding]:
     return check(aliases, records, lease_row)
 
 
-def reconcile(registry: Any, *, dry_run: bool = False) -> dict[str, Any]:
+def reconcile(registry: ModelRegistry, *, dry_run: bool = False) -> dict[str, Any]:
     """Repair every violation, one at a time, under the registry lease; return the repairs and what is left.
 
     Idempotent: on a consistent registry it changes nothing. ``dry_run`` only reports the findings.

@@ -11,8 +11,8 @@ from typing import Any
 
 from mlcd.registry.base import _ms_iso
 from mlcd.registry.journal import JournalMixin
-from mlcd.registry.state import STATE_ALIAS, RolloutRecord, parse_state
-from mlcd.registry.tags import ALIASES, TAG_METRICS, TAG_P_VALUE, TAG_VERDICT
+from mlcd.registry.state import RolloutRecord, parse_state
+from mlcd.registry.tags import ALIASES, STATE_ALIAS, TAG_METRICS, TAG_P_VALUE, TAG_VERDICT, Alias
 
 
 class ReportingMixin(JournalMixin):
@@ -43,13 +43,13 @@ class ReportingMixin(JournalMixin):
             })
         problems = []
         for alias in ALIASES:
-            v = aliases.get(alias)
-            if v is not None and v in records and STATE_ALIAS.get(records[v].state) != alias:
-                problems.append(f"alias {alias} -> version {v}, but its state is {records[v].state.value}")
+            holder = aliases.get(alias)
+            if holder is not None and holder in records and STATE_ALIAS.get(records[holder].state) != alias:
+                problems.append(f"alias {alias} -> version {holder}, but its state is {records[holder].state.value}")
         for v, rec in records.items():
-            alias = STATE_ALIAS.get(rec.state)
-            if alias and aliases.get(alias) != v:
-                problems.append(f"version {v} is {rec.state.value} but alias {alias} -> {aliases.get(alias)}")
+            held = STATE_ALIAS.get(rec.state)
+            if held and aliases.get(held) != v:
+                problems.append(f"version {v} is {rec.state.value} but alias {held} -> {aliases.get(held)}")
         return {
             "model_name": self.model_name,
             "tracking_uri": self.tracking_uri,
@@ -63,7 +63,7 @@ class ReportingMixin(JournalMixin):
         """Every accepted history entry of every version, oldest first, each with its ``version``."""
         if not self._model_exists():
             return []
-        out = []
+        out: list[dict[str, Any]] = []
         for mv in self.list_versions():
             rec = self._record_from_tags(str(mv.version), dict(mv.tags or {}))
             out.extend({"version": rec.version, **e} for e in rec.history)
@@ -100,7 +100,7 @@ class ReportingMixin(JournalMixin):
                     "end_reason": None,
                 })
         # A previous version loses the alias (without a state change) when the next one takes it.
-        for alias in ("previous",):
+        for alias in (Alias.PREVIOUS,):
             held = [iv for iv in intervals if iv["alias"] == alias]
             for a, b in zip(held, held[1:], strict=False):
                 if a["end"] is None or a["end"] > b["start"]:
@@ -111,7 +111,7 @@ class ReportingMixin(JournalMixin):
     def champion_at(self, when: str) -> str | None:
         """The version that was champion at ISO time ``when`` (None before the first one)."""
         for iv in self.alias_history():
-            if iv["alias"] == "champion" and iv["start"] <= when and (iv["end"] is None or when < iv["end"]):
+            if iv["alias"] == Alias.CHAMPION and iv["start"] <= when and (iv["end"] is None or when < iv["end"]):
                 return str(iv["version"])
         return None
 

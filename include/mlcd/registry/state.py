@@ -44,8 +44,6 @@ TRANSITIONS: dict[RolloutState, frozenset[RolloutState]] = {
     S.ROLLED_BACK: frozenset(),
 }
 FINAL_STATES = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
-# The alias that a version in this state holds (the record and the aliases must agree).
-STATE_ALIAS: dict[RolloutState, str] = {S.CANARY: "canary", S.CHAMPION: "champion", S.PREVIOUS: "previous"}
 
 
 class IllegalTransitionError(ValueError):

@@ -57,6 +57,12 @@ class Violation(str, Enum):
 
 
 ALIASES: tuple[str, ...] = tuple(a.value for a in Alias)
+# The alias that a version in this state holds (the record and the aliases must agree).
+STATE_ALIAS: dict[RolloutState, str] = {
+    RolloutState.CANARY: Alias.CANARY.value,
+    RolloutState.CHAMPION: Alias.CHAMPION.value,
+    RolloutState.PREVIOUS: Alias.PREVIOUS.value,
+}
 
 # Version tags owned by the rollout record (never set through ``set_version_tags``).
 TAG_STATE = "mlcd.state"
@@ -105,6 +111,7 @@ __all__ = [
     "ALIASES",
     "RECORD_TAGS",
     "RETIRED_STATES",
+    "STATE_ALIAS",
     "TAG_CHAMPION_AT_EVAL",
     "TAG_CODE_VERSION",
     "TAG_DAG_RUN",

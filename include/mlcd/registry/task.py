@@ -22,6 +22,7 @@ from mlcd.registry.tags import (
     TAG_REASONS,
     TAG_SNAPSHOT,
     TAG_VERDICT,
+    Alias,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def register_challenger(
     tags = version_tags(train_result, evaluation, dag_run_id)
     version = registry.register_run_model(train_result["run_id"], train_result["model_uri"], tags)
     record = registry.get_state(version)
-    champion = registry.get_alias_version("champion")
+    champion = registry.get_alias_version(Alias.CHAMPION)
     verdict = str(evaluation.get("summary") or evaluation.get("verdict"))
 
     if not evaluation.get("passed", False):

@@ -17,8 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
+from mlcd.registry.protocol import Registry
+from mlcd.registry.state import RolloutRecord, RolloutState
+from mlcd.registry.tags import TAG_ROLLBACK_REASON, Alias, Event
 from mlcd.rollout.metrics import (
     SeriesCounters,
     Snapshot,
@@ -34,22 +38,44 @@ from mlcd.rollout.spec import Action, Outcome, RolloutSpec, StepVerdict, next_ac
 log = logging.getLogger(__name__)
 
 
-def is_paused(record: Any) -> bool:
+def is_paused(record: RolloutRecord) -> bool:
     """True when the record's latest ``paused`` event is newer than its latest ``resumed`` (``mlcd pause``)."""
-    paused, resumed = record.last_event("paused"), record.last_event("resumed")
+    paused, resumed = record.last_event(Event.PAUSED), record.last_event(Event.RESUMED)
     return paused is not None and (resumed is None or str(resumed.get("t", "")) < str(paused.get("t", "")))
 
 
-class RolloutStopped(RuntimeError):
-    """The version was rolled back (by the guard or a person) while the rollout ran."""
+class EndReason(str, Enum):
+    """Why a rollout ended before promotion: the Airflow task switches on it (the message is for people)."""
+
+    ROLLED_BACK = "rolled_back"  # the guard or a person rolled the version back (before or during the rollout)
+    NOT_A_CANARY = "not_a_canary"  # the record says the version is no longer a canary
+    ROUTES_MOVED = "routes_moved"  # someone else moved traffic: the rollout stops and leaves it there
+    REFUSED = "refused"  # the gateway will not serve the version (rolled back with why)
+    ANALYSIS_FAILED = "analysis_failed"  # the rollout's own analysis failed (rolled back with the evidence)
+    UNDECIDED = "undecided"  # not enough evidence within the longest window: not a failure
 
 
-class RolloutAborted(RuntimeError):
+class RolloutEnded(RuntimeError):
+    """A rollout that ended before promotion; ``reason`` says why."""
+
+    def __init__(self, message: str, reason: EndReason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RolloutStopped(RolloutEnded):
+    """The version was rolled back (by the guard or a person), or moved, while the rollout ran."""
+
+
+class RolloutAborted(RolloutEnded):
     """The rollout's own analysis failed: traffic is back on stable and the version is rolled back."""
 
 
-class RolloutUndecided(RuntimeError):
+class RolloutUndecided(RolloutEnded):
     """The analysis could not decide within the longest window: stopped, not failed (the version stays eligible)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EndReason.UNDECIDED)
 
 
 @dataclass
@@ -149,7 +175,7 @@ class CanaryRollout:
 
     def __init__(
         self,
-        registry: Any,
+        registry: Registry,
         router: Router,
         spec: RolloutSpec,
         metrics_url: str,
@@ -167,35 +193,37 @@ class CanaryRollout:
         self._paused = False
 
     # -- record -------------------------------------------------------------------------------------------
-    def _state(self, version: str) -> str:
-        return str(self.registry.get_state(version).state.value)
+    def _state(self, version: str) -> RolloutState:
+        return self.registry.get_state(version).state
 
     def _check_record(self, p: RolloutProgress) -> bool:
         """Raise :class:`RolloutStopped` if rolled back; True when someone already promoted it by hand."""
         record = self.registry.get_state(p.version)
-        state = record.state.value
-        if state == "rolled_back":
-            reason = record.tags.get("mlcd.rollback_reason", "see the rollout record")
-            raise RolloutStopped(f"version {p.version} was rolled back during the rollout: {reason}")
-        if state == "champion":
+        state = record.state
+        if state is RolloutState.ROLLED_BACK:
+            reason = record.tags.get(TAG_ROLLBACK_REASON, "see the rollout record")
+            raise RolloutStopped(f"version {p.version} was rolled back during the rollout: {reason}",
+                                 EndReason.ROLLED_BACK)
+        if state is RolloutState.CHAMPION:
             return True
-        if state != "canary":
-            raise RolloutStopped(f"version {p.version} is {state}, no longer a canary")
+        if state is not RolloutState.CANARY:
+            raise RolloutStopped(f"version {p.version} is {state.value}, no longer a canary", EndReason.NOT_A_CANARY)
         self._paused = is_paused(record)  # read with the record: a pause holds the weight (mlcd pause)
         return False
 
-    def _event(self, version: str, event: str, details: dict[str, Any]) -> None:
-        self.registry.record_event(version, event, details, actor=self.actor, dag_run_id=self.dag_run_id)
+    def _event(self, version: str, event: Event, details: dict[str, Any]) -> None:
+        self.registry.record_event(version, event.value, details, actor=self.actor, dag_run_id=self.dag_run_id)
 
     # -- steps --------------------------------------------------------------------------------------------
     def start(self, version: str, reason: str) -> RolloutProgress:
         """Set the canary alias and route it at 0 %; a first model (no champion) is promoted directly."""
         version = str(version)
         state = self._state(version)
-        if state == "rolled_back":
-            raise RolloutStopped(f"version {version} was already rolled back; it will not be canaried again")
-        champion = self.registry.get_alias_version("champion")
-        if state == "champion" or champion == version:
+        if state is RolloutState.ROLLED_BACK:
+            raise RolloutStopped(f"version {version} was already rolled back; it will not be canaried again",
+                                 EndReason.ROLLED_BACK)
+        champion = self.registry.get_alias_version(Alias.CHAMPION)
+        if state is RolloutState.CHAMPION or champion == version:
             # Bootstrapped by the register task: make sure serving follows the registry (idempotent).
             self.router.set_routes(version, None, 0)
             return RolloutProgress(version, version, 100, done=True, result="already champion")
@@ -213,8 +241,8 @@ class CanaryRollout:
             from mlcd.rollout.actions import rollback
 
             rollback(self.registry, self.router, version, why, {"refused": str(exc)}, self.actor, self.dag_run_id)
-            raise RolloutAborted(why) from None
-        self._event(version, "canary_started", {"stable": champion, "spec": self.spec.to_dict()})
+            raise RolloutAborted(why, EndReason.REFUSED) from None
+        self._event(version, Event.CANARY_STARTED, {"stable": champion, "spec": self.spec.to_dict()})
         return RolloutProgress(version, champion)
 
     def begin_step(self, p: RolloutProgress) -> RolloutProgress:
@@ -246,12 +274,12 @@ class CanaryRollout:
         routes = self.router.get_routes()
         if routes.canary != p.version or routes.stable != str(p.stable):
             raise RolloutStopped(f"routes moved during the rollout (stable {routes.stable}, canary {routes.canary}): "
-                                 f"canary {p.version} is no longer routed; traffic left where it is")
+                                 f"canary {p.version} is no longer routed; traffic left where it is", EndReason.ROUTES_MOVED)
         try:
             self.router.set_routes(str(p.stable), p.version, target, expected_generation=routes.generation)
         except RouteConflict as exc:
             raise RolloutStopped(f"routes moved while canary {p.version} stepped to {target}%: {exc}; "
-                                 "traffic left where it is") from None
+                                 "traffic left where it is", EndReason.ROUTES_MOVED) from None
 
     def poll(self, p: RolloutProgress) -> Outcome:
         """One scrape within the window (``run_rollout`` and the window trigger call this every poll)."""
@@ -265,7 +293,7 @@ class CanaryRollout:
             return StepResult(Action.ADVANCE, verdict, p)
         if self._paused:
             # Paused by a person: the window is neither judged nor counted; the next step holds the weight.
-            self._event(p.version, "canary_step_held", {"weight": p.weight})
+            self._event(p.version, Event.CANARY_STEP_HELD, {"weight": p.weight})
             p.repeat = True
             held = StepVerdict(Outcome.INCONCLUSIVE, (f"paused at {p.weight}%: weight held",))
             return StepResult(Action.REPEAT, held, p)
@@ -276,7 +304,7 @@ class CanaryRollout:
             p.held += 1
         action = next_action(self.spec, p.outcomes, p.held)
         elapsed = time.time() - p.window_started
-        self._event(p.version, "canary_step", {
+        self._event(p.version, Event.CANARY_STEP, {
             "weight": p.weight, "window_s": round(elapsed, 1), "action": action.value, **verdict.to_dict(),
             "analysis": _evidence(p.verdict),
         })
@@ -301,7 +329,7 @@ class CanaryRollout:
                  {"outcomes": p.outcomes, "last": verdict.to_dict(), "verdict": p.verdict},
                  self.actor, self.dag_run_id)
         p.done, p.result = True, reason
-        raise RolloutAborted(reason)
+        raise RolloutAborted(reason, EndReason.ANALYSIS_FAILED)
 
     def _undecided(self, p: RolloutProgress, verdict: StepVerdict) -> None:
         """Not enough evidence within the longest window: stop without failing the version."""
@@ -312,7 +340,7 @@ class CanaryRollout:
                   f"({self.spec.max_window_s:.0f}s): " + "; ".join(verdict.reasons)
                   + ("; traffic back on stable" if retreat else f"; weight held at {p.weight}%")
                   + f"; version {p.version} stays a canary, eligible for another rollout")
-        self._event(p.version, "canary_undecided", {"weight": p.weight, "reason": reason,
+        self._event(p.version, Event.CANARY_UNDECIDED, {"weight": p.weight, "reason": reason,
                                                     "analysis": _evidence(p.verdict)})
         p.done, p.result = True, reason
         raise RolloutUndecided(reason)
@@ -355,7 +383,7 @@ def run_rollout(rollout: CanaryRollout, version: str, reason: str, sleep: Callab
 
 def rollout_from_settings(spec: RolloutSpec, actor: str = "mlcd", dag_run_id: str | None = None,
                           gateway_url: str | None = None, tracking_uri: str | None = None,
-                          model_name: str | None = None, registry: Any | None = None) -> CanaryRollout:
+                          model_name: str | None = None, registry: Registry | None = None) -> CanaryRollout:
     """A rollout wired from ``MLCD_*`` settings (router backend, gateway URL) and ``registry`` (the Airflow task
     passes the one its MLflow Connection builds), else a registry on ``tracking_uri`` / the settings."""
     from mlcd.registry import ModelRegistry

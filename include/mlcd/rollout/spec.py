@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlcd.rollout.analysis import GuardThresholds
 
 DEFAULT_STEPS: tuple[int, ...] = (5, 25, 50, 100)
 UNDECIDED_ACTIONS = ("retreat", "hold")
@@ -101,7 +104,7 @@ class RolloutSpec:
         """The longest one weight is held while its window stretches for data."""
         return self.analysis_window_s * (self.inconclusive_limit + 1)
 
-    def guard_thresholds(self) -> Any:
+    def guard_thresholds(self) -> GuardThresholds:
         """The analysis engine's thresholds for this spec (the engine is shared with the guard)."""
         from mlcd.rollout.analysis import GuardThresholds
 
