@@ -49,6 +49,7 @@ mutation: venv
 
 lint: venv
 	$(BIN)/ruff check include dags plugins tests bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(MLCD_HOME)

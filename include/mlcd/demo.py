@@ -405,9 +405,9 @@ def run_demo() -> int:
             story.run_table("turn 4: mlcd_retrain (its canary stops: the guard rolled it back)",
                             story.wait_finished("mlcd_retrain", run))
             # The guard run that acted is whichever was watching when the canary began (runs queue per Asset).
-            guard = story.wait_guard_rollback()
-            if guard:
-                story.run_table(f"turn 4: mlcd_guard {guard}", story.wait_finished("mlcd_guard", guard))
+            acted = story.wait_guard_rollback()
+            if acted:
+                story.run_table(f"turn 4: mlcd_guard {acted}", story.wait_finished("mlcd_guard", acted))
             story.registry_tables()
             broken = story.newest_version()
             story.version_events(broken, f"rollout record of version {broken} (rolled back, with its evidence)")

@@ -15,11 +15,14 @@ The token reaches MLflow through MLflow's own request-auth-provider plugin (:mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
 from mlcd.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlcd.registry.client import ModelRegistry
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,9 @@ class MlflowHook(BaseHook):
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
         """The extra field the Connection form shows for an ``mlflow`` Connection."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget  # type: ignore[import-not-found]
-        from flask_babel import lazy_gettext  # type: ignore[import-not-found]
-        from wtforms import StringField  # type: ignore[import-not-found]
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField
 
         return {"tracking_uri": StringField(lazy_gettext("Tracking URI"), widget=BS3TextFieldWidget())}
 
@@ -125,7 +128,7 @@ class MlflowHook(BaseHook):
         cfg = self.config
         return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
 
-    def get_registry(self, model_name: str | None = None) -> Any:
+    def get_registry(self, model_name: str | None = None) -> ModelRegistry:
         """A :class:`~mlcd.registry.ModelRegistry` on this connection (model from settings by default)."""
         from mlcd.registry import ModelRegistry
 

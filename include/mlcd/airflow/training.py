@@ -265,7 +265,7 @@ def trainer_pod_operator_class() -> type[BaseOperator]:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow.providers.cncf.kubernetes.utils.container import container_is_succeeded
 
-    class TrainerPodOperator(KubernetesPodOperator):  # type: ignore[misc]
+    class TrainerPodOperator(KubernetesPodOperator):
         _train_result: dict[str, Any] | None = None
 
         def post_complete_action(self, *, pod: Any, remote_pod: Any, context: Any, result: Any, **kwargs: Any) -> None:

@@ -231,7 +231,7 @@ def _read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Header:
             else:
                 from numpy.lib import _format_impl  # the 3.0 header (UTF-8) has no public reader
 
-                shape, fortran, dtype = _format_impl._read_array_header(stream, version)
+                shape, fortran, dtype = _format_impl._read_array_header(stream, version)  # type: ignore[attr-defined]
         except ValueError as err:
             message = str(err)
             if "pickle" in message.lower() or "object" in message.lower():

@@ -204,6 +204,7 @@ def _decide_one(item: dict[str, Any], settings: Settings, ledger: Ledger, gate: 
                 report: IntakeReport) -> None:
     """Judge one pending batch and record the verdict; raises only for failures of mlcd's own storage."""
     batch_hash, name = item["batch_hash"], item["name"]
+    reason: str | None  # a refusal's one line; judge() gives None for an accepted batch
     if item.get("refused"):
         folder = quarantine_file(None, batch_hash, name, item["refused"], {"stage": "read"}, settings.quarantine_dir)
         ledger.decide(batch_hash, QUARANTINED, reason=item["refused"], details={"stage": "read"}, n_images=0,

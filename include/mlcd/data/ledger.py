@@ -146,7 +146,8 @@ class Ledger:
         return _record(row) if row else None
 
     def list(self, state: str | None = None) -> list[BatchRecord]:
-        query, args = "SELECT * FROM batches", ()
+        query = "SELECT * FROM batches"
+        args: tuple[str, ...] = ()
         if state is not None:
             query, args = query + " WHERE state=?", (state,)
         with self._connect() as conn:

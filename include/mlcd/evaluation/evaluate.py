@@ -11,11 +11,14 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlcd.evaluation.gate import GateConfig, GateVerdict, judge
+
+if TYPE_CHECKING:
+    from mlcd.registry.client import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def _confusion_text(cm: list[list[int]]) -> str:
     return "\n".join([head, *rows]) + "\n"
 
 
-def _log_to_run(registry: Any, run_id: str, result: dict[str, Any]) -> None:
+def _log_to_run(registry: ModelRegistry, run_id: str, result: dict[str, Any]) -> None:
     """Metrics (``eval_*``) and artifacts (``evaluation/*``) on the challenger's run; re-logging is harmless."""
     from mlflow.entities import Metric
 

@@ -225,7 +225,7 @@ class DriftReference:
             residual_scale=1.0,
             anomaly_threshold=1.0,
             anomaly_quantile=anomaly_quantile,
-            image_shape=shape,  # type: ignore[arg-type]
+            image_shape=shape,
             n_reference=len(flat),
         )
         dist, resid = ref._distances(held_out)

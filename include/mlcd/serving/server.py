@@ -6,14 +6,18 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING, Any
 
 from mlcd.serving.config import GatewayConfig
 from mlcd.serving.models import ModelLoader
 
+if TYPE_CHECKING:
+    import uvicorn
+
 HOST = "127.0.0.1"
 
 
-def _uvicorn_config(config: GatewayConfig, port: int, loader: ModelLoader | None = None):  # type: ignore[no-untyped-def]
+def _uvicorn_config(config: GatewayConfig, port: int, loader: ModelLoader | None = None) -> uvicorn.Config:
     import uvicorn
 
     from mlcd.serving.app import create_app
@@ -51,7 +55,7 @@ class GatewayServer:
         return f"http://{HOST}:{self.port}"
 
     @property
-    def app(self):  # type: ignore[no-untyped-def]
+    def app(self) -> Any:
         return self.server.config.app
 
     def start(self, timeout: float = 120.0) -> GatewayServer:

@@ -88,7 +88,7 @@ def load_training_data(snapshot: str | Path, max_train_samples: int | None = Non
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in ("train", "val"):
         try:
-            splits[split] = load_split(local, split)  # type: ignore[arg-type]
+            splits[split] = load_split(local, split)
         except BatchError as err:
             raise SnapshotError(f"snapshot {given}: {split}.npz: {err}") from None
     (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]

@@ -31,7 +31,10 @@ BUILTIN_BUILDERS: dict[str, str] = {
 class ModelBuilder(Protocol):
     """What the trainer needs from a model: a name, its hyper-parameters, and a compiled model."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Short and stable: it names the run's model and its logged parameters."""
+        ...
 
     def build(self) -> keras.Model:
         """A fresh compiled model under the current Keras dtype policy, keeping the mlcd model contract."""
@@ -135,7 +138,7 @@ def get_builder(spec: str | None = None) -> ModelBuilder:
         return ReferenceCNN()
     module_name, _, attr = target.partition(":")
     try:
-        factory = importlib.import_module(module_name)
+        factory: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             factory = getattr(factory, part)
     except (ImportError, AttributeError) as err:

@@ -108,13 +108,13 @@ def log_snapshot_inputs(snapshot_id: str, snapshot_path: str, splits: dict[str, 
     The digest ties the run to the exact data version: two runs on the same snapshot show the same dataset.
     """
     import mlflow
-    import mlflow.data
+    from mlflow.data.numpy_dataset import from_numpy
 
     for context, (x, y) in splits.items():
         with warnings.catch_warnings():
             # A local path matches MLflow's local-artifact source twice; its "assuming" warning is noise.
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_numpy(
+            dataset = from_numpy(
                 features=x, targets=y, source=snapshot_path, name=f"snapshot-{snapshot_id}-{context}",
                 digest=snapshot_id,
             )

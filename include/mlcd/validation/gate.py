@@ -94,7 +94,7 @@ class GxGate:
 
     def __init__(self, suite: dict[str, Any], data_docs_dir: Path | None = None) -> None:
         import great_expectations as gx
-        from great_expectations.checkpoint import UpdateDataDocsAction
+        from great_expectations.checkpoint import UpdateDataDocsAction, ValidationAction
 
         self.suite_name = suite["name"]
         self._reasons = {
@@ -107,7 +107,7 @@ class GxGate:
         context = gx.get_context(mode="ephemeral")
         # Progress bars would flood the Airflow task log with one line per metric batch.
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        actions = []
+        actions: list[ValidationAction] = []
         if self.data_docs_dir is not None:
             self.data_docs_dir.mkdir(parents=True, exist_ok=True)
             context.add_data_docs_site(
@@ -155,6 +155,8 @@ class GxGate:
                 if item.success:
                     continue
                 config = item.expectation_config
+                if config is None:  # GX attaches what it validated to every result; without it no reason can be told
+                    raise RuntimeError(f"GX returned a failed result without its expectation: {item.result}")
                 index = int((config.meta or {}).get("mlcd_index", -1))
                 failures.append(
                     {
