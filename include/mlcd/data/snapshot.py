@@ -217,6 +217,9 @@ def _publish_local(root: Path, snapshot_id: str, members: dict[str, bytes], mani
             fh.flush()
             os.fsync(fh.fileno())
         fsync_dir(staging)
+        if final.is_dir() and not (final / MANIFEST).exists():
+            # Not a snapshot (no manifest: copied in by hand, or left by another tool); ours replaces it.
+            shutil.rmtree(final, ignore_errors=True)
         try:
             os.replace(staging, final)
         except OSError:
