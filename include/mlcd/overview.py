@@ -343,6 +343,8 @@ def dag_runs(history: list[dict[str, Any]], trained_by: str | None = None) -> li
         run_id = entry.get("dag_run")
         role = ROLES.get(str(entry.get("event") or entry.get("to") or ""))
         if run_id and role:
+            if role == "trained" and any(r["role"] == "trained" for r in out):
+                continue  # the version's tag names the run that trained it; one training run per version
             dag = dag_of(entry.get("by"))
             if role == "trained" and dag is None:
                 dag = "mlcd_retrain"  # the registered entry carries no actor; only the register task records a run
