@@ -442,8 +442,11 @@ def rollout_chart_svg(series: dict[str, Any], width: int = 760) -> str:
     for t, anchor in ((t0, "start"), (t1, "end")):
         stamp = datetime.fromtimestamp(t, tz=UTC).strftime("%H:%M:%S")
         parts.append(f"<text x='{x(t):.1f}' y='{height - 2}' class='tick' text-anchor='{anchor}'>{stamp} UTC</text>")
-    legend = (f"<text x='{right}' y='10' class='tick' text-anchor='end'><tspan fill='{CANARY_COLOUR}'>■ canary</tspan>"
-              f" <tspan fill='{STABLE_COLOUR}'>■ stable</tspan> <tspan fill='{WEIGHT_COLOUR}'>■ weight</tspan></text>")
+    verdicts = " ".join(f"<tspan fill='{c}'>● {o}</tspan>" for o, c in VERDICT_COLOURS.items())
+    legend = (f"<text x='{right}' y='10' class='tick' text-anchor='end'>window verdict: {verdicts} · "
+              f"<tspan fill='{CANARY_COLOUR}'>■ canary</tspan>"
+              f" <tspan fill='{STABLE_COLOUR}'>■ stable</tspan> <tspan fill='{WEIGHT_COLOUR}'>■ weight</tspan>"
+              " · <tspan fill='#dc2626'>┆ rollback</tspan></text>")
     return (f"<svg class='chart' role='img' aria-label='rollout chart' viewBox='0 0 {width} {height}' width='{width}' "
             f"height='{height}' xmlns='http://www.w3.org/2000/svg'>{legend}{''.join(parts)}</svg>")
 
