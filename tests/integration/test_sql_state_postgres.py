@@ -136,3 +136,23 @@ def test_the_schema_survives_the_create_table_race(pg: PostgresServer) -> None:
         eng = create_engine(url)
         assert {"batches", "sightings", "mlcd_state"} <= set(inspect(eng).get_table_names())
         eng.dispose()
+
+
+def test_the_guard_checkpoint_and_the_drift_cooldown_on_postgres(url: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The Airflow glue's own functions, with MLCD_LEDGER_URL on Postgres and nothing written under MLCD_HOME."""
+    from mlcd.airflow.guard import _newest, _save_checkpoint
+    from mlcd.guard.signals import should_signal
+    from mlcd.guard.watch import GuardState
+
+    monkeypatch.setenv("MLCD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLCD_LEDGER_URL", url)
+    first = GuardState(version="7", stable="6", started_at=123.0)
+    further = GuardState.from_dict({**first.to_dict(), "polls": 5})
+    _save_checkpoint(further)
+    assert _newest(first.to_dict())["polls"] == 5  # a restarted trigger continues from the checkpoint
+    _save_checkpoint(GuardState.from_dict({**first.to_dict(), "polls": 2}))  # a stale triggerer
+    assert _newest(first.to_dict())["polls"] == 5
+    other_run = GuardState(version="7", stable="6", started_at=456.0)
+    assert _newest(other_run.to_dict())["polls"] == other_run.polls  # another guard run: its own state
+    assert should_signal(60.0, now=10.0) and not should_signal(60.0, now=20.0)
+    assert not (tmp_path / "home").exists()
