@@ -9,15 +9,14 @@ from the storage URL (``MLCD_STORAGE_URL``), so a gateway on a cluster finds it 
 
 ``mlcd_drift_watch`` reads the gauges (:func:`read_drift`) and, when the live window drifted, emits the
 ``mlcd_drift`` Asset that schedules ``mlcd_retrain``: the loop closes. A cooldown keeps one drifted window from
-starting a retrain every few minutes (:func:`should_signal`). Airflow-free.
+starting a retrain every few minutes (:func:`should_signal`, a compare-and-set row in the ledger's
+database). Airflow-free.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,17 +144,13 @@ def read_drift(gateway_url: str, timeout: float = 5.0) -> DriftStatus | None:
                        finite("anomaly_share"), int(values.get("images", 0)))
 
 
-def should_signal(state_file: Path, cooldown_s: float, now: float | None = None) -> bool:
-    """True when no drift signal was sent within ``cooldown_s``; records the signal when it returns True."""
-    now = time.time() if now is None else now
-    last = 0.0
-    if state_file.exists():
-        try:
-            last = float(json.loads(state_file.read_text(encoding="utf-8")).get("last_signal", 0.0))
-        except (ValueError, OSError, AttributeError):
-            last = 0.0
-    if now - last < cooldown_s:
-        return False
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"last_signal": now}), encoding="utf-8")
-    return True
+def should_signal(cooldown_s: float, now: float | None = None, *, url: str | None = None) -> bool:
+    """True when no drift signal was sent within ``cooldown_s``; records the signal when it returns True.
+
+    The cooldown is one row of the shared state store (:mod:`mlcd.statestore`, in the database at
+    ``MLCD_LEDGER_URL``), claimed by compare-and-set: of several drift-watch runs deciding at once, on any
+    workers, exactly one signals.
+    """
+    from mlcd.statestore import DRIFT_SIGNAL_KEY, StateStore
+
+    return StateStore(url).claim(DRIFT_SIGNAL_KEY, cooldown_s, now)
