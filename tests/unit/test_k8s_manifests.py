@@ -478,3 +478,21 @@ def test_airflow_reads_metrics_from_prometheus_and_the_gateway_on_its_internal_s
     assert env["MLCD_STORAGE_URL"].startswith("s3://")
     secrets = {s["envName"] for s in values["secret"]}
     assert "MLCD_LEDGER_URL" in secrets  # the ledger's Postgres URL, from a Secret
+
+
+def test_no_pod_shares_a_disk_and_every_part_names_the_same_object_store() -> None:
+    """Issue 11: tasks, the trainer pod and the gateways meet through services (storage URL, ledger, MLflow)."""
+    values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
+    template = yaml.safe_load((K8S / "trainer-pod-template.yaml").read_text())
+    pod_volumes = [v for _, spec in _pod_specs() for v in spec.get("volumes") or []]
+    for volume in [*pod_volumes, *values["volumes"]]:
+        assert "persistentVolumeClaim" not in volume, f"shared disk {volume['name']}"
+    assert not _by_kind("PersistentVolumeClaim")
+    storage = {e["value"] for e in values["env"] if e["name"] == "MLCD_STORAGE_URL"}
+    for deployment in _by_kind("Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {env["MLCD_STORAGE_URL"]} == storage, deployment["metadata"]["name"]
+        assert {"secretRef": {"name": "mlcd-storage", "optional": True}} in container["envFrom"]
+    assert "mlcd-storage" in values["extraEnvFrom"]
+    assert "MLCD_HOME" not in {e["name"] for c in template["spec"]["containers"] for e in c.get("env") or []}
