@@ -283,7 +283,9 @@ class PrometheusMetrics:
         timeout: seconds per HTTP call.
         routes: what serves where, read from the router instead of the gateways' ``model_info`` (a Kubernetes
             install: a Deployment keeps serving a version the HTTPRoute no longer routes to, e.g. a rolled-back
-            canary at weight 0, so only the route says what users are served). ``None``: from ``model_info``.
+            canary at weight 0, so only the route says what users are served). ``None``: from ``model_info`` and
+            the gateways' own weight gauge, which is right for one gateway serving both variants (docker-compose)
+            but 0 for gateways pinned to one variant each: those need the route for the weight.
         clock: epoch seconds for the query's evaluation time.
     """
 
