@@ -80,7 +80,10 @@ class Scrape:
 class MetricsProvider(Protocol):
     """Reads the gateways' counters once; ``source`` names where from (for log lines and errors)."""
 
-    source: str
+    @property
+    def source(self) -> str:
+        """Where the counters come from, e.g. ``prometheus http://prometheus:9090``."""
+        ...
 
     def scrape(self) -> Scrape:
         """The cumulative counters, the served versions and the canary weight now; :class:`MetricsUnavailable`
