@@ -49,6 +49,12 @@ class Settings:
     settle_s: float = 5.0  # a landed file is taken once unchanged (size, mtime) for this long
     # SQL database of the registry lease (MLCD_LEDGER_URL); None = the ledger's SQLite file.
     ledger_url: str | None = None
+    # Where the canary task and the guard read the gateways' counters (mlcd.rollout.providers): "gateway" (its
+    # own /metrics, MLCD_GATEWAY_URL) or "prometheus" (MLCD_PROMETHEUS_URL; a cluster with a Deployment per variant).
+    metrics_provider: str = "gateway"
+    prometheus_url: str | None = None
+    prometheus_selector: str = ""  # extra label matchers, e.g. namespace="mlcd" (MLCD_PROMETHEUS_SELECTOR)
+    prometheus_lookback: str = "1h"  # a vanished pod's final counts stay in the sums this long
     # mlcd_retrain param defaults (MLCD_RETRAIN_DEFAULTS, a JSON object): `make demo` on a small dataset sets them.
     retrain_defaults: dict[str, Any] = field(default_factory=dict)
     project_root: Path = field(default_factory=_project_root)
@@ -159,6 +165,10 @@ def load_settings() -> Settings:
         max_compression_ratio=float(_env("MLCD_MAX_COMPRESSION_RATIO", "100")),  # type: ignore[arg-type]
         settle_s=float(_env("MLCD_SETTLE_S", "5")),  # type: ignore[arg-type]
         ledger_url=_env("MLCD_LEDGER_URL"),
+        metrics_provider=(_env("MLCD_METRICS_PROVIDER", "gateway") or "gateway").strip().lower(),
+        prometheus_url=_env("MLCD_PROMETHEUS_URL"),
+        prometheus_selector=_env("MLCD_PROMETHEUS_SELECTOR", "") or "",
+        prometheus_lookback=_env("MLCD_PROMETHEUS_LOOKBACK", "1h") or "1h",
         retrain_defaults=parse_retrain_defaults(_env("MLCD_RETRAIN_DEFAULTS")),
         project_root=root,
         storage_url=storage_url,

@@ -200,12 +200,12 @@ class CanaryHealthTrigger(BaseTrigger):
         return TriggerEvent({"status": status.value, "reason": reason.value, "message": message, **payload})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from mlcd.guard.watch import Decision, Guard, GuardState
+        from mlcd.guard.watch import Decision, Guard, GuardState, scrape_from_settings
 
         try:
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
                                   self.grace_s, self.thresholds)
-            guard = Guard(config)
+            guard = Guard(config, scrape_from_settings())  # MLCD_METRICS_PROVIDER: gateway or Prometheus
             state = GuardState.from_dict(_newest(self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
@@ -305,13 +305,13 @@ class CanaryHealthSensor(BaseOperator):
         }
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlcd.guard.watch import Decision, Guard
+        from mlcd.guard.watch import Decision, Guard, scrape_from_settings
 
         kwargs = self._trigger_kwargs()
         config = guard_config(kwargs["gateway_url"], kwargs["version"], kwargs["poll_interval_s"],
                               kwargs["bake_s"], kwargs["grace_s"], kwargs["thresholds"])
         try:
-            first = Guard(config).poll()
+            first = Guard(config, scrape_from_settings()).poll()
         except OSError as exc:
             raise GuardScrapeError(f"gateway {config.gateway_url} unreadable: {exc}") from None
         self.log.info("guard: %s", first.reason)
