@@ -73,8 +73,8 @@ _ROLLOUT_UNIT = (
     "tests/unit/test_mutants_rollout.py",
 )
 # The rollout driven step by step against a real registry (one MLflow server shared by every mutant).
-_ROLLOUT_REGISTRY = ("tests/integration/test_canary_rollout.py", "tests/unit/test_mutants_rollout.py")
-_JUDGE = ("tests/unit/test_guard_judge.py", "tests/unit/test_mutants_analysis.py")
+_ROLLOUT_REGISTRY = ("tests/integration/test_canary_rollout.py", "tests/integration/test_mutants_canary.py")
+_ANALYSIS = ("tests/unit/test_guard_judge.py", "tests/unit/test_mutants_analysis.py")
 
 MODULES: dict[str, Module] = {
     "rollout": Module(
@@ -83,21 +83,16 @@ MODULES: dict[str, Module] = {
         mlflow=True,
         per_file=(
             ("mlcd/rollout/canary.py", (*_ROLLOUT_REGISTRY, "tests/unit/test_canary_trigger.py")),
-            ("mlcd/rollout/actions.py", (*_ROLLOUT_REGISTRY, "tests/unit/test_guard_watch.py")),
-            ("mlcd/rollout/analysis.py", _JUDGE),
+            ("mlcd/rollout/actions.py", _ROLLOUT_REGISTRY),
+            ("mlcd/rollout/analysis.py", _ANALYSIS),
         ),
     ),
     "guard": Module(
         files=("mlcd/guard/*.py",),
         tests=("tests/unit/test_guard_watch.py", "tests/unit/test_mutants_guard.py"),
-        mlflow=True,
         per_file=(
-            ("mlcd/guard/judge.py", _JUDGE),  # moving to rollout/analysis.py
             ("mlcd/guard/drift.py", ("tests/unit/test_guard_drift.py", "tests/unit/test_mutants_guard.py")),
             ("mlcd/guard/signals.py", ("tests/unit/test_mutants_guard.py",)),
-            # rollback/promote/set_paused live here until they move to rollout/actions.py
-            ("mlcd/guard/watch.py", ("tests/unit/test_guard_watch.py", "tests/unit/test_mutants_guard.py",
-                                     *_ROLLOUT_REGISTRY)),
         ),
     ),
     "registry": Module(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mlcd.guard.watch import default_version, promote, rollback, set_paused
+from mlcd.rollout.actions import default_version, promote, rollback, set_paused
 from mlcd.registry.errors import RolloutError
 from mlcd.registry.state import RolloutState
 from mlcd.registry.tags import TAG_ROLLBACK_CHECKS, TAG_ROLLED_BACK_BY
