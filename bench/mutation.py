@@ -453,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     for mod in PRELOAD:
         __import__(mod)
     server = None
-    if any(MODULES[name].mlflow and plan[name] for name in names):
+    if any(MODULES[name].mlflow and any("tests/integration/" in t for m in plan[name]
+                                        for t in MODULES[name].tests_for(m.file)) for name in names):
         sys.path.insert(0, str(INCLUDE))
         from mlcd.mlflow_server import LocalMlflowServer
 
