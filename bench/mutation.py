@@ -118,13 +118,26 @@ MODULES: dict[str, Module] = {
     ),
     "validation_gate": Module(
         files=("mlcd/validation/gate.py",),
-        tests=("tests/unit/test_validation_gate_rules.py", "tests/integration/test_validation_gate.py", "-k", "not cli"),
+        tests=("tests/unit/test_validation_gate_rules.py", "tests/unit/test_mutants_gate.py",
+               "tests/integration/test_validation_gate.py", "-k", "not cli"),
     ),
 }
 
-# Surviving mutants judged equivalent (no behaviour can tell them apart): "file op: before" -> why. They are run and
-# listed, but left out of the score. Keyed by the mutated text, not the line, so an edit above them keeps the key.
+# Surviving mutants judged equivalent (no behaviour can tell them apart): Mutant.key -> why. They are run and
+# listed, but left out of the score (``--list`` marks them).
 EQUIVALENT: dict[str, str] = {
+    "mlcd/validation/gate.py const: 0 | n_images: int = 0":
+        "a default no caller uses: both ValidationOutcome(...) calls pass n_images",
+    "mlcd/validation/gate.py flipbool: False | context.variables.progress_bars = ProgressBarsConfig(globally=False)":
+        "GX progress bars only write to the terminal",
+    "mlcd/validation/gate.py andor: suite.get('meta') or {} | gx.ExpectationSuite(name=self.suite_name, "
+    "expectations=expectations, meta=suite.get(\"meta\") or {})":
+        "the suite's meta is shown in Data Docs only; no verdict, reason or failure record reads it",
+    "mlcd/validation/gate.py const: 1 | index = int((config.meta or {}).get(\"mlcd_index\", -1))":
+        "every expectation carries mlcd_index; the default (-1 or -2) is never read, and both are absent keys",
+    "mlcd/validation/gate.py flipbool: True | key = (str(path), json.dumps(suite, sort_keys=True), str(data_docs_dir) "
+    "if data_docs_dir else None)":
+        "the cache key is only compared with keys built the same way from the same file text",
 }
 
 
@@ -171,8 +184,10 @@ class Mutant:
 
     @property
     def key(self) -> str:
-        """The mutant without its line number (the key of :data:`EQUIVALENT`)."""
-        return f"{self.file} {self.op}: {self.before}"
+        """The mutant by its source line's text, not its number (the key of :data:`EQUIVALENT`): an edit above it
+        keeps the key, an edit of the line itself drops the judgement."""
+        text = _source(self.file).splitlines()[self.line - 1].strip() if self.line else ""
+        return f"{self.file} {self.op}: {self.before} | {text}"
 
 
 def _skipped_nodes(tree: ast.AST) -> set[int]:
