@@ -107,6 +107,12 @@ MODULES: dict[str, Module] = {
             "-k", "not evaluate_and_register and not registration_is_idempotent and not killed_server and not hook",
         ),
         mlflow=True,
+        per_file=(
+            # the lease is a database row, not MLflow: its own tests run processes and threads against it
+            ("mlcd/registry/lease.py", ("tests/integration/test_registry_lease.py",)),
+            ("mlcd/registry/reconcile.py", ("tests/unit/test_registry_invariants.py",
+                                            "tests/integration/test_reconcile.py")),
+        ),
     ),
     "intake": Module(
         files=("mlcd/data/intake.py",),
