@@ -101,7 +101,7 @@ MODULES: dict[str, Module] = {
             "tests/unit/test_rollout_state.py",
             "tests/unit/test_registry_helpers.py",
             "tests/unit/test_registry_invariants.py",
-            "tests/unit/test_mutants_registry.py",
+            "tests/integration/test_mutants_registry.py",
             "tests/integration/test_registry.py",
             # the tests that log and evaluate real Keras models (minutes each) or restart a server of their own
             "-k", "not evaluate_and_register and not registration_is_idempotent and not killed_server and not hook",
@@ -490,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             module = MODULES[name]
             timeouts: dict[tuple[str, ...], float] = {}
-            for tests in dict.fromkeys(_existing(module.tests_for(m.file)) for m in plan[name]):
+            # The test files are read once: a test file added while the run goes on waits for the next run.
+            tests_of = {m: _existing(module.tests_for(m.file)) for m in plan[name]}
+            for tests in dict.fromkeys(tests_of.values()):
                 outcome, base_s = run_once(overlay, tests, 1800, work / f"{name}-baseline.log")
                 if outcome != "passed":
                     print(f"[{name}] baseline {outcome} in {base_s:.0f} s ({' '.join(tests)}): fix the tests first; log:")
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() - module_start > args.budget_s:
                     print(f"[{name}] budget of {args.budget_s:.0f} s spent: {i - 1} of {len(plan[name])} sampled mutants run")
                     break
-                tests = _existing(module.tests_for(m.file))
+                tests = tests_of[m]
                 target = overlay / m.file
                 original = target.read_text()
                 target.write_text(mutated_source(m))
