@@ -31,6 +31,7 @@ import copy
 import fnmatch
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -132,6 +133,8 @@ MODULES: dict[str, Module] = {
 # Surviving mutants judged equivalent (no behaviour can tell them apart): Mutant.key -> why. They are run and
 # listed, but left out of the score (``--list`` marks them).
 EQUIVALENT: dict[str, str] = {
+    "mlcd/data/intake.py flipbool: True | @dataclass(frozen=True)":
+        "Identified (the line above it): no caller assigns to or hashes one, so frozen changes nothing observable",
     "mlcd/validation/gate.py const: 0 | n_images: int = 0":
         "a default no caller uses: both ValidationOutcome(...) calls pass n_images",
     "mlcd/validation/gate.py flipbool: False | context.variables.progress_bars = ProgressBarsConfig(globally=False)":
@@ -427,6 +430,49 @@ def run_once(overlay: Path, tests: tuple[str, ...], timeout_s: float, log: Path)
     return f"error({code})", elapsed
 
 
+def report(results: dict[str, list[tuple[Mutant, str]]], totals: dict[str, int]) -> None:
+    """The score table per module, then the survivors and the equivalent mutants with why."""
+    print(f"{'module':16s} {'mutants':>8s} {'run':>5s} {'killed':>7s} {'equiv':>6s} {'survived':>9s} {'score':>7s}")
+    results = {name: [(m, "equivalent" if v == "survived" and m.key in EQUIVALENT else v) for m, v in rows]
+               for name, rows in results.items()}
+    for name, rows in results.items():
+        killed = sum(1 for _, v in rows if v == "killed")
+        equivalent = sum(1 for _, v in rows if v == "equivalent")
+        judged = len(rows) - equivalent
+        score = 100.0 * killed / judged if judged else 0.0
+        print(f"{name:16s} {totals[name]:8d} {len(rows):5d} {killed:7d} {equivalent:6d} {judged - killed:9d} {score:6.1f}%")
+    for name, rows in results.items():
+        for label in ("survived", "equivalent"):
+            hits = [m for m, v in rows if v == label]
+            if hits:
+                print(f"\n{label} in {name}:")
+                for m in hits:
+                    why = f"  -- {EQUIVALENT[m.key]}" if label == "equivalent" else ""
+                    print(f"  {m.name}: {m.before}  ->  {m.after}{why}")
+
+
+_RUN_LINE = re.compile(r"^\s+\d+ (killed|survived|equivalent)\s+\S+\s+[\d.]+s  (\S+):(\d+) (\w+): (.*)  ->  (.*)$")
+_PLAN_LINE = re.compile(r"^\[(\w+)\] \d+ of (\d+) mutants$")
+
+
+def rescore(log: Path) -> int:
+    """Score a finished run's output again with today's :data:`EQUIVALENT` (judged after the run): the run's own
+    per-mutant lines decide killed or survived; a survivor now listed as equivalent leaves the score."""
+    results: dict[str, list[tuple[Mutant, str]]] = {}
+    totals: dict[str, int] = {}
+    name = ""
+    for line in log.read_text().splitlines():
+        if plan := _PLAN_LINE.match(line):
+            name, totals[plan[1]] = plan[1], int(plan[2])
+            results[name] = []
+        elif row := _RUN_LINE.match(line):
+            verdict, file, lineno, op, before, after = row.groups()
+            results[name].append((Mutant(file, -1, op, int(lineno), before, after), verdict))
+    print(f"mutation score of {log.name} (killed / (run - equivalent)), equivalents as listed in bench/mutation.py")
+    report(results, totals)
+    return 0
+
+
 def _existing(tests: tuple[str, ...]) -> tuple[str, ...]:
     """The pytest arguments without test files this checkout does not have (yet)."""
     return tuple(t for t in tests if not t.startswith("tests/") or (REPO / t.split("::")[0]).exists())
@@ -442,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sampled mutants whose 'file:line op' contains this (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--rescore", type=Path, help="score a saved run's output again with today's EQUIVALENT list")
     args = parser.parse_args(argv)
+    if args.rescore:
+        return rescore(args.rescore)
     names = args.module or list(MODULES)
 
     plan: dict[str, list[Mutant]] = {}
@@ -525,21 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nmutation score (killed / (run - equivalent)), {time.monotonic() - wall:.0f} s in all")
-    print(f"{'module':16s} {'mutants':>8s} {'run':>5s} {'killed':>7s} {'equiv':>6s} {'survived':>9s} {'score':>7s}")
-    for name, rows in results.items():
-        killed = sum(1 for _, v in rows if v == "killed")
-        equivalent = sum(1 for _, v in rows if v == "equivalent")
-        judged = len(rows) - equivalent
-        score = 100.0 * killed / judged if judged else 0.0
-        print(f"{name:16s} {totals[name]:8d} {len(rows):5d} {killed:7d} {equivalent:6d} {judged - killed:9d} {score:6.1f}%")
-    for name, rows in results.items():
-        for label in ("survived", "equivalent"):
-            hits = [m for m, v in rows if v == label]
-            if hits:
-                print(f"\n{label} in {name}:")
-                for m in hits:
-                    why = f"  -- {EQUIVALENT[m.key]}" if label == "equivalent" else ""
-                    print(f"  {m.name}: {m.before}  ->  {m.after}{why}")
+    report(results, totals)
     return 0
 
 
