@@ -455,21 +455,28 @@ _RUN_LINE = re.compile(r"^\s+\d+ (killed|survived|equivalent)\s+\S+\s+[\d.]+s  (
 _PLAN_LINE = re.compile(r"^\[(\w+)\] \d+ of (\d+) mutants$")
 
 
-def rescore(log: Path) -> int:
-    """Score a finished run's output again with today's :data:`EQUIVALENT` (judged after the run): the run's own
-    per-mutant lines decide killed or survived; a survivor now listed as equivalent leaves the score."""
-    results: dict[str, list[tuple[Mutant, str]]] = {}
+def rescore(logs: list[Path]) -> int:
+    """Score finished runs' output again with today's :data:`EQUIVALENT` (judged after the run).
+
+    The runs' own per-mutant lines decide killed or survived; a later file's line for the same mutant (a re-run
+    with ``--only`` after new tests) replaces an earlier one; a survivor now listed as equivalent leaves the score.
+    """
+    results: dict[str, dict[str, tuple[Mutant, str]]] = {}
     totals: dict[str, int] = {}
-    name = ""
-    for line in log.read_text().splitlines():
-        if plan := _PLAN_LINE.match(line):
-            name, totals[plan[1]] = plan[1], int(plan[2])
-            results[name] = []
-        elif row := _RUN_LINE.match(line):
-            verdict, file, lineno, op, before, after = row.groups()
-            results[name].append((Mutant(file, -1, op, int(lineno), before, after), verdict))
-    print(f"mutation score of {log.name} (killed / (run - equivalent)), equivalents as listed in bench/mutation.py")
-    report(results, totals)
+    for log in logs:
+        name = ""
+        for line in log.read_text().splitlines():
+            if plan := _PLAN_LINE.match(line):
+                name = plan[1]
+                totals.setdefault(name, int(plan[2]))
+                results.setdefault(name, {})
+            elif row := _RUN_LINE.match(line):
+                verdict, file, lineno, op, before, after = row.groups()
+                m = Mutant(file, -1, op, int(lineno), before, after)
+                results[name][f"{m.name} {before}"] = (m, verdict)
+    print(f"mutation score of {', '.join(log.name for log in logs)} (killed / (run - equivalent)); equivalents as "
+          "listed in bench/mutation.py" + ("; later files' re-runs replace earlier verdicts" if len(logs) > 1 else ""))
+    report({name: list(rows.values()) for name, rows in results.items()}, totals)
     return 0
 
 
@@ -488,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sampled mutants whose 'file:line op' contains this (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--rescore", type=Path, help="score a saved run's output again with today's EQUIVALENT list")
+    parser.add_argument("--rescore", type=Path, nargs="+",
+                        help="score saved runs' output again with today's EQUIVALENT list (later files' re-runs win)")
     args = parser.parse_args(argv)
     if args.rescore:
         return rescore(args.rescore)
