@@ -110,7 +110,7 @@ MODULES: dict[str, Module] = {
         mlflow=True,
         per_file=(
             # the lease is a database row, not MLflow: its own tests run processes and threads against it
-            ("mlcd/registry/lease.py", ("tests/integration/test_registry_lease.py",)),
+            ("mlcd/registry/lease.py", ("tests/unit/test_mutants_lease.py", "tests/integration/test_registry_lease.py")),
             ("mlcd/registry/reconcile.py", ("tests/unit/test_registry_invariants.py",
                                             "tests/integration/test_reconcile.py")),
         ),
@@ -133,6 +133,18 @@ MODULES: dict[str, Module] = {
 # Surviving mutants judged equivalent (no behaviour can tell them apart): Mutant.key -> why. They are run and
 # listed, but left out of the score (``--list`` marks them).
 EQUIVALENT: dict[str, str] = {
+    "mlcd/guard/drift.py const: 1 | cov = centred.T @ centred / (len(centred) - 1)":
+        "scales the covariance only: its eigenvectors (the components) and everything built on them are unchanged",
+    "mlcd/guard/drift.py const: 1.0 | distance_scale=1.0,  # the three scales are replaced below, once distances "
+    "can be computed":
+        "a placeholder overwritten (object.__setattr__) before anything reads it",
+    "mlcd/guard/drift.py const: 1.0 | residual_scale=1.0,":
+        "a placeholder overwritten (object.__setattr__) before anything reads it",
+    "mlcd/guard/drift.py const: 1.0 | anomaly_threshold=1.0,":
+        "a placeholder overwritten (object.__setattr__) before anything reads it",
+    "mlcd/registry/lease.py const: 0.0 | conn.execute(insert(t).values(name=name, owner=None, token=0, "
+    "expires_at=0.0))":
+        "the new row's placeholder expiry: 0.0 and 1.0 s after the epoch are both long past, so it is free either way",
     "mlcd/data/intake.py flipbool: True | @dataclass(frozen=True)":
         "Identified (the line above it): no caller assigns to or hashes one, so frozen changes nothing observable",
     "mlcd/validation/gate.py const: 0 | n_images: int = 0":
