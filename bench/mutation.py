@@ -133,6 +133,9 @@ MODULES: dict[str, Module] = {
 # Surviving mutants judged equivalent (no behaviour can tell them apart): Mutant.key -> why. They are run and
 # listed, but left out of the score (``--list`` marks them).
 EQUIVALENT: dict[str, str] = {
+    "mlcd/rollout/analysis.py cmp0: s.latency_count > 0 | qs = histogram_quantile(q, s.buckets) if "
+    "s.latency_count > 0 else None":
+        "no latency samples means every cumulative bucket is 0 too, and histogram_quantile of those is None already",
     "mlcd/guard/drift.py const: 1 | cov = centred.T @ centred / (len(centred) - 1)":
         "scales the covariance only: its eigenvectors (the components) and everything built on them are unchanged",
     "mlcd/guard/drift.py const: 1.0 | distance_scale=1.0,  # the three scales are replaced below, once distances "
