@@ -136,6 +136,8 @@ EQUIVALENT: dict[str, str] = {
     "mlcd/rollout/analysis.py cmp0: s.latency_count > 0 | qs = histogram_quantile(q, s.buckets) if "
     "s.latency_count > 0 else None":
         "no latency samples means every cumulative bucket is 0 too, and histogram_quantile of those is None already",
+    "mlcd/rollout/analysis.py const: 0.0 | total = max(buckets.values()) if buckets else 0.0":
+        "with no buckets there is no finite bound either, so _edge returns None whatever the total",
     "mlcd/guard/drift.py const: 1 | cov = centred.T @ centred / (len(centred) - 1)":
         "scales the covariance only: its eigenvectors (the components) and everything built on them are unchanged",
     "mlcd/guard/drift.py const: 1.0 | distance_scale=1.0,  # the three scales are replaced below, once distances "

@@ -143,3 +143,14 @@ def test_the_report_as_a_dict_and_its_summary_name_every_batch_and_the_snapshot(
     assert lines[1].startswith("quarantined  bad.npz")
     assert lines[-1] == f"snapshot     {report.snapshot_id} {report.counts} at {report.snapshot_path}"
     assert IntakeReport().summary_lines() == []
+
+
+def test_a_file_replaced_after_collect_leaves_no_staged_copy_behind(landing: Path, good: bytes) -> None:
+    (landing / "anchor.npz").write_bytes(good)
+    (landing / "swapped.npz").write_bytes(good[: len(good) // 2] + good[: len(good) // 2])
+    pending = collect()
+    (landing / "swapped.npz").write_bytes(b"new content")  # its staged copy does not match what was collected
+    report = validate(pending, allow_partial=True)
+    assert [b["name"] for b in report.left] == ["swapped.npz"]
+    staging = get_settings().home / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
