@@ -112,7 +112,8 @@ MODULES: dict[str, Module] = {
             # the lease is a database row, not MLflow: its own tests run processes and threads against it
             ("mlcd/registry/lease.py", ("tests/unit/test_mutants_lease.py", "tests/integration/test_registry_lease.py")),
             ("mlcd/registry/reconcile.py", ("tests/unit/test_registry_invariants.py",
-                                            "tests/integration/test_reconcile.py")),
+                                            "tests/integration/test_reconcile.py",
+                                            "tests/integration/test_mutants_registry.py")),
         ),
     ),
     "intake": Module(

@@ -87,3 +87,34 @@ def test_a_training_fingerprint_finds_the_version_it_made_and_none_is_not_record
     tag_fingerprint(registry, v2, "fp-a")
     newest = trained_version(registry, "fp-a")
     assert newest is not None and str(newest.version) == v2  # the newest version with that fingerprint
+
+
+def test_a_champion_alias_deleted_by_hand_is_found_and_put_back_by_reconcile(moves: Any, experiment: str) -> None:
+    registry = moves
+    (v1,) = _versions(registry, 1, experiment)
+    registry.bootstrap_champion(v1, actor="a")
+    registry.delete_alias("champion", v1)  # no alias left at all: the records must still be read
+    assert [f["violation"] for f in registry.violations()] == ["no_champion"]
+    out = registry.reconcile()
+    assert out["consistent"] is True and out["left"] == []
+    assert registry.aliases() == {"champion": v1}
+    again = registry.reconcile()
+    assert again == {"repairs": [], "left": [], "consistent": True}
+
+
+def test_reconcile_completes_a_champion_rollback_interrupted_after_the_alias_moved(moves: Any, experiment: str) -> None:
+    registry = moves
+    v1, v2 = _versions(registry, 2, experiment)
+    registry.bootstrap_champion(v1, actor="a")
+    registry.start_canary(v2, actor="a", reason="gate passed")
+    registry.promote(v2, actor="a", reason="passed")
+    # A bake-period rollback that died after giving champion back and recording v1, before recording v2:
+    registry.record_event(v2, "rollback_started", {"restore": v1}, actor="guard")
+    registry.set_alias("champion", v1, expected=v2)
+    registry.delete_alias("previous", v1)
+    registry.record_transition(v1, "champion", "restored by rollback", "guard")
+    assert "many_champions" in [f["violation"] for f in registry.violations()]
+    out = registry.reconcile()
+    assert out["consistent"] is True
+    assert any("completing its rollback" in r["line"] for r in out["repairs"])
+    assert registry.get_state(v2).state.value == "rolled_back" and registry.aliases() == {"champion": v1}
