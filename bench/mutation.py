@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -470,7 +471,7 @@ def report(results: dict[str, list[tuple[Mutant, str]]], totals: dict[str, int])
 
 
 _RUN_LINE = re.compile(r"^\s+\d+ (killed|survived|equivalent)\s+\S+\s+[\d.]+s  (\S+):(\d+) (\w+): (.*)  ->  (.*)$")
-_PLAN_LINE = re.compile(r"^\[(\w+)\] \d+ of (\d+) mutants$")
+_PLAN_LINE = re.compile(r"^\[(\w+)\] (?:baseline .*; )?\d+ of (\d+) mutants")  # (older runs: one line)
 
 
 def rescore(logs: list[Path]) -> int:
@@ -482,7 +483,7 @@ def rescore(logs: list[Path]) -> int:
     results: dict[str, dict[str, tuple[Mutant, str]]] = {}
     totals: dict[str, int] = {}
     for log in logs:
-        name = ""
+        name, seen = "", Counter[str]()
         for line in log.read_text().splitlines():
             if plan := _PLAN_LINE.match(line):
                 name = plan[1]
@@ -491,7 +492,8 @@ def rescore(logs: list[Path]) -> int:
             elif row := _RUN_LINE.match(line):
                 verdict, file, lineno, op, before, after = row.groups()
                 m = Mutant(file, -1, op, int(lineno), before, after)
-                results[name][f"{m.name} {before}"] = (m, verdict)
+                seen[f"{m.name} {before}"] += 1  # two mutants can read alike (two True on one line)
+                results[name][f"{m.name} {before} #{seen[f'{m.name} {before}']}"] = (m, verdict)
     print(f"mutation score of {', '.join(log.name for log in logs)} (killed / (run - equivalent)); equivalents as "
           "listed in bench/mutation.py" + ("; later files' re-runs replace earlier verdicts" if len(logs) > 1 else ""))
     report({name: list(rows.values()) for name, rows in results.items()}, totals)
