@@ -167,3 +167,11 @@ def test_the_verdict_as_a_dict_is_plain_json_and_names_its_summary() -> None:
     assert data["summary"].startswith(f"{v.outcome.value}: ")
     assert {c["name"] for c in data["checks"]} == {c.name for c in v.checks}
     assert np.isfinite(data["alpha"])
+
+
+def test_a_healthy_version_alone_gathers_no_evidence_against_its_reference() -> None:
+    healthy = Analysis(reference=_series(1000, classes=MNIST))
+    for _ in range(20):
+        v = healthy.update(_series(50), SeriesCounters(), 1.0)
+    check = v.check(CLASSES_VS_REFERENCE)
+    assert check.p_value == 1.0 and check.statistic is not None and check.statistic < 1e-6

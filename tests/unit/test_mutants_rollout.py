@@ -357,3 +357,11 @@ def test_rollout_from_settings_uses_the_given_registry_address_and_model(monkeyp
     assert (ro.registry.tracking_uri, ro.registry.model_name) == ("http://127.0.0.1:4", "mnist-x")
     assert ro.metrics_url == "http://127.0.0.1:3" and ro.router.url == "http://127.0.0.1:3"
     assert rollout_from_settings(RolloutSpec(), tracking_uri="http://127.0.0.1:4").registry.model_name == "from-settings"
+
+
+def test_a_backend_without_a_weight_counts_one_as_in_the_gateway_api() -> None:
+    router = KubernetesHTTPRouteRouter(lambda *a: {}, namespace="mlcd")
+    route = {"metadata": {"annotations": {"mlcd.io/stable-version": "1", "mlcd.io/canary-version": "2"}},
+             "spec": {"rules": [{"backendRefs": [{"name": router.stable_service},
+                                                 {"name": router.canary_service, "weight": 1}]}]}}
+    assert router._status(route).canary_weight == 50
