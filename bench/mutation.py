@@ -152,6 +152,8 @@ EQUIVALENT: dict[str, str] = {
     "mlcd/registry/lease.py const: 0.0 | conn.execute(insert(t).values(name=name, owner=None, token=0, "
     "expires_at=0.0))":
         "the new row's placeholder expiry: 0.0 and 1.0 s after the epoch are both long past, so it is free either way",
+    "mlcd/guard/watch.py flipbool: True | @dataclass(frozen=True)":
+        "GuardConfig, PollResult, Scrape: no caller assigns to or hashes one, so frozen changes nothing observable",
     "mlcd/data/intake.py flipbool: True | @dataclass(frozen=True)":
         "Identified (the line above it): no caller assigns to or hashes one, so frozen changes nothing observable",
     "mlcd/validation/gate.py const: 0 | n_images: int = 0":

@@ -275,3 +275,10 @@ def test_a_breach_names_the_role_the_version_and_the_failed_check() -> None:
     assert r.decision is Decision.BREACH
     assert r.reason.startswith("canary version 2 failed: class_distribution:")
     assert r.as_dict()["verdict"]["outcome"] == "fail" and r.as_dict()["version"] == "2"
+
+
+def test_an_empty_window_is_not_drift(ref: DriftReference) -> None:
+    report = DriftMonitor(ref, DriftThresholds(min_images=1)).report()
+    assert report.drifted is False and report.n_images == 0
+    assert report.as_dict() == {"psi_mean_intensity": None, "psi_ink": None, "anomaly_share": None,
+                                "drifted": False, "reasons": ["no live images yet"], "n_images": 0}
