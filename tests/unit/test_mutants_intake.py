@@ -154,3 +154,13 @@ def test_a_file_replaced_after_collect_leaves_no_staged_copy_behind(landing: Pat
     assert [b["name"] for b in report.left] == ["swapped.npz"]
     staging = get_settings().home / "staging"
     assert not staging.exists() or list(staging.iterdir()) == []
+
+
+def test_a_retry_does_not_read_a_batch_it_already_decided(landing: Path, good: bytes) -> None:
+    (landing / "good.npz").write_bytes(good)
+    pending = collect()
+    first = validate(pending, run_id="run-1")
+    (landing / "good.npz").unlink()  # tidied away after the verdict: a retry must not need it again
+    second = validate(pending, run_id="run-1")
+    assert second.left == [] and second.accepted == first.accepted
+    assert second.snapshot_id == first.snapshot_id
