@@ -155,7 +155,7 @@ EQUIVALENT: dict[str, str] = {
     "mlcd/guard/watch.py flipbool: True | @dataclass(frozen=True)":
         "GuardConfig, PollResult, Scrape: no caller assigns to or hashes one, so frozen changes nothing observable",
     "mlcd/data/intake.py flipbool: True | @dataclass(frozen=True)":
-        "Identified (the line above it): no caller assigns to or hashes one, so frozen changes nothing observable",
+        "the decorator of Identified: no caller assigns to or hashes one, so frozen changes nothing observable",
     "mlcd/validation/gate.py const: 0 | n_images: int = 0":
         "a default no caller uses: both ValidationOutcome(...) calls pass n_images",
     "mlcd/validation/gate.py flipbool: False | context.variables.progress_bars = ProgressBarsConfig(globally=False)":
