@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from mlcd.rollout.actions import default_version, promote, rollback, set_paused
 from mlcd.registry.errors import RolloutError
 from mlcd.registry.state import RolloutState
 from mlcd.registry.tags import TAG_ROLLBACK_CHECKS, TAG_ROLLED_BACK_BY
+from mlcd.rollout.actions import default_version, promote, rollback, set_paused
 from mlcd.rollout.canary import RolloutAborted, RolloutStopped, RolloutUndecided, run_rollout
 from mlcd.rollout.router import RouteStatus
 from mlcd.rollout.spec import Action, Outcome
