@@ -17,6 +17,7 @@ database engines are not fork-safe, so a child imports them itself when a test n
     .venv/bin/python bench/mutation.py --list --module validation_gate
 
     .venv/bin/python bench/mutation.py --module rollout --only canary.py:157   # re-run chosen sampled mutants
+    .venv/bin/python bench/mutation.py --rescore run1.txt rerun.txt   # score saved output with today's EQUIVALENT
 
 Prints one line per mutant and a score table per module: killed / (run − equivalent), where a surviving mutant
 listed in :data:`EQUIVALENT` (with the reason no test can tell it apart) is counted as neither killed nor
