@@ -252,9 +252,10 @@ def _wait_healthy(url: str, timeout: float = 120.0) -> None:
 
 def real(trials: int, rate: float = 50.0, weight: int = 5) -> list[str]:
     from mlcd.data.reference import load_reference
-    from mlcd.guard.watch import Decision, Guard, GuardConfig, rollback
+    from mlcd.guard.watch import Decision, Guard, GuardConfig
     from mlcd.mlflow_server import LocalMlflowServer, free_port
     from mlcd.registry import ModelRegistry
+    from mlcd.rollout.actions import rollback
     from mlcd.rollout.router import LocalGatewayRouter
     from tests.modelkit import TOKEN, logged_models, register, traffic
 

@@ -66,8 +66,8 @@ def _demo_rollout(urls: dict[str, str], model: str, reference: Any) -> tuple[str
 
     Returns the stable and canary versions and how many analysis windows were judged (each is one chart point).
     """
-    from mlcd.guard.watch import rollback
     from mlcd.registry import ModelRegistry
+    from mlcd.rollout.actions import rollback
     from mlcd.rollout.canary import CanaryRollout, RolloutAborted
     from mlcd.rollout.router import LocalGatewayRouter
     from mlcd.rollout.spec import RolloutSpec

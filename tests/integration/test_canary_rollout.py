@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from mlcd.guard.watch import rollback
 from mlcd.registry import ModelRegistry
 from mlcd.registry.state import RolloutState
 from mlcd.registry.tags import TAG_ROLLBACK_REASON
+from mlcd.rollout.actions import rollback
 from mlcd.rollout.canary import (
     CanaryRollout,
     RolloutAborted,

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from mlcd.airflow.guard import CanaryHealthTrigger, GuardReason, GuardStatus
-from mlcd.guard.judge import GuardThresholds
-from mlcd.guard.watch import Decision, Guard, GuardConfig, PollResult, rollback, watch
+from mlcd.guard.watch import Decision, Guard, GuardConfig, PollResult, watch
 from mlcd.registry.state import RolloutState
+from mlcd.rollout.actions import rollback
+from mlcd.rollout.analysis import GuardThresholds
 from mlcd.rollout.router import RouteStatus
 from mlcd.rollout.spec import Outcome
 from tests.modelkit import BROKEN_CLASS, logged_models, rollout, traffic

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from mlcd.guard.judge import (
+from mlcd.guard.watch import Decision, Guard, GuardConfig
+from mlcd.rollout.analysis import (
     CLASS_DISTRIBUTION,
     ERROR_RATE,
     LATENCY,
@@ -25,7 +26,6 @@ from mlcd.guard.judge import (
     classes_log_lr,
     one_sample_log_lr,
 )
-from mlcd.guard.watch import Decision, Guard, GuardConfig
 from mlcd.rollout.metrics import SeriesCounters, histogram_quantile
 from mlcd.rollout.spec import Outcome
 from mlcd.serving.metrics import LATENCY_BUCKETS

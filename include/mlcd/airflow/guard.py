@@ -93,8 +93,8 @@ def guard_config(
     blind_s: float | None = None,
 ) -> GuardConfig:
     """A :class:`~mlcd.guard.watch.GuardConfig` from plain (serialisable) arguments."""
-    from mlcd.guard.judge import GuardThresholds
     from mlcd.guard.watch import GuardConfig
+    from mlcd.rollout.analysis import GuardThresholds
     from mlcd.settings import get_settings
 
     return GuardConfig(
@@ -156,7 +156,7 @@ class CanaryHealthTrigger(BaseTrigger):
         gateway_url: the gateway whose ``/metrics`` is read.
         version: the version to watch (``None``: the first canary the gateway serves).
         poll_interval_s, bake_s, grace_s: see :class:`~mlcd.guard.watch.GuardConfig`.
-        thresholds: :class:`~mlcd.guard.judge.GuardThresholds` as a dict.
+        thresholds: :class:`~mlcd.rollout.analysis.GuardThresholds` as a dict.
         state: the guard's state when the trigger starts (the sensor's first poll).
         max_watch_s: give up (``error`` / ``watch_timeout``) after this many seconds since the guard started.
         max_failures: consecutive failed polls tolerated before ``scrape_failed`` (unreadable metrics are the
@@ -388,7 +388,7 @@ def _registry_and_router(gateway_url: str | None = None) -> tuple[Any, Any]:
 def rollback_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_url: str | None = None,
                   actor: str = "airflow:mlcd_guard") -> dict[str, Any]:
     """Roll the breached version back (traffic first, then the registry); returns what the notifier says."""
-    from mlcd.guard.watch import rollback
+    from mlcd.rollout.actions import rollback
 
     version = decision.get("version")
     if not version:
@@ -439,9 +439,9 @@ def control_step(action: str, version: str | None, reason: str, *, actor: str, r
     """``mlcd_control``'s one task: rollback / promote / pause / resume by hand, recorded with who asked."""
     from mlflow.exceptions import MlflowException
 
-    from mlcd.guard.watch import default_version, promote, rollback, set_paused
     from mlcd.registry import RegistryError
     from mlcd.registry.errors import RegistryUnavailableError
+    from mlcd.rollout.actions import default_version, promote, rollback, set_paused
 
     if not str(reason or "").strip():
         raise AirflowException("a reason is required")

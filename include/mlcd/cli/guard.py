@@ -36,8 +36,8 @@ def _run(action: str, version: str | None, reason: str, tracking_uri: str | None
          gateway_url: str | None) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
-    from mlcd.guard.watch import default_version, promote, rollback, set_paused
     from mlcd.registry import ModelRegistry, RegistryError
+    from mlcd.rollout.actions import default_version, promote, rollback, set_paused
     from mlcd.rollout.router import RouterError, router_from_settings
 
     if not reason.strip():
@@ -165,8 +165,8 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
     import os
     import time
 
-    from mlcd.guard.judge import GuardThresholds
     from mlcd.guard.watch import Decision, Guard, GuardConfig, watch
+    from mlcd.rollout.analysis import GuardThresholds
 
     s = get_settings()
     try:
@@ -197,8 +197,8 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
         if dry_run:
             click.echo(f"BREACH (dry run, nothing moved): {result.reason}")
             raise SystemExit(EXIT_ROLLED_BACK)
-        from mlcd.guard.watch import rollback
         from mlcd.registry import ModelRegistry, RegistryError
+        from mlcd.rollout.actions import rollback
         from mlcd.rollout.router import RouterError, router_from_settings
 
         try:

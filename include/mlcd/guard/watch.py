@@ -3,7 +3,7 @@
 A guard run watches one version from the moment it is served as a canary until it is either rolled back, or
 promoted and healthy through a bake period. Each :meth:`Guard.poll` scrapes the gateway's ``/metrics`` once and
 feeds the *interval since the previous poll* (canary and stable, same interval, with the canary weight the
-gateway reports) to the analysis engine (:class:`mlcd.guard.judge.Analysis`), the same engine every canary step
+gateway reports) to the analysis engine (:class:`mlcd.rollout.analysis.Analysis`), the same engine every canary step
 and ``mlcd watch`` use. The engine's sequential test keeps the false-rollback rate of the whole run below
 ``alpha`` however many polls it takes. The decision is one of :class:`Decision`:
 
@@ -24,10 +24,8 @@ served concurrently during the canary phase, and latency is not judged.
 The state between polls is a JSON-able dict (:class:`GuardState`, the engine's state included), so a trigger
 serialises it and a restart continues the same test instead of starting a fresh one.
 
-:func:`rollback` takes traffic back: it routes 100 % to stable through the :class:`~mlcd.rollout.router.Router`
-*first* (users before bookkeeping), then moves the registry (``canary`` alias removed, or ``champion`` given
-back to ``previous``), marks the version ``rolled_back`` with the evidence and tags who did it. A second
-rollback of the same version only makes sure no traffic reaches it.
+What a breach leads to (:func:`mlcd.rollout.actions.rollback`: traffic first, then the registry) lives in the
+rollout layer: the guard decides, the rollout acts.
 
 TODO(prometheus): ``MLCD_PROMETHEUS_URL`` is read by :func:`scrape_from_settings` but only the gateway's own
 ``/metrics`` is implemented.
@@ -43,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from mlcd.guard.judge import (
+from mlcd.rollout.analysis import (
     CLASSES_VS_REFERENCE,
     ERROR_VS_REFERENCE,
     LATENCY,
@@ -60,17 +58,11 @@ from mlcd.rollout.metrics import (
     snapshot_from_families,
     snapshot_to_dict,
 )
-from mlcd.rollout.router import Router
 from mlcd.rollout.spec import Outcome
 
 log = logging.getLogger(__name__)
 
 STABLE, CANARY = "stable", "canary"
-ACTOR = "mlcd_guard"
-TAG_ROLLED_BACK_BY = "mlcd.rolled_back_by"
-TAG_ROLLED_BACK_AT = "mlcd.rolled_back_at"
-TAG_ROLLBACK_CHECKS = "mlcd.rollback_checks"
-PAUSED_EVENT, RESUMED_EVENT = "paused", "resumed"
 
 
 class Decision(str, Enum):
@@ -421,150 +413,3 @@ def watch(guard: Guard, timeout_s: float = 3600.0, sleep: Callable[[float], None
         if time.monotonic() >= deadline:
             raise TimeoutError(f"guard still watching version {state.version} after {timeout_s:.0f}s")
         sleep(guard.config.poll_interval_s)
-
-
-# --- actions: rollback, promote, pause -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RollbackResult:
-    """What a rollback did.
-
-    Attributes:
-        version: the version taken out of service.
-        restored: the version that now takes 100 % of the traffic.
-        already: the version was rolled back before (this call only made sure no traffic reaches it).
-        state: the version's rollout state afterwards.
-        reason: the recorded reason.
-    """
-
-    version: str
-    restored: str | None
-    already: bool
-    state: str
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _failed_checks(evidence: Mapping[str, Any] | None) -> list[str]:
-    verdict = (evidence or {}).get("verdict") or evidence or {}
-    return [c["name"] for c in verdict.get("checks", []) if c.get("outcome") == "fail"]
-
-
-def rollback(
-    registry: Any,
-    router: Router,
-    version: str,
-    reason: str,
-    evidence: Mapping[str, Any] | None = None,
-    actor: str = ACTOR,
-    dag_run_id: str | None = None,
-) -> RollbackResult:
-    """Take ``version`` out of service: traffic first, then the registry, then tags. Idempotent.
-
-    Args:
-        registry: a :class:`mlcd.registry.ModelRegistry`.
-        router: where traffic is moved (local gateway or Kubernetes HTTPRoute).
-        version: the canary, or the champion in its bake period.
-        reason: one line a person reads in the rollout record.
-        evidence: the verdict (statistics, counts, p-values), stored with the record.
-        actor: who asked (``mlcd_guard``, ``airflow-ui:<user>``, ``cli:<user>``).
-        dag_run_id: the DAG run, when there is one.
-
-    Returns:
-        What was done. Raises :class:`mlcd.registry.RolloutError` for a version that is neither a canary nor a
-        champion (e.g. only registered), and ``RouterError`` when traffic cannot be moved: then nothing in
-        the registry changes, so a retry starts over cleanly.
-    """
-    from mlcd.registry.retries import bounded_mlflow_retries
-
-    version = str(version)
-    routes = router.get_routes()
-    moved = routes.canary == version and bool(routes.stable) and routes.stable != version
-    if moved:
-        # Users before bookkeeping, before the registry is even asked: a served canary goes back to the stable
-        # version the router already holds, so this step needs no MLflow (it may be down: that is often why).
-        router.set_routes(str(routes.stable), None, 0)
-        log.warning("version %s: 100%% of traffic back on version %s (%s)", version, routes.stable, reason)
-    # Each registry call gives up in seconds (MLflow's own default retries for minutes); a failure here leaves
-    # traffic safe and the task's retry (or `mlcd reconcile`) completes the record.
-    with bounded_mlflow_retries():
-        return _rollback_record(registry, router, version, reason, evidence, actor, dag_run_id, routes, moved)
-
-
-def _rollback_record(registry: Any, router: Router, version: str, reason: str, evidence: Mapping[str, Any] | None,
-                     actor: str, dag_run_id: str | None, routes: Any, moved: bool) -> RollbackResult:
-    from mlcd.registry.client import now_iso
-    from mlcd.registry.errors import RolloutError
-    from mlcd.registry.state import RolloutState
-
-    record = registry.get_state(version)
-    aliases = registry.aliases()
-    if record.state is RolloutState.ROLLED_BACK:
-        restored = routes.stable if routes.stable != version else aliases.get("champion")
-        if version in (routes.stable, routes.canary) and restored and restored != version:
-            router.set_routes(restored, None, 0)  # the record says rolled back: serving must agree
-        return RollbackResult(version, restored, True, record.state.value, record.tags.get(
-            "mlcd.rollback_reason", reason))
-    if record.state is RolloutState.CANARY:
-        restored = routes.stable if routes.stable and routes.stable != version else aliases.get("champion")
-    elif record.state is RolloutState.CHAMPION:
-        restored = aliases.get("previous") if aliases.get("champion") == version else routes.stable
-        if restored is None or restored == version:
-            intent = record.last_event("rollback_started")
-            restored = str(intent["d"]["restore"]) if intent else None
-        if restored is None:
-            raise RolloutError(f"version {version} is champion with no previous version to restore: roll forward")
-    else:
-        raise RolloutError(f"version {version} is {record.state.value}: only a canary or a champion can be "
-                           "rolled back")
-    if restored is None:
-        raise RolloutError(f"no stable version to send the traffic of version {version} to")
-    if not (moved and str(restored) == str(routes.stable)):
-        # Users before bookkeeping: the traffic moves before anything is written.
-        router.set_routes(str(restored), None, 0)
-        log.warning("version %s: 100%% of traffic back on version %s (%s)", version, restored, reason)
-    after = registry.rollback(version, reason, dict(evidence or {}), actor, dag_run_id)
-    registry.set_version_tags(version, {
-        TAG_ROLLED_BACK_BY: actor,
-        TAG_ROLLED_BACK_AT: now_iso(),
-        TAG_ROLLBACK_CHECKS: ",".join(_failed_checks(evidence)) or "manual",
-    })
-    return RollbackResult(version, str(restored), False, after.state.value, reason)
-
-
-def promote(registry: Any, router: Router, version: str, reason: str, actor: str,
-            dag_run_id: str | None = None) -> dict[str, Any]:
-    """Promote ``version`` by hand (``champion`` ← version, ``previous`` ← old champion), then serve it alone."""
-    record = registry.promote(str(version), actor, reason, dag_run_id, {"manual": True})
-    router.set_routes(str(version), None, 0)
-    return {"version": str(version), "state": record.state.value, "reason": reason}
-
-
-def set_paused(registry: Any, version: str, paused: bool, reason: str, actor: str,
-               dag_run_id: str | None = None) -> dict[str, Any]:
-    """Record a pause (the canary task holds its weight) or a resume, as an event in the rollout record."""
-    from mlcd.registry.state import RolloutState
-
-    record = registry.get_state(str(version))
-    if record.state is not RolloutState.CANARY:
-        raise ValueError(f"version {version} is {record.state.value}: only a canary in rollout can be "
-                         f"{'paused' if paused else 'resumed'}")
-    event = PAUSED_EVENT if paused else RESUMED_EVENT
-    registry.record_event(str(version), event, {"reason": reason}, actor, dag_run_id)
-    return {"version": str(version), "event": event, "reason": reason}
-
-
-def default_version(registry: Any, action: str) -> str:
-    """The version a manual action means when none is given: the canary, else (rollback) the champion."""
-    canary = registry.get_alias_version("canary")
-    if canary is not None:
-        return str(canary)
-    if action == "rollback":
-        champion = registry.get_alias_version("champion")
-        if champion is not None:
-            return str(champion)
-    raise ValueError(f"no version given and no canary{' or champion' if action == 'rollback' else ''} "
-                     f"to {action}: pass a version")

@@ -29,7 +29,12 @@ class Event(str, Enum):
     PROMOTE_STARTED = "promote_started"  # intent of a promotion: the aliases before it, so a re-run converges
     ROLLBACK_STARTED = "rollback_started"  # intent of a rollback: the version it restores
     RECONCILED = "reconciled"  # a repair made by :func:`mlcd.registry.reconcile.reconcile`
+    CANARY_STARTED = "canary_started"
     CANARY_STEP = "canary_step"
+    CANARY_STEP_HELD = "canary_step_held"  # a paused rollout held its weight through a window
+    CANARY_UNDECIDED = "canary_undecided"
+    PAUSED = "paused"  # mlcd pause: the canary task holds its weight until a later ``resumed``
+    RESUMED = "resumed"
 
     def __str__(self) -> str:
         return self.value
@@ -74,7 +79,7 @@ TAG_PROMOTED_BY = "mlcd.promoted_by"
 TAG_PROMOTED_AT = "mlcd.promoted_at"
 TAG_ROLLBACK_REASON = "mlcd.rollback_reason"
 TAG_ROLLBACK_EVIDENCE = "mlcd.rollback_evidence"
-# Written by the guard (mlcd.guard.watch keeps its own copies today; they belong here).
+# Written by a rollback (mlcd.rollout.actions).
 TAG_ROLLED_BACK_BY = "mlcd.rolled_back_by"
 TAG_ROLLED_BACK_AT = "mlcd.rolled_back_at"
 TAG_ROLLBACK_CHECKS = "mlcd.rollback_checks"

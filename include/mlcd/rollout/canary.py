@@ -2,7 +2,7 @@
 
 Each step: read the rollout record (stop if the guard rolled the version back meanwhile), set the weight, scrape
 the gateway; during the window, every ``poll_interval_s``, :func:`observe` feeds the interval since the last
-scrape to the analysis engine the guard uses too (:class:`mlcd.guard.judge.Analysis`: errors, latency side by
+scrape to the analysis engine the guard uses too (:class:`mlcd.rollout.analysis.Analysis`: errors, latency side by
 side, predicted-class distribution, live accuracy; sequential, so a failure ends the window at once). After the
 window: read the record again, judge, record the step, then advance, repeat (the window stretches: its counts
 keep adding up at this weight), abort (traffic back to stable, version rolled back with the evidence), stop
@@ -115,7 +115,7 @@ def observe(spec: RolloutSpec, p: RolloutProgress, snap: Snapshot) -> Outcome:
     The rollout sets the weight itself and holds it through the window, so the interval's stratum is that
     weight; at 100 % stable serves nothing and the engine compares with what stable served before.
     """
-    from mlcd.guard.judge import Analysis
+    from mlcd.rollout.analysis import Analysis
 
     before = snapshot_from_dict(p.last)
     canary = diff(before.get(("canary", p.version)), snap.get(("canary", p.version)))
@@ -226,7 +226,9 @@ class CanaryRollout:
             raise RolloutStopped(f"version {p.version} is {state}, no longer a canary")
         # Read with the record: a pause holds the weight (mlcd pause, or this rollout failing closed, which
         # holds even when MLflow was down as it paused: until a resume newer than it).
-        resumed = record.last_event("resumed")
+        from mlcd.registry.tags import Event
+
+        resumed = record.last_event(Event.RESUMED)
         if p.fail_closed_at and resumed is not None and str(resumed.get("t", "")) > p.fail_closed_at:
             p.fail_closed_at, p.blind_since = "", None  # resumed by a person: start again from the first step
         self._paused = is_paused(record) or bool(p.fail_closed_at)
@@ -263,7 +265,7 @@ class CanaryRollout:
         except VersionRefused as exc:
             # The gateway will never load it (e.g. a tampered artifact): a failed canary, rolled back with why.
             why = f"canary could not be served: {exc}"
-            from mlcd.guard.watch import rollback
+            from mlcd.rollout.actions import rollback
 
             rollback(self.registry, self.router, version, why, {"refused": str(exc)}, self.actor, self.dag_run_id)
             raise RolloutAborted(why) from None
@@ -403,7 +405,7 @@ class CanaryRollout:
     def _abort(self, p: RolloutProgress, verdict: StepVerdict) -> None:
         reason = f"canary failed its analysis at {p.weight}%: " + "; ".join(verdict.reasons)
         # The one rollback the guard and people use too: traffic first (users before bookkeeping), then the record.
-        from mlcd.guard.watch import rollback
+        from mlcd.rollout.actions import rollback
 
         rollback(self.registry, self.router, p.version, reason,
                  {"outcomes": p.outcomes, "last": verdict.to_dict(), "verdict": p.verdict},

@@ -3,7 +3,7 @@
 No data is not a pass (Argo Rollouts, Flagger): when the metrics source stays unreadable for ``blind_s`` seconds
 (``MLCD_METRICS_BLIND_S``, default 30, or the canary spec's ``metrics_blind_s``), or the canary's own series
 vanish (a gateway restarted without its models was read as "version retired", hence healthy), nobody can tell
-whether the canary hurts users. Both the guard (:meth:`mlcd.guard.watch.Guard.poll`) and the canary task
+whether the canary hurts users. Both the guard (``Guard.poll`` in the guard layer) and the canary task
 (:class:`mlcd.rollout.canary.CanaryRollout`) then call :func:`fail_closed`:
 
 1. traffic first, through the router alone (no registry: MLflow may be what is down): the canary's weight goes
@@ -139,6 +139,7 @@ def fail_closed(router: Any, registry: Any | None, version: str, reason: str, ac
     paused = False
     if registry is not None:
         from mlcd.registry.retries import bounded_mlflow_retries
+        from mlcd.registry.tags import Event
         from mlcd.rollout.canary import is_paused
 
         try:
@@ -149,7 +150,7 @@ def fail_closed(router: Any, registry: Any | None, version: str, reason: str, ac
                 elif is_paused(record):
                     paused, why = True, ""
                 else:
-                    registry.record_event(version, "paused", {"reason": reason, "fail_closed": True,
+                    registry.record_event(version, Event.PAUSED, {"reason": reason, "fail_closed": True,
                                                               "weight_before": before}, actor, dag_run_id)
                     paused, why = True, ""
         except Exception as exc:  # noqa: BLE001 - MLflow down must not undo a traffic move already made

@@ -1,7 +1,7 @@
 """The rollout spec and the pure functions that walk it (Argo Rollouts' three outcomes).
 
 Nothing here does I/O. Each window is judged by the analysis engine the guard uses too
-(:class:`mlcd.guard.judge.Analysis`); a window is ``pass``, ``fail`` or ``inconclusive``; too little data is
+(:class:`mlcd.rollout.analysis.Analysis`); a window is ``pass``, ``fail`` or ``inconclusive``; too little data is
 inconclusive, never a pass, and inconclusive is never a failure.
 """
 
@@ -54,7 +54,7 @@ class RolloutSpec:
         alpha: the false-rollback probability of the whole rollout (the engine's sequential test).
         on_undecided: ``"retreat"`` (traffic back to stable only; the version stays a canary, eligible for
             another try) or ``"hold"`` (keep its weight); either way the rollout stops and says so.
-        thresholds: further overrides of :class:`mlcd.guard.judge.GuardThresholds`.
+        thresholds: further overrides of :class:`mlcd.rollout.analysis.GuardThresholds`.
         metrics_blind_s: fail closed (canary to 0 %, rollout paused) when the metrics stay unreadable, or the
             canary's series vanish, for this many seconds; ``None``: ``MLCD_METRICS_BLIND_S`` or 30.
 
@@ -115,7 +115,7 @@ class RolloutSpec:
 
     def guard_thresholds(self) -> Any:
         """The analysis engine's thresholds for this spec (the engine is shared with the guard)."""
-        from mlcd.guard.judge import GuardThresholds
+        from mlcd.rollout.analysis import GuardThresholds
 
         base = {
             "alpha": self.alpha,

@@ -1,0 +1,175 @@
+"""What a rollout does to traffic and the registry by decision: rollback, promote, pause/resume.
+
+The guard (``mlcd_guard``), a canary step that fails its analysis, ``mlcd rollback`` / ``promote`` / ``pause``
+and ``mlcd_control`` all call these, so they live in the rollout layer: :mod:`mlcd.guard` decides *when*, this
+module does *what* (``mlcd.rollout`` never imports ``mlcd.guard``).
+
+:func:`rollback` takes traffic back: it routes 100 % to stable through the :class:`~mlcd.rollout.router.Router`
+*first* (users before bookkeeping), then moves the registry (``canary`` alias removed, or ``champion`` given
+back to ``previous``), marks the version ``rolled_back`` with the evidence and tags who did it. A second
+rollback of the same version only makes sure no traffic reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mlcd.registry.protocol import Registry
+from mlcd.registry.state import RolloutState
+from mlcd.registry.tags import (
+    TAG_ROLLBACK_CHECKS,
+    TAG_ROLLBACK_REASON,
+    TAG_ROLLED_BACK_AT,
+    TAG_ROLLED_BACK_BY,
+    Alias,
+    Event,
+)
+from mlcd.rollout.router import Router, RouteStatus
+from mlcd.rollout.spec import Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What a rollback did.
+
+    Attributes:
+        version: the version taken out of service.
+        restored: the version that now takes 100 % of the traffic.
+        already: the version was rolled back before (this call only made sure no traffic reaches it).
+        state: the version's rollout state afterwards.
+        reason: the recorded reason.
+    """
+
+    version: str
+    restored: str | None
+    already: bool
+    state: RolloutState
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state.value}
+
+
+def _failed_checks(evidence: Mapping[str, Any] | None) -> list[str]:
+    verdict = (evidence or {}).get("verdict") or evidence or {}
+    return [c["name"] for c in verdict.get("checks", []) if c.get("outcome") == Outcome.FAIL.value]
+
+
+def rollback(
+    registry: Registry,
+    router: Router,
+    version: str,
+    reason: str,
+    evidence: Mapping[str, Any] | None = None,
+    actor: str = "mlcd",
+    dag_run_id: str | None = None,
+) -> RollbackResult:
+    """Take ``version`` out of service: traffic first, then the registry, then tags. Idempotent.
+
+    Args:
+        registry: the rollout record and aliases (:class:`mlcd.registry.Registry`).
+        router: where traffic is moved (local gateway or Kubernetes HTTPRoute).
+        version: the canary, or the champion in its bake period.
+        reason: one line a person reads in the rollout record.
+        evidence: the verdict (statistics, counts, p-values), stored with the record.
+        actor: who asked (``mlcd_guard``, ``airflow-ui:<user>``, ``cli:<user>``).
+        dag_run_id: the DAG run, when there is one.
+
+    Returns:
+        What was done. Raises :class:`mlcd.registry.RolloutError` for a version that is neither a canary nor a
+        champion (e.g. only registered), and ``RouterError`` when traffic cannot be moved: then nothing in
+        the registry changes, so a retry starts over cleanly.
+    """
+    from mlcd.registry.retries import bounded_mlflow_retries
+
+    version = str(version)
+    routes = router.get_routes()
+    moved = routes.canary == version and bool(routes.stable) and routes.stable != version
+    if moved:
+        # Users before bookkeeping, before the registry is even asked: a served canary goes back to the stable
+        # version the router already holds, so this step needs no MLflow (it may be down: that is often why).
+        router.set_routes(str(routes.stable), None, 0)
+        log.warning("version %s: 100%% of traffic back on version %s (%s)", version, routes.stable, reason)
+    # Each registry call gives up in seconds (MLflow's own default retries for minutes); a failure here leaves
+    # traffic safe and the task's retry (or `mlcd reconcile`) completes the record.
+    with bounded_mlflow_retries():
+        return _rollback_record(registry, router, version, reason, evidence, actor, dag_run_id, routes, moved)
+
+
+def _rollback_record(registry: Registry, router: Router, version: str, reason: str,
+                     evidence: Mapping[str, Any] | None, actor: str, dag_run_id: str | None, routes: RouteStatus,
+                     moved: bool) -> RollbackResult:
+    from mlcd.registry.base import now_iso
+    from mlcd.registry.errors import RolloutError
+
+    record = registry.get_state(version)
+    aliases = registry.aliases()
+    if record.state is RolloutState.ROLLED_BACK:
+        restored = routes.stable if routes.stable != version else aliases.get(Alias.CHAMPION)
+        if version in (routes.stable, routes.canary) and restored and restored != version:
+            router.set_routes(restored, None, 0)  # the record says rolled back: serving must agree
+        return RollbackResult(version, restored, True, record.state, record.tags.get(
+            TAG_ROLLBACK_REASON, reason))
+    if record.state is RolloutState.CANARY:
+        restored = routes.stable if routes.stable and routes.stable != version else aliases.get(Alias.CHAMPION)
+    elif record.state is RolloutState.CHAMPION:
+        restored = aliases.get(Alias.PREVIOUS) if aliases.get(Alias.CHAMPION) == version else routes.stable
+        if restored is None or restored == version:
+            intent = record.last_event(Event.ROLLBACK_STARTED)
+            restored = str(intent["d"]["restore"]) if intent else None
+        if restored is None:
+            raise RolloutError(f"version {version} is champion with no previous version to restore: roll forward")
+    else:
+        raise RolloutError(f"version {version} is {record.state.value}: only a canary or a champion can be "
+                           "rolled back")
+    if restored is None:
+        raise RolloutError(f"no stable version to send the traffic of version {version} to")
+    if not (moved and str(restored) == str(routes.stable)):
+        # Users before bookkeeping: the traffic moves before anything is written.
+        router.set_routes(str(restored), None, 0)
+        log.warning("version %s: 100%% of traffic back on version %s (%s)", version, restored, reason)
+    after = registry.rollback(version, reason, dict(evidence or {}), actor, dag_run_id)
+    registry.set_version_tags(version, {
+        TAG_ROLLED_BACK_BY: actor,
+        TAG_ROLLED_BACK_AT: now_iso(),
+        TAG_ROLLBACK_CHECKS: ",".join(_failed_checks(evidence)) or "manual",
+    })
+    return RollbackResult(version, str(restored), False, after.state, reason)
+
+
+def promote(registry: Registry, router: Router, version: str, reason: str, actor: str,
+            dag_run_id: str | None = None) -> dict[str, Any]:
+    """Promote ``version`` by hand (``champion`` ← version, ``previous`` ← old champion), then serve it alone."""
+    record = registry.promote(str(version), actor, reason, dag_run_id, {"manual": True})
+    router.set_routes(str(version), None, 0)
+    return {"version": str(version), "state": record.state.value, "reason": reason}
+
+
+def set_paused(registry: Registry, version: str, paused: bool, reason: str, actor: str,
+               dag_run_id: str | None = None) -> dict[str, Any]:
+    """Record a pause (the canary task holds its weight) or a resume, as an event in the rollout record."""
+    record = registry.get_state(str(version))
+    if record.state is not RolloutState.CANARY:
+        raise ValueError(f"version {version} is {record.state.value}: only a canary in rollout can be "
+                         f"{'paused' if paused else 'resumed'}")
+    event = Event.PAUSED if paused else Event.RESUMED
+    registry.record_event(str(version), event.value, {"reason": reason}, actor, dag_run_id)
+    return {"version": str(version), "event": event.value, "reason": reason}
+
+
+def default_version(registry: Registry, action: str) -> str:
+    """The version a manual action means when none is given: the canary, else (rollback) the champion."""
+    canary = registry.get_alias_version(Alias.CANARY)
+    if canary is not None:
+        return str(canary)
+    if action == "rollback":
+        champion = registry.get_alias_version(Alias.CHAMPION)
+        if champion is not None:
+            return str(champion)
+    raise ValueError(f"no version given and no canary{' or champion' if action == 'rollback' else ''} "
+                     f"to {action}: pass a version")
