@@ -428,9 +428,19 @@ class CanaryRollout:
         raise RolloutUndecided(reason)
 
     def _promote(self, p: RolloutProgress, verdict: StepVerdict) -> None:
+        # The routes are read before the registry moves and set compare-and-set after: a rollback (the guard, a
+        # separate DAG) that lands in between has moved traffic to stable, and it must not be undone here.
+        routes = self.router.get_routes()
+        if routes.canary != p.version or routes.stable != str(p.stable):
+            raise RolloutStopped(f"routes moved before canary {p.version} was promoted (stable {routes.stable}, "
+                                 f"canary {routes.canary}): not promoted; traffic left where it is")
         self.registry.promote(p.version, self.actor, f"canary passed {len(p.outcomes)} analysis windows",
                               self.dag_run_id, {"outcomes": p.outcomes, "last": verdict.to_dict()})
-        self.router.set_routes(p.version, None, 0)
+        try:
+            self.router.set_routes(p.version, None, 0, expected_generation=routes.generation)
+        except RouteConflict as exc:
+            raise RolloutStopped(f"routes moved while canary {p.version} was promoted: {exc}; traffic left where "
+                                 "the other writer put it (reconcile and the guard settle the registry)") from None
         p.done, p.result = True, f"promoted to champion after {len(p.outcomes)} windows"
 
 
