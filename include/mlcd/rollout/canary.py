@@ -371,7 +371,8 @@ class CanaryRollout:
             # Paused by a person: the window is neither judged nor counted; the next step holds the weight.
             self._event(p.version, "canary_step_held", {"weight": p.weight})
             p.repeat = True
-            held = StepVerdict(Outcome.INCONCLUSIVE, (f"paused at {p.weight}%: weight held",))
+            why = f"failed closed at {p.fail_closed_at}, " if p.fail_closed_at else ""
+            held = StepVerdict(Outcome.INCONCLUSIVE, (f"{why}paused at {p.weight}%: weight held until resumed",))
             return StepResult(Action.REPEAT, held, p)
         self.poll(p)
         if self._paused:  # the window's last scrape found the metrics blind too long: failed closed, hold at 0 %
