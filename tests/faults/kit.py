@@ -201,6 +201,14 @@ def traffic(url: str, rate: float = 30.0, max_s: float = 120.0) -> Iterator[dict
             t.join(15)
 
 
+def wait_for(condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until true (a loaded machine can take seconds to send the first request)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met within {timeout:.0f}s"
+        time.sleep(0.1)
+
+
 @dataclass
 class Ending:
     """What every drill ends with: traffic on a healthy version, the registry free of violations."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.kit import assert_healthy_ending, traffic
+from tests.faults.kit import assert_healthy_ending, traffic, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -35,9 +35,10 @@ def test_gateway_killed_and_restarted_mid_canary(drill: Any) -> None:
         first = drill.gateway.first_answer
         assert first is not None and (first["stable"], first["canary"], first["canary_weight"], first["generation"]) \
             == (drill.v1, drill.v2, 25, gen)  # the persisted routes, before the first answer
-        time.sleep(1.0)
-        rollout.poll(p)
-        assert p.blind_since is None  # readable again well within the fail-closed window: nothing paused
+        # Readable again (the canary's series back with its first request after the restart) well within the
+        # fail-closed window: nothing paused.
+        wait_for(lambda: rollout.poll(p) is not None and p.blind_since is None, timeout=15, what="metrics usable")
+        assert not rollout.paused and drill.router.get_routes().canary_weight == 25
 
         # The step continues from the restarted gateway's generation (compare-and-set succeeds).
         result = rollout.finish_step(p)
@@ -56,8 +57,8 @@ def test_gateway_killed_and_restarted_mid_canary(drill: Any) -> None:
         with pytest.raises(RolloutStopped):
             rollout._promote(p, StepVerdict(Outcome.PASS, ("drill",)))
         time.sleep(1.0)
-        before = seen.get(drill.v2, 0)
-        time.sleep(1.0)
+        before, stable_before = seen.get(drill.v2, 0), seen.get(drill.v1, 0)
+        wait_for(lambda: seen.get(drill.v1, 0) > stable_before + 10, what="stable answers")
         assert seen.get(drill.v2, 0) == before  # no resurrection
 
     routes = drill.router.get_routes()

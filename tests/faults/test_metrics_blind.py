@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.kit import MetricsProxy, assert_healthy_ending, traffic
+from tests.faults.kit import MetricsProxy, assert_healthy_ending, traffic, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -57,9 +57,9 @@ def test_canary_task_fails_closed_when_metrics_go_dark(drill: Any) -> None:
             assert result.action is Action.REPEAT and "failed closed" in result.verdict.reasons[0]
             p = rollout.begin_step(result.progress)
             assert p.weight == 0 and drill.router.get_routes().canary_weight == 0  # no step back up while paused
-            before = seen.get(drill.v2, 0)
-            time.sleep(1.5)
-            assert seen.get(drill.v2, 0) == before and seen.get(drill.v1, 0) > 0  # users on stable alone
+            before, stable_before = seen.get(drill.v2, 0), seen.get(drill.v1, 0)
+            wait_for(lambda: seen.get(drill.v1, 0) > stable_before + 10, what="stable answers")
+            assert seen.get(drill.v2, 0) == before  # users on stable alone
     finally:
         proxy.down()
     assert_healthy_ending(drill.router, drill.registry, healthy={drill.v1}, bad={drill.v2})

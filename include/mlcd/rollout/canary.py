@@ -283,9 +283,10 @@ class CanaryRollout:
             target = self._routed_weight(p)
         else:
             stay = p.repeat and p.weight > 0
-            target = p.weight if stay else next_weight(self.spec, p.weight)
-            if target is None:
+            step = p.weight if stay else next_weight(self.spec, p.weight)
+            if step is None:
                 raise ValueError(f"rollout of {p.version} is past its last step")
+            target = step
             self._move(p, target)
         if target != p.weight:
             p.window, p.held = {}, 0  # a new weight: its own counts (a stretched window keeps adding up)
