@@ -156,3 +156,18 @@ def test_the_window_trigger_ends_early_when_blind_and_carries_the_blindness() ->
     event = asyncio.run(first())
     assert time.monotonic() - t0 < 10  # not the 60 s window: the task must fail closed now
     assert event.payload["progress"]["blind_since"] is not None
+
+
+def test_blind_before_any_canary_is_an_error_not_a_quiet_healthy() -> None:
+    from mlcd.guard.watch import MetricsBlindError
+
+    clock = FakeClock()
+    flaky = Flaky(Gw())
+    flaky.down = True
+    guard = Guard(GuardConfig("http://127.0.0.1:1", poll_interval_s=1, blind_s=10, grace_s=5), scrape=flaky,
+                  clock=clock)
+    r = guard.poll()
+    assert r.decision is Decision.WATCH  # blind for 0 s; and the grace period never ends a blind watch healthy
+    clock.t += 11
+    with pytest.raises(MetricsBlindError, match="no canary known"):
+        guard.poll(r.state)

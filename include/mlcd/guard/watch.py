@@ -75,6 +75,11 @@ class Decision(str, Enum):
     BLIND = "blind"  # fail closed: metrics unreadable (or the canary's series gone) for blind_s
 
 
+class MetricsBlindError(OSError):
+    """The metrics stayed unreadable past ``blind_s`` before any canary was seen (an ``OSError``: callers count it
+    as a failed scrape)."""
+
+
 class Phase(str, Enum):
     """Where the watched version is."""
 
@@ -365,7 +370,10 @@ class Guard:
                                   f"at the end of version {version}'s bake period", state)
             return PollResult(Decision.WATCH, f"{why.value}: {detail} ({blind:.0f}s; baking)", state)
         if version is None:
-            return PollResult(Decision.WATCH, f"{why.value}: {detail} ({blind:.0f}s; no canary known yet)", state)
+            # Nothing known to take to 0 %: an error the caller counts (the trigger ends `scrape_failed`, the task
+            # fails and retries) rather than a quiet wait or, worse, "no canary: healthy" after the grace period.
+            raise MetricsBlindError(f"{why.value}: {detail} for {blind:.0f}s and no canary known yet: nothing to "
+                                    "fail closed on")
         if state.version is None:
             state.version = version
         return PollResult(Decision.BLIND, f"{why.value}: {detail} for {blind:.0f}s (>= {self.config.blind_s:.0f}s): "
