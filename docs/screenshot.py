@@ -136,10 +136,18 @@ def take(airflow: str, token: str, out_dir: Path = DOCS) -> dict[str, Any]:
             verdicts: document.querySelectorAll('svg.chart circle.pt.verdict').length,
             points: document.querySelectorAll('svg.chart circle.pt').length,
             rollbacks: document.querySelectorAll("svg.chart g.mark[data-to='rolled_back']").length,
-            confusion: document.querySelectorAll('svg.confusion rect').length,
-            curves: document.querySelectorAll('svg.curves circle.pt').length,
+            confusion: document.querySelectorAll('section.version:first-of-type svg.confusion rect').length,
+            curves: document.querySelectorAll('section.version:first-of-type svg.curves circle.pt').length,
+            accuracy: document.querySelectorAll("svg.chart circle.pt[data-series$='_accuracy']").length,
+            mix: document.querySelectorAll('svg.chart rect.mix').length,
             scripts: document.querySelectorAll('script[src]').length,
             first: (document.querySelector('section.version') || {}).id || null,
+            cells: Array.from(document.querySelectorAll('section.version:first-of-type svg.confusion rect title'),
+                              t => t.textContent),
+            mlflow_links: Array.from(document.querySelectorAll('section.version:first-of-type a.mlflow'),
+                                     a => a.getAttribute('href')),
+            dag_links: Array.from(document.querySelectorAll('section.version:first-of-type a.dagrun'),
+                                  a => [a.dataset.role, a.getAttribute('href')]),
         }))()""")
         facts["status"] = status
         facts["page_png"] = str(browser.screenshot(out_dir / "mlcd-page.png"))

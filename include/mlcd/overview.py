@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from datetime import UTC
 from typing import Any
+from urllib.parse import quote
 
 from mlcd.settings import Settings, get_settings
 
@@ -59,7 +60,8 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
     def details() -> list[dict[str, Any]]:
         if not reg["ok"]:
             raise RuntimeError("registry unavailable")
-        return version_details(uri, reg["data"]["status"]["versions"], reg["data"]["full_history"])
+        return version_details(uri, reg["data"]["status"]["versions"], reg["data"]["full_history"],
+                               model_name=settings.model_name)
 
     out = {
         "model_name": settings.model_name,
@@ -75,20 +77,30 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
 
 
 def version_details(tracking_uri: str, versions: list[dict[str, Any]], history: list[dict[str, Any]],
-                    limit: int | None = None) -> list[dict[str, Any]]:
-    """For the newest versions: the rollout series, the DAG run that made it, its run's curves and confusion
-    matrix (each from where it was recorded: the rollout record, MLflow's metric history and artifacts)."""
+                    limit: int | None = None, model_name: str | None = None) -> list[dict[str, Any]]:
+    """For the newest versions: the rollout series, the DAG runs that trained, rolled out and rolled it back, its
+    run's curves and confusion matrix (each from where it was recorded: the rollout record, the version's
+    ``mlcd.dag_run_id`` tag, MLflow's metric history and artifacts)."""
     from mlflow import MlflowClient
+
+    from mlcd.registry.tags import TAG_DAG_RUN
 
     limit = DETAIL_VERSIONS if limit is None else limit
     client = MlflowClient(tracking_uri=tracking_uri)
     out = []
     for v in list(reversed(versions))[:limit]:
         own = [h for h in history if str(h.get("version")) == str(v["version"])]
+        trained_by = None
+        if model_name:
+            try:
+                trained_by = (client.get_model_version(model_name, str(v["version"])).tags or {}).get(TAG_DAG_RUN)
+            except Exception:  # noqa: BLE001 - the other links still stand; the training run's link is missing
+                trained_by = None
+        runs = dag_runs(own, trained_by)
         detail: dict[str, Any] = {
             "version": v["version"], "state": v["state"], "run_id": v.get("run_id"),
-            "dag_run": next((h["dag_run"] for h in own if h.get("dag_run")), None),
-            "series": rollout_series(own), "curves": {}, "confusion": None,
+            "dag_run": trained_by or next((h["dag_run"] for h in own if h.get("dag_run")), None),
+            "dag_runs": runs, "series": rollout_series(own), "curves": {}, "confusion": None,
         }
         run_id = v.get("run_id")
         if run_id:
@@ -130,12 +142,23 @@ def _detail_html(d: dict[str, Any], model_name: str, mlflow: str) -> str:
     rollout chart, training curves and the confusion matrix."""
     e = html.escape
     v = str(d["version"])
-    links = [f"<a href='{e(mlflow)}/#/models/{e(model_name)}/versions/{e(v)}' target='_blank'>MLflow version</a>"]
+    links = [f"<a class='mlflow' href='{e(mlflow)}/#/models/{e(model_name)}/versions/{e(v)}' target='_blank'>"
+             "MLflow version</a>"]
     if d.get("run_id"):
-        links.append(f"<a href='{e(mlflow)}/#/runs/{e(str(d['run_id']))}' target='_blank'>training run</a>")
-    if d.get("dag_run"):
-        links.append(f"<a href='/dags/mlcd_retrain/runs/{e(str(d['dag_run']))}' target='_top'>mlcd_retrain run</a>")
-    links.append("<a href='/dags/mlcd_guard/runs' target='_top'>mlcd_guard runs</a>")
+        links.append(f"<a class='mlflow' href='{e(mlflow)}/#/runs/{e(str(d['run_id']))}' target='_blank'>"
+                     "MLflow training run</a>")
+    runs = d.get("dag_runs")
+    if runs is None and d.get("dag_run"):  # a detail gathered without the roles: the run that made it
+        runs = [{"role": "trained", "dag_id": "mlcd_retrain", "run_id": d["dag_run"], "by": ""}]
+    for r in runs or []:
+        if r.get("dag_id"):
+            href = f"/dags/{quote(str(r['dag_id']), safe='')}/runs/{quote(str(r['run_id']), safe='')}"
+            links.append(f"<a class='dagrun' data-role='{e(r['role'])}' href='{e(href)}' target='_top'>"
+                         f"{e(r['role'])}: {e(str(r['dag_id']))} run</a>")
+        else:  # a person or the CLI: no DAG to link to, but the run id still identifies the action
+            links.append(f"<span class='muted' data-role='{e(r['role'])}'>{e(r['role'])}: run "
+                         f"{e(str(r['run_id']))} by {e(str(r.get('by') or '?'))}</span>")
+    links.append("<a href='/dags/mlcd_guard/runs' target='_top'>all mlcd_guard runs</a>")
     curves = curves_svg(d.get("curves") or {}) if not d.get("curves_error") else (
         f"<p class='warn'>training curves unavailable: {e(d['curves_error'])}</p>")
     verdicts = [p for p in d["series"]["points"] if p.get("outcome") in VERDICT_COLOURS]
@@ -258,17 +281,75 @@ def rollout_series(history: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         d = entry.get("d") or {}
         if entry.get("event") == "canary_step":
+            mix = d.get("mix") or {}
             points.append({
                 "t": t, "weight": d.get("weight"), "outcome": d.get("outcome"), "action": d.get("action"),
                 "reasons": d.get("reasons") or [],
                 **{f"{side}_{key}": (d.get(side) or {}).get(key)
                    for side in ("canary", "stable") for key in ("requests", "error_rate", "p99_latency_s")},
+                **{k: v for side in ("canary", "stable") for k, v in _mix_fields(side, mix.get(side)).items()},
             })
         elif entry.get("event") == "canary_step_held":
             points.append({"t": t, "weight": d.get("weight"), "outcome": "held", "reasons": ["paused"]})
         elif entry.get("to") in ("canary", "champion", "rolled_back", "rejected", "previous"):
-            marks.append({"t": t, "to": entry["to"], "why": str(entry.get("why") or ""), "by": entry.get("by")})
+            marks.append({"t": t, "to": entry["to"], "why": str(entry.get("why") or ""), "by": entry.get("by"),
+                          "dag_run": entry.get("dag_run")})
     return {"points": points, "marks": marks}
+
+
+def _mix_fields(side: str, mix: dict[str, Any] | None) -> dict[str, Any]:
+    """One variant's window in the chart's terms: class counts (``{class: count}``) and live accuracy.
+
+    Live accuracy is the share of feedback labels the variant's answers matched; ``None`` without feedback (a
+    window with no labels has no accuracy, not an accuracy of 0). Windows recorded before the mix was recorded
+    have neither.
+    """
+    if not mix:
+        return {}
+    classes = {int(k): int(v) for k, v in (mix.get("classes") or {}).items()}
+    total = int(mix.get("feedback_total") or 0)
+    return {f"{side}_classes": classes, f"{side}_feedback": total,
+            f"{side}_accuracy": (int(mix.get("feedback_correct") or 0) / total) if total else None}
+
+
+# The Airflow DAG behind an actor such as "airflow:mlcd_guard"; other actors (a person through mlcd_control, the
+# CLI) name no DAG, so their run is shown as text.
+def dag_of(actor: Any) -> str | None:
+    text = str(actor or "")
+    return text.split(":", 1)[1] or None if text.startswith("airflow:") else None
+
+
+ROLES = {"registered": "trained", "canary": "rolled out", "canary_step": "rolled out", "champion": "promoted",
+         "rolled_back": "rolled back", "rejected": "rejected"}
+
+
+def dag_runs(history: list[dict[str, Any]], trained_by: str | None = None) -> list[dict[str, Any]]:
+    """The DAG runs that acted on a version, in order, each once: ``{"role", "dag_id", "run_id", "by"}``.
+
+    ``trained_by`` is the DAG run tagged on the version by the register task (``mlcd.dag_run``); it trained
+    the model in ``mlcd_retrain``. Roles come from the record's entries (rolled out, promoted, rolled back).
+    """
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, str | None, str]] = set()
+
+    def add(role: str, dag_id: str | None, run_id: str, by: Any) -> None:
+        if (role, dag_id, run_id) not in seen:
+            seen.add((role, dag_id, run_id))
+            out.append({"role": role, "dag_id": dag_id, "run_id": run_id, "by": str(by or "")})
+
+    if trained_by:
+        add("trained", "mlcd_retrain", trained_by, "airflow:mlcd_retrain")
+    for entry in history:
+        run_id = entry.get("dag_run")
+        role = ROLES.get(str(entry.get("event") or entry.get("to") or ""))
+        if run_id and role:
+            if role == "trained" and any(r["role"] == "trained" for r in out):
+                continue  # the version's tag names the run that trained it; one training run per version
+            dag = dag_of(entry.get("by"))
+            if role == "trained" and dag is None:
+                dag = "mlcd_retrain"  # the registered entry carries no actor; only the register task records a run
+            add(role, dag, str(run_id), entry.get("by"))
+    return out
 
 
 def _scale(lo: float, hi: float, a: float, b: float) -> Any:
@@ -296,11 +377,21 @@ def rollout_chart_svg(series: dict[str, Any], width: int = 760) -> str:
         ("traffic to canary, %", "weight", None, (0.0, 100.0), lambda v: f"{v:.0f}%"),
         ("error rate", "error_rate", ("canary", "stable"), None, lambda v: f"{v:.1%}"),
         ("p99 latency, ms", "p99_latency_s", ("canary", "stable"), None, lambda v: f"{v * 1000:.1f}"),
+        ("live accuracy (feedback labels)", "accuracy", ("canary", "stable"), (0.0, 1.0), lambda v: f"{v:.0%}"),
+        ("predicted-class mix per window (left bar canary, right bar stable)", "mix", ("canary", "stable"),
+         (0.0, 1.0), lambda v: f"{v:.0%}"),
     ]
     height = len(panels) * (panel_h + gap) + 30
+    spacing = min((b["t"] - a["t"] for a, b in zip(points, points[1:], strict=False)), default=t1 - t0)
+    bar_w = max(3.0, min(12.0, (spacing / ((t1 - t0) or 1.0)) * (right - left) / 2.5))
     for i, (title, key, sides, fixed, fmt) in enumerate(panels):
         top = 14 + i * (panel_h + gap)
         bottom = top + panel_h
+        if key == "mix":
+            parts.append(f"<text x='{left}' y='{top - 3}' class='ct'>{e(title)}</text>")
+            parts.append(f"<line x1='{left}' y1='{bottom}' x2='{right}' y2='{bottom}' class='ax'/>")
+            parts.append(_mix_bars(points, x, top, bottom, bar_w, right))
+            continue
         if sides is None:
             values = [float(p[key]) for p in points if p.get(key) is not None]
         else:
@@ -331,7 +422,9 @@ def rollout_chart_svg(series: dict[str, Any], width: int = 760) -> str:
                     d = " ".join(f"{'M' if j == 0 else 'L'}{px:.1f} {py:.1f}" for j, (px, py, _) in enumerate(pts))
                     parts.append(f"<path d='{d}' fill='none' stroke='{colour}' stroke-width='1.5'/>")
                 for px, py, p in pts:
-                    tip = f"{side}: {fmt(float(p[f'{side}_{key}']))} ({p.get(f'{side}_requests')} requests)"
+                    basis = (f"{p.get(f'{side}_feedback')} labels" if key == "accuracy"
+                             else f"{p.get(f'{side}_requests')} requests")
+                    tip = f"{side} at {p.get('weight')}%: {fmt(float(p[f'{side}_{key}']))} ({basis})"
                     parts.append(f"<circle class='pt' data-series='{side}_{key}' cx='{px:.1f}' cy='{py:.1f}' r='3'"
                                  f" fill='{colour}'><title>{e(tip)}</title></circle>")
     bottom_all = 14 + len(panels) * (panel_h + gap) - gap
@@ -349,10 +442,46 @@ def rollout_chart_svg(series: dict[str, Any], width: int = 760) -> str:
     for t, anchor in ((t0, "start"), (t1, "end")):
         stamp = datetime.fromtimestamp(t, tz=UTC).strftime("%H:%M:%S")
         parts.append(f"<text x='{x(t):.1f}' y='{height - 2}' class='tick' text-anchor='{anchor}'>{stamp} UTC</text>")
-    legend = (f"<text x='{right}' y='10' class='tick' text-anchor='end'><tspan fill='{CANARY_COLOUR}'>■ canary</tspan>"
-              f" <tspan fill='{STABLE_COLOUR}'>■ stable</tspan> <tspan fill='{WEIGHT_COLOUR}'>■ weight</tspan></text>")
+    verdicts = " ".join(f"<tspan fill='{c}'>● {o}</tspan>" for o, c in VERDICT_COLOURS.items())
+    legend = (f"<text x='{right}' y='10' class='tick' text-anchor='end'>window verdict: {verdicts} · "
+              f"<tspan fill='{CANARY_COLOUR}'>■ canary</tspan>"
+              f" <tspan fill='{STABLE_COLOUR}'>■ stable</tspan> <tspan fill='{WEIGHT_COLOUR}'>■ weight</tspan>"
+              " · <tspan fill='#dc2626'>┆ rollback</tspan></text>")
     return (f"<svg class='chart' role='img' aria-label='rollout chart' viewBox='0 0 {width} {height}' width='{width}' "
             f"height='{height}' xmlns='http://www.w3.org/2000/svg'>{legend}{''.join(parts)}</svg>")
+
+
+# One colour per digit (Tableau 10), so a class keeps its colour across windows and variants.
+CLASS_COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+                 "#bab0ac")
+
+
+def _mix_bars(points: list[dict[str, Any]], x: Any, top: float, bottom: float, bar_w: float, right: float) -> str:
+    """Each window's predicted-class shares as two stacked bars (canary left, stable right) at the window's time.
+
+    Every segment is a ``rect.mix`` carrying its variant, class and count; a window without recorded counts
+    draws nothing (older records, or a variant that served nobody in that window).
+    """
+    e = html.escape
+    parts: list[str] = []
+    for p in points:
+        for side, dx in (("canary", -bar_w - 0.5), ("stable", 0.5)):
+            classes = p.get(f"{side}_classes") or {}
+            total = sum(classes.values())
+            if not total:
+                continue
+            y = bottom
+            for cls in sorted(classes):
+                n = classes[cls]
+                h = (bottom - top) * n / total
+                y -= h
+                parts.append(f"<rect class='mix' data-series='{side}_mix' data-class='{cls}' data-count='{n}' "
+                             f"x='{x(p['t']) + dx:.1f}' y='{y:.1f}' width='{bar_w:.1f}' height='{h:.1f}' "
+                             f"fill='{CLASS_COLOURS[cls % len(CLASS_COLOURS)]}'><title>{e(side)} at {p.get('weight')}%: "
+                             f"class {cls} {n}/{total} ({n / total:.0%})</title></rect>")
+    legend = "".join(f"<tspan fill='{CLASS_COLOURS[c]}'>■</tspan>{c} " for c in range(10))
+    parts.append(f"<text x='{right}' y='{top - 3}' class='tick' text-anchor='end'>class {legend}</text>")
+    return "".join(parts)
 
 
 def curves_svg(curves: dict[str, list[tuple[int, float]]], width: int = 360, height: int = 160) -> str:

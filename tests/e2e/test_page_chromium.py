@@ -11,6 +11,7 @@ recorded window and the rollback mark, and no script is loaded from anywhere. Th
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import threading
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -29,6 +31,9 @@ pytestmark = [pytest.mark.e2e,
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "page-test-token-0123456789"
+FEEDBACK_TOKEN = "page-test-feedback-token-0123456789"
+TRAIN_RUN = "manual__2026-11-29T09:00:00+00:00"  # the mlcd_retrain run that trained and rolled out the canary
+GUARD_RUN = "asset_triggered__2026-11-29T09:01:00+00:00"
 
 
 def _screenshot_module() -> Any:
@@ -46,7 +51,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
     home = tmp_path_factory.mktemp("page-home")
     patched = pytest.MonkeyPatch()  # module scope: the function-scoped monkeypatch fixture is not available
-    for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), "MLCD_ADMIN_TOKEN": TOKEN}.items():
+    # The feedback token is set here so the platform's gateway and this process' traffic share it.
+    for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), "MLCD_ADMIN_TOKEN": TOKEN,
+                       "MLCD_FEEDBACK_TOKEN": FEEDBACK_TOKEN}.items():
         patched.setenv(key, value)
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
@@ -60,13 +67,27 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         patched.undo()
 
 
-def _demo_rollout(urls: dict[str, str], model: str, reference: Any) -> tuple[str, str, int]:
-    """Champion healthy_a; canary 'broken' through up to two analysis windows under traffic, rolled back by its own
-    analysis (the class-distribution check) or, if it is still running after two windows, by the guard.
+def _train_broken(urls: dict[str, str], reference: Any, folder: Path) -> dict[str, Any]:
+    """The demo's broken model through the real trainer (``BlindModel``: it answers one class whatever the image), so
+    its MLflow run carries what a retrain logs: per-epoch curves and the validation confusion matrix."""
+    from mlcd.data.snapshot import write_arrays_snapshot
+    from mlcd.training import train  # the entrypoint that seals the model, as every trainer run does
+
+    snapshot = write_arrays_snapshot(reference.x_train[:1500], reference.y_train[:1500], folder)
+    return train(snapshot.path, epochs=3, batch_size=128, tracking_uri=urls["mlflow"], dag_run_id=TRAIN_RUN,
+                 model="mlcd.training.faulty:BlindModel", patience=5, progress=lambda _: None).to_dict()
+
+
+def _demo_rollout(urls: dict[str, str], model: str, reference: Any, folder: Path) -> tuple[str, str, int]:
+    """Champion healthy_a; a canary trained by the real trainer as the broken BlindModel and registered by the
+    register task's code (forced past the gate, as the demo does), walked through up to two analysis windows under
+    traffic with feedback labels, rolled back by its own analysis (the class-distribution check) or, if it is
+    still running after two windows, by the guard.
 
     Returns the stable and canary versions and how many analysis windows were judged (each is one chart point).
     """
     from mlcd.registry import ModelRegistry
+    from mlcd.registry.task import register_challenger
     from mlcd.rollout.actions import rollback
     from mlcd.rollout.canary import CanaryRollout, RolloutAborted
     from mlcd.rollout.router import LocalGatewayRouter
@@ -80,12 +101,18 @@ def _demo_rollout(urls: dict[str, str], model: str, reference: Any) -> tuple[str
     registry.bootstrap_champion(stable, "tests", "first model")
     router = LocalGatewayRouter(urls["gateway"], TOKEN)
     router.set_routes(stable, None, 0)
-    canary = register(urls["mlflow"], model, uris["broken"])
+    trained = _train_broken(urls, reference, folder)
+    canary = register_challenger(
+        trained, {"passed": True, "verdict": "forced", "forced": True, "reasons": ["forced past the gate (drill)"],
+                  "champion_version": stable},
+        tracking_uri=urls["mlflow"], model_name=model, actor="airflow:mlcd_retrain", dag_run_id=TRAIN_RUN)["version"]
     spec = RolloutSpec(steps=(25, 50, 100), analysis_window_s=2.0, min_requests=5, min_stable_requests=5,
                        max_p99_latency_ratio=20.0, p99_latency_slack_s=0.25)
-    rollout = CanaryRollout(registry, router, spec, urls["gateway"], actor="tests", dag_run_id="manual__page")
+    rollout = CanaryRollout(registry, router, spec, urls["gateway"], actor="airflow:mlcd_retrain",
+                            dag_run_id=TRAIN_RUN)
     traffic = threading.Thread(target=run_traffic, args=(urls["gateway"], 40, 12),
-                               kwargs={"images": reference.x_test[:300]})
+                               kwargs={"images": reference.x_test[:300], "labels": reference.y_test[:300],
+                                       "feedback": True})
     traffic.start()
     windows = 0
     try:
@@ -101,7 +128,7 @@ def _demo_rollout(urls: dict[str, str], model: str, reference: Any) -> tuple[str
             pass  # the canary's own analysis rolled it back (recorded with its evidence)
         else:
             rollback(registry, router, canary, "guard: canary version predicted-class distribution shifted",
-                     {"verdict": {"class_distribution": "p < 1e-9"}}, "airflow:mlcd_guard", "manual__guard")
+                     {"verdict": {"class_distribution": "p < 1e-9"}}, "airflow:mlcd_guard", GUARD_RUN)
     finally:
         traffic.join()
     assert registry.get_state(canary).state.value == "rolled_back"
@@ -109,18 +136,61 @@ def _demo_rollout(urls: dict[str, str], model: str, reference: Any) -> tuple[str
 
 
 def test_page_shows_the_rollout_chart_in_chromium(platform: dict[str, Any], reference_data: Any,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    from mlcd.overview import dag_runs, rollout_series
+    from mlcd.registry import ModelRegistry
+
     shots = _screenshot_module()
-    stable, canary, windows = _demo_rollout(platform["urls"], platform["settings"].model_name, reference_data)
+    urls, model = platform["urls"], platform["settings"].model_name
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", urls["airflow"])  # what a register task on this platform sees
+    stable, canary, windows = _demo_rollout(urls, model, reference_data, tmp_path / "snapshots")
     out = REPO / "docs" if os.environ.get("MLCD_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    token = shots.airflow_token(platform["urls"]["airflow"], platform["home"])
-    facts = shots.take(platform["urls"]["airflow"], token, out)
+    token = shots.airflow_token(urls["airflow"], platform["home"])
+    facts = shots.take(urls["airflow"], token, out)
     assert facts["status"] == 200 and facts["title"] == "mlcd"
     assert facts["first"] == f"v{canary}"  # the newest version first
     assert windows >= 1 and facts["charts"] >= 1 and facts["verdicts"] == windows  # one dot per window recorded
-    # Per window: canary and stable error rate and p99 latency, next to the verdict dot.
-    assert facts["points"] == facts["verdicts"] * 5
     assert facts["rollbacks"] == 1 and facts["scripts"] == 0
+
+    # The chart's points are the recorded windows: error rate and p99 per variant, live accuracy where feedback
+    # labels came back, and one class-mix bar segment per (window, variant, predicted class).
+    history = [h for h in ModelRegistry(urls["mlflow"], model).history() if h["version"] == canary]
+    points = rollout_series(history)["points"]
+    with_accuracy = sum(p.get(f"{side}_accuracy") is not None for p in points for side in ("canary", "stable"))
+    segments = sum(len(p.get(f"{side}_classes") or {}) for p in points for side in ("canary", "stable"))
+    assert with_accuracy >= 1 and segments >= 2  # traffic with feedback reached both variants
+    assert facts["accuracy"] == with_accuracy and facts["mix"] == segments
+    assert facts["points"] == facts["verdicts"] * 5 + with_accuracy
+    # The blind canary answers one class whatever the image; its live accuracy is below stable's.
+    first = points[0]
+    assert len(first["canary_classes"]) == 1 and len(first["stable_classes"]) >= 5
+    if first.get("canary_accuracy") is not None and first.get("stable_accuracy") is not None:
+        assert first["canary_accuracy"] < first["stable_accuracy"]
+
+    # The confusion matrix is the training run's, cell by cell, and its curves have one point per epoch and key.
+    client = MlflowClient(urls["mlflow"])
+    mv = client.get_model_version(model, canary)
+    logged = json.loads(Path(client.download_artifacts(mv.run_id, "per_class_metrics.json", str(tmp_path)))
+                        .read_text())["confusion_matrix"]
+    assert facts["confusion"] == 100
+    assert facts["cells"] == [f"true {i}, predicted {j}: {logged[i][j]}" for i in range(10) for j in range(10)]
+    epochs = len(client.get_metric_history(mv.run_id, "val_loss"))
+    assert epochs >= 1 and facts["curves"] == 4 * epochs
+
+    # Links: to MLflow's version and run, to each DAG run by role, and from MLflow's version back to the page.
+    mlflow = urls["mlflow"].rstrip("/")
+    assert f"{mlflow}/#/models/{model}/versions/{canary}" in facts["mlflow_links"]
+    assert f"{mlflow}/#/runs/{mv.run_id}" in facts["mlflow_links"]
+    expected = [(r["role"], f"/dags/{r['dag_id']}/runs/{quote(r['run_id'], safe='')}")
+                for r in dag_runs(history, TRAIN_RUN)]
+    assert [tuple(link) for link in facts["dag_links"]] == expected
+    assert expected[0] == ("trained", f"/dags/mlcd_retrain/runs/{quote(TRAIN_RUN, safe='')}")
+    assert ("rolled back", f"/dags/mlcd_retrain/runs/{quote(TRAIN_RUN, safe='')}") in expected or (
+        "rolled back", f"/dags/mlcd_guard/runs/{quote(GUARD_RUN, safe='')}") in expected
+    page_url = f"{urls['airflow']}/mlcd/#v{canary}"
+    assert mv.tags["mlcd.page_url"] == page_url and f"({page_url})" in mv.description
     for name in ("mlcd-page.png", "mlcd-rollout.png"):
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name

@@ -335,13 +335,18 @@ def test_reload_follows_the_registry_aliases(gateway: GatewayServer) -> None:
     assert (r.json()["stable"], r.json()["canary"]) == ("1", "2")
 
 
-def test_traffic_generator_is_bounded_and_loopback_only(gateway: GatewayServer, reference_data: Any) -> None:
+def test_traffic_generator_is_bounded_and_loopback_only(gateway: GatewayServer, reference_data: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLCD_FEEDBACK_TOKEN", raising=False)
     for url in ("http://10.0.0.1:8000", "http://example.com", "ftp://127.0.0.1"):
         with pytest.raises(ValueError):
             require_loopback(url)
     with pytest.raises(ValueError):
         run_traffic(gateway.url, rate=5000, duration=1)
-    report = run_traffic(gateway.url, rate=40, duration=1, feedback=True,
+    with pytest.raises(ValueError, match="MLCD_FEEDBACK_TOKEN"):
+        run_traffic(gateway.url, rate=40, duration=1, feedback=True, images=reference_data.x_test[:5],
+                    labels=reference_data.y_test[:5])  # labels are not sent unauthenticated
+    report = run_traffic(gateway.url, rate=40, duration=1, feedback=True, feedback_token=FEEDBACK_TOKEN,
                          images=reference_data.x_test[:50], labels=reference_data.y_test[:50])
     assert report.ok == report.sent >= 35 and report.failed == 0 and report.feedback_sent == report.ok
 

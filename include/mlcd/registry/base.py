@@ -267,6 +267,17 @@ class RegistryBase:
                 raise ValueError(f"tag {key} is owned by the rollout record")
             self._set_tag(version, key, str(value))
 
+    def set_version_description(self, version: str, description: str) -> None:
+        """Set the version's description (MLflow's UI renders it as Markdown on the version's page)."""
+        version = validate_version(version)
+        self._call(f"describing version {version}", self.client.update_model_version, self.model_name, version,
+                   description)
+
+    def version_description(self, version: str) -> str:
+        version = validate_version(version)
+        mv = self._call("reading a model version", self.client.get_model_version, self.model_name, version)
+        return str(mv.description or "")
+
     def _model_exists(self) -> bool:
         from mlflow.exceptions import MlflowException
 

@@ -71,6 +71,7 @@ TAG_P_VALUE = "mlcd.p_value"
 TAG_SNAPSHOT = "mlcd.snapshot_id"
 TAG_SNAPSHOT_PATH = "mlcd.snapshot_path"
 TAG_DAG_RUN = "mlcd.dag_run_id"
+TAG_PAGE_URL = "mlcd.page_url"  # the version's section on the operator's page (MLflow -> page link)
 TAG_CODE_VERSION = "mlcd.code_version"
 TAG_DISCORDANT = "mlcd.discordant"
 TAG_CHAMPION_AT_EVAL = "mlcd.champion_at_eval"
@@ -113,6 +114,7 @@ __all__ = [
     "TAG_FORCED",
     "TAG_HISTORY",
     "TAG_METRICS",
+    "TAG_PAGE_URL",
     "TAG_PROMOTED_AT",
     "TAG_PROMOTED_BY",
     "TAG_P_VALUE",

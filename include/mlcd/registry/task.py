@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from mlcd.registry.tags import (
     TAG_FORCED,
     TAG_METRICS,
     TAG_P_VALUE,
+    TAG_PAGE_URL,
     TAG_REASONS,
     TAG_SNAPSHOT,
     TAG_VERDICT,
@@ -87,6 +89,7 @@ def register_challenger(
     registry = ModelRegistry(tracking_uri, model_name)
     tags = version_tags(train_result, evaluation, dag_run_id)
     version = registry.register_run_model(train_result["run_id"], train_result["model_uri"], tags)
+    link_page(registry, version)
     record = registry.get_state(version)
     champion = registry.get_alias_version("champion")
     verdict = str(evaluation.get("summary") or evaluation.get("verdict"))
@@ -120,6 +123,40 @@ def register_challenger(
         "passed": True,
         "model_uri": f"models:/{model_name}/{version}",
     }
+
+
+# --- MLflow -> the operator's page -----------------------------------------------------------------------
+
+PAGE_MARK = "mlcd page:"  # how a description written by link_page starts (one a person wrote is kept)
+
+
+def page_base_url() -> str | None:
+    """Where the operator's page is served: ``MLCD_PAGE_URL``, else the Airflow api-server's own base URL
+    (``AIRFLOW__API__BASE_URL``, which ``make up`` sets) with ``/mlcd/``; None when neither is set."""
+    explicit = os.environ.get("MLCD_PAGE_URL", "").strip()
+    if explicit:
+        return explicit if explicit.endswith("/") else explicit + "/"
+    airflow = os.environ.get("AIRFLOW__API__BASE_URL", "").strip().rstrip("/")
+    return f"{airflow}/mlcd/" if airflow else None
+
+
+def link_page(registry: ModelRegistry, version: str, base: str | None = None) -> str | None:
+    """Tag the version with its section of the operator's page and say so in its description, so MLflow's
+    version page links to the rollout chart, the DAG runs and the verdicts (the page links back to MLflow).
+
+    The description (rendered as Markdown by MLflow's UI, so the link is clickable) is only written when empty or
+    written by mlcd before. Returns the URL, or None when no page URL is known (nothing is written).
+    """
+    base = base or page_base_url()
+    if not base:
+        return None
+    url = f"{base}#v{version}"
+    registry.set_version_tags(version, {TAG_PAGE_URL: url})
+    current = registry.version_description(version)
+    if not current or current.startswith(PAGE_MARK):
+        registry.set_version_description(
+            version, f"{PAGE_MARK} [rollout chart, verdicts and DAG runs of version {version}]({url})")
+    return url
 
 
 # --- skip what is unchanged ---------------------------------------------------------------------------------

@@ -390,7 +390,7 @@ class CanaryRollout:
         elapsed = time.time() - p.window_started
         self._event(p.version, "canary_step", {
             "weight": p.weight, "window_s": round(elapsed, 1), "action": action.value, **verdict.to_dict(),
-            "analysis": _evidence(p.verdict),
+            "analysis": _evidence(p.verdict), "mix": window_mix(p.window),
         })
         log.info("canary %s at %d%%: %s → %s (%s)", p.version, p.weight, verdict.outcome.value, action.value,
                  "; ".join(verdict.reasons))
@@ -444,6 +444,20 @@ class CanaryRollout:
             raise RolloutStopped(f"routes moved while canary {p.version} was promoted: {exc}; traffic left where "
                                  "the other writer put it (reconcile and the guard settle the registry)") from None
         p.done, p.result = True, f"promoted to champion after {len(p.outcomes)} windows"
+
+
+def window_mix(window: dict[str, Any]) -> dict[str, Any]:
+    """Each variant's predicted-class counts and feedback counts in the window, for the operator's chart.
+
+    Counts, not shares, so a reader can weigh a window by its traffic; about 30 numbers, well within the record's
+    size limit (the engine's per-class shares are left out by :func:`_evidence`).
+    """
+    out: dict[str, Any] = {}
+    for side in ("canary", "stable"):
+        c = SeriesCounters.from_dict(window.get(side, {}))
+        out[side] = {"classes": {str(k): int(round(v)) for k, v in sorted(c.classes.items()) if v},
+                     "feedback_correct": int(round(c.feedback_correct)), "feedback_total": int(round(c.feedback_total))}
+    return out
 
 
 def _evidence(verdict: dict[str, Any] | None) -> dict[str, Any]:
