@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 TOKEN = "guard-test-admin-token-0123456789"
+FEEDBACK_TOKEN = "guard-test-feedback-token-0123456789"  # /feedback's own token (not the admin one)
 BROKEN_CLASS = 3
 _LOGGED: dict[str, dict[str, str]] = {}  # tracking URI → kind → logged model URI
 _LOCK = threading.Lock()
@@ -118,7 +119,8 @@ def rollout(tracking_uri: str, uris: dict[str, str], model_name: str, canary_kin
     registry.bootstrap_champion(stable, "tests")
     registry.start_canary(canary, "tests", f"{canary_kind} canary under test")
     config = GatewayConfig(model_name=model_name, tracking_uri=tracking_uri, admin_token=TOKEN,
-                           state_path=state_dir / f"{model_name}-state.json", drift=drift)
+                           state_path=state_dir / f"{model_name}-state.json", drift=drift,
+                           feedback_token=FEEDBACK_TOKEN)
     server = GatewayServer(config, free_port()).start()
     try:
         router = LocalGatewayRouter(server.url, TOKEN)

@@ -323,6 +323,8 @@ def run_demo() -> int:
         "MLCD_HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
         "MLCD_ADMIN_TOKEN": secrets.token_urlsafe(24),
+        "MLCD_FEEDBACK_TOKEN": secrets.token_urlsafe(24),  # the demo's traffic labels its own predictions
+        "MLCD_GATEWAY_SECRET": secrets.token_urlsafe(32),
         "MLCD_CANARY_SPEC": json.dumps(plan.canary_spec),
         "MLCD_GUARD_BAKE_S": str(plan.bake_s),
         "MLCD_RETRAIN_DEFAULTS": json.dumps(plan.retrain_defaults),

@@ -114,6 +114,8 @@ def platform_env(settings: Settings, ports: Ports) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
             "MLCD_GATEWAY_URL": f"http://127.0.0.1:{ports.gateway}",
             "MLCD_ADMIN_TOKEN": os.environ.get("MLCD_ADMIN_TOKEN") or _secret(run / "gateway_admin_token"),
+            "MLCD_FEEDBACK_TOKEN": os.environ.get("MLCD_FEEDBACK_TOKEN") or _secret(run / "gateway_feedback_token"),
+            "MLCD_GATEWAY_SECRET": os.environ.get("MLCD_GATEWAY_SECRET") or _secret(run / "gateway_secret"),
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "PYTHONUNBUFFERED": "1",
         }

@@ -25,6 +25,7 @@ from tests.dags.test_asset_events import asset_events, queued_runs
 pytestmark = pytest.mark.dags
 
 TOKEN = "retrain-dag-test-token-0123456789"
+FEEDBACK_TOKEN = "retrain-dag-feedback-token-0123456789"
 FAST_CANARY = {"steps": [50, 100], "analysis_window_s": 4, "min_requests": 15, "min_stable_requests": 15}
 GATE = {"accuracy_floor": 0.8}
 
@@ -38,8 +39,9 @@ def platform(mlflow_server: Any, mlcd_home: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MLCD_MODEL_NAME", model)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.setenv("MLCD_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("MLCD_FEEDBACK_TOKEN", FEEDBACK_TOKEN)  # `mlcd traffic --feedback` sends it
     config = GatewayConfig(model_name=model, tracking_uri=mlflow_server.url, admin_token=TOKEN,
-                           state_path=mlcd_home / "gateway-state.json")
+                           state_path=mlcd_home / "gateway-state.json", feedback_token=FEEDBACK_TOKEN)
     gateway = GatewayServer(config, free_port()).start()
     monkeypatch.setenv("MLCD_GATEWAY_URL", gateway.url)
     try:

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.e2e,
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "page-test-token-0123456789"
+FEEDBACK_TOKEN = "page-test-feedback-token-0123456789"
 TRAIN_RUN = "manual__2026-11-29T09:00:00+00:00"  # the mlcd_retrain run that trained and rolled out the canary
 GUARD_RUN = "asset_triggered__2026-11-29T09:01:00+00:00"
 
@@ -50,7 +51,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
     home = tmp_path_factory.mktemp("page-home")
     patched = pytest.MonkeyPatch()  # module scope: the function-scoped monkeypatch fixture is not available
-    for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), "MLCD_ADMIN_TOKEN": TOKEN}.items():
+    # The feedback token is set here so the platform's gateway and this process' traffic share it.
+    for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), "MLCD_ADMIN_TOKEN": TOKEN,
+                       "MLCD_FEEDBACK_TOKEN": FEEDBACK_TOKEN}.items():
         patched.setenv(key, value)
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.integration
 MODEL = "gw-test-mnist"
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FEEDBACK_TOKEN = "test-feedback-token-0123456789"
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 
 
 def _log_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> list[str]:
@@ -72,7 +74,8 @@ def versions(mlflow_server: Any, reference_data: Any) -> list[str]:
 
 
 def _config(tracking_uri: str, state: Path, token: str | None = TOKEN, model: str = MODEL) -> GatewayConfig:
-    return GatewayConfig(model_name=model, tracking_uri=tracking_uri, admin_token=token, state_path=state)
+    return GatewayConfig(model_name=model, tracking_uri=tracking_uri, admin_token=token, state_path=state,
+                         feedback_token=FEEDBACK_TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +133,14 @@ def test_predictions_are_real_and_feedback_feeds_live_accuracy(gateway: GatewayS
     r = httpx.post(f"{gateway.url}/predict", json={"images": x.tolist()}).json()
     correct = 0
     for pred, label in zip(r["predictions"], y.tolist(), strict=True):
-        fb = httpx.post(f"{gateway.url}/feedback", json={"prediction_id": pred["prediction_id"], "label": label})
+        fb = httpx.post(f"{gateway.url}/feedback", json={"prediction_id": pred["prediction_id"], "label": label},
+                        headers=FEEDBACK)
         assert fb.status_code == 200
         correct += fb.json()["correct"]
     assert correct / 100 > 0.6  # a linear model on 600 real images: far above chance
-    again = httpx.post(f"{gateway.url}/feedback", json={"prediction_id": r["predictions"][0]["prediction_id"], "label": 1})
-    assert again.status_code == 404
+    again = httpx.post(f"{gateway.url}/feedback", json={"prediction_id": r["predictions"][0]["prediction_id"], "label": 1},
+                       headers=FEEDBACK)
+    assert again.status_code == 409  # a replayed id: a label is taken once
     text = httpx.get(f"{gateway.url}/metrics").text
     line = next(ln for ln in text.splitlines() if ln.startswith('mlcd_gateway_live_accuracy{variant="stable",version="1"}'))
     assert float(line.split()[-1]) == pytest.approx(correct / 100)
@@ -296,9 +301,9 @@ def test_bad_requests_are_refused_with_a_one_line_reason(
 
 
 def test_bad_feedback_is_refused(gateway: GatewayServer) -> None:
-    for body, status in [({"prediction_id": "nope", "label": 3}, 404), ({"prediction_id": "x", "label": 10}, 422),
+    for body, status in [({"prediction_id": "nope", "label": 3}, 403), ({"prediction_id": "x", "label": 10}, 422),
                          ({"prediction_id": "x", "label": True}, 422), ({"label": 3}, 422)]:
-        assert httpx.post(f"{gateway.url}/feedback", json=body).status_code == status
+        assert httpx.post(f"{gateway.url}/feedback", json=body, headers=FEEDBACK).status_code == status
 
 
 def test_admin_needs_the_token(gateway: GatewayServer, mlflow_server: Any, tmp_path: Path) -> None:
@@ -330,13 +335,18 @@ def test_reload_follows_the_registry_aliases(gateway: GatewayServer) -> None:
     assert (r.json()["stable"], r.json()["canary"]) == ("1", "2")
 
 
-def test_traffic_generator_is_bounded_and_loopback_only(gateway: GatewayServer, reference_data: Any) -> None:
+def test_traffic_generator_is_bounded_and_loopback_only(gateway: GatewayServer, reference_data: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLCD_FEEDBACK_TOKEN", raising=False)
     for url in ("http://10.0.0.1:8000", "http://example.com", "ftp://127.0.0.1"):
         with pytest.raises(ValueError):
             require_loopback(url)
     with pytest.raises(ValueError):
         run_traffic(gateway.url, rate=5000, duration=1)
-    report = run_traffic(gateway.url, rate=40, duration=1, feedback=True,
+    with pytest.raises(ValueError, match="MLCD_FEEDBACK_TOKEN"):
+        run_traffic(gateway.url, rate=40, duration=1, feedback=True, images=reference_data.x_test[:5],
+                    labels=reference_data.y_test[:5])  # labels are not sent unauthenticated
+    report = run_traffic(gateway.url, rate=40, duration=1, feedback=True, feedback_token=FEEDBACK_TOKEN,
                          images=reference_data.x_test[:50], labels=reference_data.y_test[:50])
     assert report.ok == report.sent >= 35 and report.failed == 0 and report.feedback_sent == report.ok
 

@@ -50,7 +50,8 @@ port, state = int(sys.argv[1]), Path(sys.argv[2])
 if len(sys.argv) > 4:  # for a side-by-side measurement: parse every body inline, as before
     import mlcd.serving.app as app_module
     app_module.PARSE_INLINE_BYTES = int(sys.argv[4])
-config = GatewayConfig(model_name="m", tracking_uri="http://127.0.0.1:9", admin_token=sys.argv[3], state_path=state)
+config = GatewayConfig(model_name="m", tracking_uri="http://127.0.0.1:9", admin_token=sys.argv[3], state_path=state,
+                       feedback_token=sys.argv[3])  # one token for both here: what is under test is the parser
 uvicorn.run(create_app(config, loader), host="127.0.0.1", port=port, log_level="warning")
 """
 

@@ -126,10 +126,12 @@ def test_trigger_serializes_exactly_and_yields_one_breach_event(mlflow_server: A
     assert trigger.serialize() == (
         "mlcd.airflow.guard.CanaryHealthTrigger",
         {"gateway_url": "http://127.0.0.1:1", "version": "7", "poll_interval_s": 0.5, "bake_s": 10.0,
-         "grace_s": 20.0, "thresholds": thresholds, "state": {"look": 3}, "max_watch_s": 60.0, "max_failures": 2},
+         "grace_s": 20.0, "thresholds": thresholds, "state": {"look": 3}, "max_watch_s": 60.0, "max_failures": 2,
+         "blind_s": None},
     )
-    # A gateway that is not there: an error event with the reason, never an exception out of run().
-    down = CanaryHealthTrigger("http://127.0.0.1:1", poll_interval_s=0.05, max_failures=2)
+    # A gateway that is not there and no canary known: after the blind window, an error event with the reason,
+    # never an exception out of run() (with a canary known it fails closed: tests/unit/test_failsafe.py).
+    down = CanaryHealthTrigger("http://127.0.0.1:1", poll_interval_s=0.05, max_failures=2, blind_s=0.2)
     event = asyncio.run(down.run().asend(None))
     assert (event.payload["status"], event.payload["reason"]) == (GuardStatus.ERROR, GuardReason.SCRAPE_FAILED)
 

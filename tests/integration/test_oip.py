@@ -142,7 +142,10 @@ def test_prediction_ids_from_v2_take_feedback(client: Any, served: Any, images: 
     params = result.get_response()["parameters"]
     ids = params["prediction_ids"].split(",")
     assert len(ids) == 3 and params["variant"] == "canary" and params["fallback"] is False
-    r = httpx.post(f"{served.url}/feedback", json={"prediction_id": ids[0], "label": 7})
+    from tests.modelkit import FEEDBACK_TOKEN
+
+    r = httpx.post(f"{served.url}/feedback", json={"prediction_id": ids[0], "label": 7},
+                   headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"})
     assert r.status_code == 200 and r.json()["version"] == served.canary
 
 

@@ -65,7 +65,8 @@ class AnalysisWindowTrigger(BaseTrigger):
         started = float(self.progress.get("window_started") or time.time())
         end = started + self.window_s
         if self.gateway_url:
-            from mlcd.rollout.canary import RolloutProgress, observe
+            from mlcd.rollout.canary import RolloutProgress, blind_expired, note_scrape, observe
+            from mlcd.rollout.failsafe import METRICS_ERRORS
             from mlcd.rollout.providers import counters_from_settings
             from mlcd.rollout.spec import Outcome
 
@@ -75,16 +76,29 @@ class AnalysisWindowTrigger(BaseTrigger):
                 await asyncio.sleep(spec.poll_interval_s)
                 try:
                     snap = await asyncio.to_thread(scrape, self.gateway_url)
-                except OSError as exc:  # a restarting gateway: the next poll (or finish_step) covers the interval
+                except METRICS_ERRORS as exc:  # a restarting gateway; blind too long: fail closed (finish_step)
                     self.log.warning("canary window scrape failed: %s", exc)
-                    continue
+                    snap = None
                 progress = RolloutProgress.from_dict(self.progress)
-                outcome = observe(spec, progress, snap)
-                self.progress = progress.to_dict()  # serialize() now carries the engine's state
+                usable, why = note_scrape(spec, progress, snap)
+                outcome = observe(spec, progress, usable) if usable is not None else Outcome.INCONCLUSIVE
+                self.progress = progress.to_dict()  # serialize() now carries the engine's state (and blindness)
                 if outcome is Outcome.FAIL:
                     break
-        await asyncio.sleep(max(0.0, end - time.time()) if not _failed(self.progress) else 0.0)
+                if blind_expired(spec, progress):
+                    # End the window now: the task (worker side, with the router and the registry) fails closed.
+                    self.log.warning("canary window blind for %.0fs (%s): ending the window to fail closed",
+                                     spec.blind_s, why)
+                    break
+        done_early = _failed(self.progress) or _blind(self.progress, self.spec)
+        await asyncio.sleep(0.0 if done_early else max(0.0, end - time.time()))
         yield TriggerEvent({"status": WindowEvent.ELAPSED.value, "progress": self.progress})
+
+
+def _blind(progress: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    """The window's metrics have been unusable for the spec's fail-closed window (the task fails closed)."""
+    since = progress.get("blind_since")
+    return since is not None and time.time() - float(since) >= RolloutSpec.from_dict(spec).blind_s
 
 
 def _failed(progress: Mapping[str, Any]) -> bool:

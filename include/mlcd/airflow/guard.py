@@ -38,6 +38,7 @@ class GuardStatus(str, Enum):
     BREACH = "breach"
     HEALTHY = "healthy"
     UNVERIFIED = "unverified"
+    FAIL_CLOSED = "fail_closed"  # metrics unreadable for blind_s: canary to 0 %, rollout paused
     ERROR = "error"
 
 
@@ -53,6 +54,7 @@ class GuardReason(str, Enum):
     BAKE_UNVERIFIED = "bake_unverified"  # the bake period saw too little traffic to call the version healthy
     NO_CANARY = "no_canary"
     VERSION_RETIRED = "version_retired"
+    METRICS_BLIND = "metrics_blind"  # fail closed (mlcd.rollout.failsafe)
     SCRAPE_FAILED = "scrape_failed"  # the gateway did not answer several polls in a row
     WATCH_TIMEOUT = "watch_timeout"
     TRIGGER_ERROR = "trigger_error"
@@ -84,6 +86,7 @@ def guard_config(
     bake_s: float,
     grace_s: float,
     thresholds: Mapping[str, Any] | None,
+    blind_s: float | str | None = None,
 ) -> GuardConfig:
     """A :class:`~mlcd.guard.watch.GuardConfig` from plain (serialisable) arguments."""
     from mlcd.guard.watch import GuardConfig
@@ -97,6 +100,7 @@ def guard_config(
         bake_s=float(bake_s),
         grace_s=float(grace_s),
         thresholds=GuardThresholds.from_dict(dict(thresholds or {})),
+        **({"blind_s": float(blind_s)} if blind_s not in (None, "", "None") else {}),
     )
 
 
@@ -154,7 +158,9 @@ class CanaryHealthTrigger(BaseTrigger):
         thresholds: :class:`~mlcd.rollout.analysis.GuardThresholds` as a dict.
         state: the guard's state when the trigger starts (the sensor's first poll).
         max_watch_s: give up (``error`` / ``watch_timeout``) after this many seconds since the guard started.
-        max_failures: consecutive failed scrapes tolerated (a restarting gateway) before ``scrape_failed``.
+        max_failures: consecutive failed polls tolerated before ``scrape_failed`` (unreadable metrics are the
+            guard's own business: they end in ``fail_closed`` after ``blind_s``).
+        blind_s: see :class:`~mlcd.guard.watch.GuardConfig` (``None``: ``MLCD_METRICS_BLIND_S`` or 30).
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class CanaryHealthTrigger(BaseTrigger):
         state: Mapping[str, Any] | None = None,
         max_watch_s: float = 6 * 3600.0,
         max_failures: int = 10,
+        blind_s: float | None = None,
     ) -> None:
         super().__init__()
         self.gateway_url = gateway_url
@@ -179,6 +186,7 @@ class CanaryHealthTrigger(BaseTrigger):
         self.state = dict(state or {})
         self.max_watch_s = float(max_watch_s)
         self.max_failures = int(max_failures)
+        self.blind_s = None if blind_s is None else float(blind_s)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -193,6 +201,7 @@ class CanaryHealthTrigger(BaseTrigger):
                 "state": self.state,
                 "max_watch_s": self.max_watch_s,
                 "max_failures": self.max_failures,
+                "blind_s": self.blind_s,
             },
         )
 
@@ -204,7 +213,7 @@ class CanaryHealthTrigger(BaseTrigger):
 
         try:
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
-                                  self.grace_s, self.thresholds)
+                                  self.grace_s, self.thresholds, self.blind_s)
             guard = Guard(config, scrape_from_settings())  # MLCD_METRICS_PROVIDER: gateway or Prometheus
             state = GuardState.from_dict(_newest(self.state)) if self.state else None
             started = state.started_at if state else time.time()
@@ -230,8 +239,8 @@ class CanaryHealthTrigger(BaseTrigger):
                 self.state = state.to_dict()
                 _save_checkpoint(state)
                 if result.decision is not Decision.WATCH:
-                    status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED}.get(
-                        result.decision, GuardStatus.HEALTHY)
+                    status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED,
+                              Decision.BLIND: GuardStatus.FAIL_CLOSED}.get(result.decision, GuardStatus.HEALTHY)
                     reason = _reason_of(result)
                     yield self._event(status, reason, result.reason, result=result.as_dict())
                     return
@@ -258,10 +267,12 @@ class CanaryHealthSensor(BaseOperator):
         version: the version to watch (templated; default: the first canary the gateway serves).
         poll_interval_s, bake_s, grace_s, thresholds: see :class:`~mlcd.guard.watch.GuardConfig` (templated).
         max_watch_s: the longest a guard run watches.
+        blind_s: fail closed after this many seconds without readable metrics (templated; default
+            ``MLCD_METRICS_BLIND_S`` or 30).
     """
 
     template_fields: Sequence[str] = ("gateway_url", "version", "poll_interval_s", "bake_s", "grace_s",
-                                      "thresholds")
+                                      "thresholds", "blind_s")
     ui_color = "#fecaca"
 
     def __init__(
@@ -274,6 +285,7 @@ class CanaryHealthSensor(BaseOperator):
         grace_s: float | str = 300.0,
         thresholds: Mapping[str, Any] | str | None = None,
         max_watch_s: float = 6 * 3600.0,
+        blind_s: float | str | None = None,
         task_id: str = TASK_ID,
         **kwargs: Any,
     ) -> None:
@@ -285,6 +297,7 @@ class CanaryHealthSensor(BaseOperator):
         self.grace_s = grace_s
         self.thresholds: Any = thresholds if isinstance(thresholds, str) else dict(thresholds or {})
         self.max_watch_s = max_watch_s
+        self.blind_s = blind_s
 
     def _thresholds(self) -> dict[str, Any]:
         from mlcd.airflow.canary import mapping_param
@@ -292,8 +305,9 @@ class CanaryHealthSensor(BaseOperator):
         return mapping_param(self.thresholds, "guard thresholds")
 
     def _trigger_kwargs(self) -> dict[str, Any]:
+        blind = None if self.blind_s in (None, "", "None") else float(self.blind_s)
         cfg = guard_config(self.gateway_url, self.version, float(self.poll_interval_s), float(self.bake_s),
-                           float(self.grace_s), self._thresholds())
+                           float(self.grace_s), self._thresholds(), blind)
         return {
             "gateway_url": cfg.gateway_url,
             "version": cfg.version,
@@ -302,6 +316,7 @@ class CanaryHealthSensor(BaseOperator):
             "grace_s": cfg.grace_s,
             "thresholds": cfg.thresholds.as_dict(),
             "max_watch_s": float(self.max_watch_s),
+            "blind_s": cfg.blind_s,
         }
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -309,12 +324,15 @@ class CanaryHealthSensor(BaseOperator):
 
         kwargs = self._trigger_kwargs()
         config = guard_config(kwargs["gateway_url"], kwargs["version"], kwargs["poll_interval_s"],
-                              kwargs["bake_s"], kwargs["grace_s"], kwargs["thresholds"])
+                              kwargs["bake_s"], kwargs["grace_s"], kwargs["thresholds"], kwargs["blind_s"])
         try:
             first = Guard(config, scrape_from_settings()).poll()
         except OSError as exc:
             raise GuardScrapeError(f"gateway {config.gateway_url} unreadable: {exc}") from None
         self.log.info("guard: %s", first.reason)
+        if first.decision is Decision.BLIND:
+            return fail_closed_step(first.as_dict(), run_id=str(context.get("run_id") or ""),
+                                    gateway_url=config.gateway_url)
         if first.decision is not Decision.WATCH:
             return first.as_dict()
         self.defer(
@@ -340,6 +358,10 @@ class CanaryHealthSensor(BaseOperator):
         if reason is GuardReason.BAKE_UNVERIFIED:
             self.log.warning("UNVERIFIED (not rolled back, not verified healthy): %s", message)
             return dict(event["result"])
+        if reason is GuardReason.METRICS_BLIND:
+            self.log.warning("FAIL CLOSED: %s", message)
+            return fail_closed_step(dict(event["result"]), run_id=str(context.get("run_id") or ""),
+                                    gateway_url=self.gateway_url)
         if reason is GuardReason.SCRAPE_FAILED:
             raise GuardScrapeError(message)
         if reason is GuardReason.WATCH_TIMEOUT:
@@ -384,6 +406,33 @@ def rollback_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_ur
         + f"; 100% of traffic on version {result.restored}. Reason: {result.reason}"
     )
     return out
+
+
+def fail_closed_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_url: str | None = None,
+                     actor: str = "airflow:mlcd_guard") -> dict[str, Any]:
+    """The guard went blind: canary to 0 % through the router, then the pause in the record (MLflow may be down).
+
+    Returns the decision with what was done (``fail_closed``); raises a retryable ``GuardScrapeError`` only when
+    the traffic could not be moved (the gateway is unreachable too), after recording what it could.
+    """
+    from mlcd.rollout.failsafe import fail_closed
+    from mlcd.rollout.router import router_from_settings
+
+    version = decision.get("version")
+    if not version:
+        raise AirflowException(f"fail closed without a version: {dict(decision)}")
+    router = router_from_settings(gateway_url or None)  # traffic first: needs no registry
+    try:
+        from mlcd.airflow.hooks import MlflowHook
+
+        registry: Any = MlflowHook().get_registry()
+    except Exception:  # noqa: BLE001 - an unreadable Connection must not stop the traffic move
+        registry = None
+    done = fail_closed(router, registry, str(version), f"guard: {decision.get('reason', 'metrics unreadable')}",
+                       actor, run_id)
+    if not done.traffic_safe:
+        raise GuardScrapeError(f"fail closed: {done.error}")
+    return {**dict(decision), "fail_closed": done.as_dict()}
 
 
 def control_step(action: str, version: str | None, reason: str, *, actor: str, run_id: str | None,

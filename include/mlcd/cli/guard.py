@@ -4,7 +4,8 @@ controls.
 Each move is recorded in the version's rollout record with who asked (``cli:<login>``). A rollback routes all
 traffic to stable first, then moves the aliases back. ``mlcd watch`` is the guard in the foreground (the same
 analysis engine as ``mlcd_guard`` and every canary step): one line of evidence per poll; exit 0 healthy, 3 rolled
-back, 4 unverified or undecided. Errors are one line on stderr with exit code 1 (2 for usage).
+back, 4 unverified or undecided, 5 failed closed (metrics unreadable: canary at 0 %, rollout paused). Errors are
+one line on stderr with exit code 1 (2 for usage).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def resume_command(version: str | None, reason: str, tracking_uri: str | None, m
     _echo(out, as_json, f"canary {out['version']} resumed")
 
 
-EXIT_HEALTHY, EXIT_ROLLED_BACK, EXIT_UNVERIFIED = 0, 3, 4
+EXIT_HEALTHY, EXIT_ROLLED_BACK, EXIT_UNVERIFIED, EXIT_FAIL_CLOSED = 0, 3, 4, 5
 
 
 def _poll_line(result: Any, started: float) -> str:
@@ -159,7 +160,8 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
                   model_name: str | None, as_json: bool) -> None:
     """Watch a canary (and its bake period) in the foreground; roll it back on a breach.
 
-    Exit 0 healthy, 3 rolled back (or would be, with --dry-run), 4 unverified or still undecided at --timeout.
+    Exit 0 healthy, 3 rolled back (or would be, with --dry-run), 4 unverified or still undecided at --timeout,
+    5 failed closed (metrics unreadable for MLCD_METRICS_BLIND_S: canary at 0 %, rollout paused).
     """
     import os
     import time
@@ -209,6 +211,24 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
             _fail(err)
         click.echo(f"version {out.version} rolled back; traffic on version {out.restored}. Reason: {result.reason}")
         raise SystemExit(EXIT_ROLLED_BACK)
+    if result.decision is Decision.BLIND:
+        if dry_run:
+            click.echo(f"FAIL CLOSED (dry run, nothing moved): {result.reason}")
+            raise SystemExit(EXIT_FAIL_CLOSED)
+        from mlcd.registry import ModelRegistry
+        from mlcd.rollout.failsafe import fail_closed
+        from mlcd.rollout.router import RouterError, router_from_settings
+
+        try:
+            router = router_from_settings(config.gateway_url)
+        except (RouterError, ValueError) as err:
+            _fail(err)
+        registry = ModelRegistry(tracking_uri or s.tracking_uri, model_name or s.model_name)
+        done = fail_closed(router, registry, str(result.state.version), f"mlcd watch: {result.reason}", _actor())
+        click.echo(f"failed closed: canary {done.version} at 0% ({'traffic safe' if done.traffic_safe else 'TRAFFIC NOT MOVED'}"
+                   f", {'rollout paused' if done.paused else 'pause NOT recorded'}). Reason: {result.reason}"
+                   + (f"; {done.error}" if done.error else ""))
+        raise SystemExit(EXIT_FAIL_CLOSED if done.traffic_safe else 1)
     if result.decision is Decision.UNVERIFIED:
         click.echo(f"unverified: {result.reason}")
         raise SystemExit(EXIT_UNVERIFIED)

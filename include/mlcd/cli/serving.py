@@ -16,7 +16,8 @@ def serve_command(port: int) -> None:
     click.echo(
         f"mlcd gateway for {config.model_name} on http://127.0.0.1:{port} "
         f"(registry {config.tracking_uri}, state {config.state_path}, "
-        f"admin {'enabled' if config.admin_token else 'disabled: set MLCD_ADMIN_TOKEN'})"
+        f"admin {'enabled' if config.admin_token else 'disabled: set MLCD_ADMIN_TOKEN'}, "
+        f"feedback {'enabled' if config.feedback_token else 'disabled: set MLCD_FEEDBACK_TOKEN'})"
     )
     serve(config, port)
 
@@ -41,7 +42,10 @@ def traffic_command(rate: float, duration: float, feedback: bool, clients: int, 
         require_loopback(target)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
-    report = run_traffic(target, rate, duration, feedback=feedback, clients=clients)
+    try:
+        report = run_traffic(target, rate, duration, feedback=feedback, clients=clients)
+    except ValueError as exc:  # e.g. --feedback without MLCD_FEEDBACK_TOKEN
+        raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
     if report.ok == 0:
         raise click.ClickException("no request succeeded")

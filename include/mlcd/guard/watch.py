@@ -11,7 +11,10 @@ and ``mlcd watch`` use. The engine's sequential test keeps the false-rollback ra
 * ``healthy``: done (bake period over with enough data and no failure, no canary within the grace period, or
   the version left serving without the guard: the rollout aborted it or a person moved it);
 * ``unverified``: the bake period ended without enough traffic to say anything: not healthy, not broken;
-* ``breach``: the engine failed the version; the verdict (every statistic, count and p-value) is the evidence.
+* ``breach``: the engine failed the version; the verdict (every statistic, count and p-value) is the evidence;
+* ``blind``: fail closed (:mod:`mlcd.rollout.failsafe`): the canary's metrics were unreadable for ``blind_s``
+  seconds, or its series vanished from a gateway that now serves nothing (restarted without its models): the
+  caller takes the canary to 0 % and pauses the rollout. No data is never read as healthy.
 
 Which version and phase is read from the gateway itself (``mlcd_gateway_model_info{variant, version}``), so a
 poll needs no registry call. After promotion (the watched version serves as ``stable`` alone) nothing is served
@@ -45,6 +48,7 @@ from mlcd.rollout.analysis import (
     GuardThresholds,
     GuardVerdict,
 )
+from mlcd.rollout.failsafe import METRICS_ERRORS, FailClosedReason, blind_for, default_blind_s
 from mlcd.rollout.metrics import (
     SeriesCounters,
     diff,
@@ -72,6 +76,12 @@ class Decision(str, Enum):
     HEALTHY = "healthy"
     UNVERIFIED = "unverified"
     BREACH = "breach"
+    BLIND = "blind"  # fail closed: metrics unreadable (or the canary's series gone) for blind_s
+
+
+class MetricsBlindError(OSError):
+    """The metrics stayed unreadable past ``blind_s`` before any canary was seen (an ``OSError``: callers count it
+    as a failed scrape)."""
 
 
 class StopReason(str, Enum):
@@ -83,6 +93,7 @@ class StopReason(str, Enum):
     BAKE_UNVERIFIED = "bake_unverified"  # the bake period ended without the version shown healthy
     NO_CANARY = "no_canary"  # nothing was served to watch within the grace period
     VERSION_RETIRED = "version_retired"  # the version left serving without the guard (aborted, moved by hand)
+    METRICS_BLIND = "metrics_blind"  # the metrics stayed unreadable too long: failed closed (mlcd.rollout.failsafe)
 
 
 class Phase(str, Enum):
@@ -104,6 +115,8 @@ class GuardConfig:
         bake_s: after promotion, how long the new champion is still watched.
         grace_s: with no canary served for this long after the guard started, there is nothing to watch.
         thresholds: the engine's limits.
+        blind_s: metrics unreadable this long while a canary is watched → ``blind`` (fail closed);
+            default ``MLCD_METRICS_BLIND_S`` or 30.
     """
 
     gateway_url: str
@@ -112,10 +125,13 @@ class GuardConfig:
     bake_s: float = 300.0
     grace_s: float = 300.0
     thresholds: GuardThresholds = field(default_factory=GuardThresholds)
+    blind_s: float = field(default_factory=default_blind_s)
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0 or self.bake_s < 0 or self.grace_s < 0:
             raise ValueError("poll_interval_s must be > 0, bake_s and grace_s >= 0")
+        if self.blind_s <= 0:
+            raise ValueError("blind_s must be > 0")
         if self.version is not None:
             object.__setattr__(self, "version", str(self.version))
 
@@ -137,6 +153,7 @@ class GuardState:
         promoted_at: when the version was first seen serving as stable.
         bake_requests: requests the version served alone in the bake period.
         failures: consecutive failed scrapes.
+        blind_since: when the metrics became unreadable (or the canary's series vanished); ``None`` while readable.
     """
 
     started_at: float = field(default_factory=time.time)
@@ -151,6 +168,7 @@ class GuardState:
     promoted_at: float | None = None
     bake_requests: float = 0.0
     failures: int = 0
+    blind_since: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +205,8 @@ class PollResult:
             object.__setattr__(self, "stop", failed)
         elif self.stop is None and self.decision is Decision.UNVERIFIED:
             object.__setattr__(self, "stop", StopReason.BAKE_UNVERIFIED)
+        elif self.stop is None and self.decision is Decision.BLIND:
+            object.__setattr__(self, "stop", StopReason.METRICS_BLIND)
         if self.decision is Decision.HEALTHY and self.stop is None:
             raise ValueError(f"a healthy end needs its StopReason: {self.reason}")
 
@@ -240,10 +260,22 @@ class Guard:
     def poll(self, state: GuardState | None = None) -> PollResult:
         """Scrape once and decide; the returned state goes into the next call."""
         state = GuardState.from_dict(state.to_dict()) if state else GuardState(started_at=self.clock())
-        scrape = self.scrape(self.config.gateway_url)  # errors propagate: the caller counts failures
-        state.failures = 0
+        try:
+            scrape = self.scrape(self.config.gateway_url)
+        except METRICS_ERRORS as exc:
+            # Fail closed: an unreadable source is never a pass; it ends in `blind` once it lasts blind_s.
+            state.failures += 1
+            return self._blind(state, FailClosedReason.METRICS_UNREADABLE,
+                               f"metrics of {self.config.gateway_url} unreadable: {type(exc).__name__}: {exc}")
         now = self.clock()
         served = scrape.served
+        if not served and state.phase != Phase.WAITING.value:
+            # A gateway that answers but serves no model (restarted without its models, unready): the watched
+            # version's series are gone. Before, this read as "version retired" and ended healthy.
+            state.failures += 1
+            return self._blind(state, FailClosedReason.CANARY_SERIES_MISSING,
+                               f"the gateway serves no model: version {state.version}'s series are gone")
+        state.failures, state.blind_since = 0, None
         canary_v, stable_v = served.get(CANARY), served.get(STABLE)
         last = snapshot_from_dict(state.last)
         last_weight = state.last_weight
@@ -314,6 +346,32 @@ class Guard:
                               result.state, result.verdict, StopReason.BAKE_COMPLETE)
         return result
 
+    def _blind(self, state: GuardState, why: FailClosedReason, detail: str) -> PollResult:
+        """One poll without usable metrics: keep watching until it has lasted ``blind_s``, then fail closed."""
+        now = self.clock()
+        if state.blind_since is None:
+            state.blind_since = now
+        blind = blind_for(state.blind_since, now)
+        version = state.version or self.config.version
+        if blind < self.config.blind_s:
+            return PollResult(Decision.WATCH, f"{why.value}: {detail} ({blind:.0f}s of {self.config.blind_s:.0f}s "
+                              "before failing closed)", state)
+        if state.phase == Phase.BAKE.value:
+            # A champion has no canary weight to take away: past its bake it is unverified, never healthy.
+            if now - (state.promoted_at or now) >= self.config.bake_s:
+                return PollResult(Decision.UNVERIFIED, f"bake_unverified: {why.value}: {detail} for {blind:.0f}s "
+                                  f"at the end of version {version}'s bake period", state)
+            return PollResult(Decision.WATCH, f"{why.value}: {detail} ({blind:.0f}s; baking)", state)
+        if version is None:
+            # Nothing known to take to 0 %: an error the caller counts (the trigger ends `scrape_failed`, the task
+            # fails and retries) rather than a quiet wait or, worse, "no canary: healthy" after the grace period.
+            raise MetricsBlindError(f"{why.value}: {detail} for {blind:.0f}s and no canary known yet: nothing to "
+                                    "fail closed on")
+        if state.version is None:
+            state.version = version
+        return PollResult(Decision.BLIND, f"{why.value}: {detail} for {blind:.0f}s (>= {self.config.blind_s:.0f}s): "
+                          f"failing closed, canary {version} to 0% and its rollout paused", state)
+
     def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, weight: float | None,
                role: str, skip: tuple[str, ...] = ()) -> PollResult:
         engine = Analysis(self.config.thresholds, state.analysis or None)
@@ -331,8 +389,9 @@ def watch(guard: Guard, timeout_s: float = 3600.0, sleep: Callable[[float], None
           max_failures: int = 5, on_poll: Callable[[PollResult], None] | None = None) -> PollResult:
     """Poll until a decision (the CLI, the bench and tests; the Airflow trigger runs its own async loop).
 
-    A scrape that fails is retried up to ``max_failures`` times in a row (a gateway restarting mid-rollout);
-    then the error propagates. ``timeout_s`` bounds the whole watch (``TimeoutError``).
+    A scrape that fails counts towards the fail-closed window (``blind_s``, inside :meth:`Guard.poll`);
+    any other ``OSError`` is retried up to ``max_failures`` times in a row, then propagates. ``timeout_s`` bounds
+    the whole watch (``TimeoutError``).
     """
     state: GuardState | None = None
     deadline = time.monotonic() + timeout_s

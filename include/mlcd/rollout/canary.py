@@ -9,6 +9,11 @@ keep adding up at this weight), abort (traffic back to stable, version rolled ba
 undecided (not a failure: traffic back to stable, the version stays eligible) or promote after the last step.
 The engine's state lives in the progress for the whole rollout, so alpha is spent once, not per step. The
 progress is a JSON-able dict, so a deferred task carries it.
+
+Fail closed (:mod:`mlcd.rollout.failsafe`): a scrape that fails, or finds the canary's series gone, is not judged;
+once that lasts the spec's ``blind_s`` the canary goes to 0 % through the router (no registry needed), the rollout
+is paused with the reason, and the task holds at 0 % (a pause never steps the weight back up) until a person
+resumes it; it then starts again from the first step.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from mlcd.registry.protocol import Registry
 from mlcd.registry.state import RolloutRecord, RolloutState
 from mlcd.registry.tags import TAG_ROLLBACK_REASON, Alias, Event
+from mlcd.rollout.failsafe import METRICS_ERRORS, FailClosedReason, blind_for
 from mlcd.rollout.metrics import (
     SeriesCounters,
     Snapshot,
@@ -92,6 +98,9 @@ class RolloutProgress:
         analysis: the engine's state for the whole rollout.
         verdict: the engine's latest verdict (``GuardVerdict.as_dict``).
         window_started: when the current window began.
+        blind_since: when the metrics became unreadable (or the canary's series vanished); ``None`` while read.
+        fail_closed_at: when this rollout failed closed (ISO, as the record's times); it holds at 0 % until a
+            ``resumed`` event newer than this.
     """
 
     version: str
@@ -107,6 +116,8 @@ class RolloutProgress:
     repeat: bool = False
     done: bool = False
     result: str = ""
+    blind_since: float | None = None
+    fail_closed_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,6 +153,37 @@ def observe(spec: RolloutSpec, p: RolloutProgress, snap: Snapshot) -> Outcome:
     p.window = {"canary": (window.get("canary", SeriesCounters()) + canary).to_dict(),
                 "stable": (window.get("stable", SeriesCounters()) + stable).to_dict()}
     return verdict.outcome
+
+
+def note_scrape(spec: RolloutSpec, p: RolloutProgress, snap: Snapshot | None, now: float | None = None
+                ) -> tuple[Snapshot | None, str]:
+    """Blindness bookkeeping for one scrape (pure: no I/O); the trigger and :class:`CanaryRollout` share it.
+
+    Args:
+        snap: the scrape, or ``None`` when it failed.
+
+    Returns:
+        ``(snapshot to judge or None, why it is not usable)``; ``p.blind_since`` is set on the first unusable
+        scrape and cleared by a usable one. A canary series present at the last scrape and gone now (a gateway
+        restarted without its models) is unusable, never "no traffic".
+    """
+    now = time.time() if now is None else now
+    why = ""
+    if snap is None:
+        why = FailClosedReason.METRICS_UNREADABLE.value
+    elif ("canary", p.version) in snapshot_from_dict(p.last) and ("canary", p.version) not in snap:
+        why = FailClosedReason.CANARY_SERIES_MISSING.value
+    if why:
+        if p.blind_since is None:
+            p.blind_since = now
+        return None, why
+    p.blind_since = None
+    return snap, ""
+
+
+def blind_expired(spec: RolloutSpec, p: RolloutProgress, now: float | None = None) -> bool:
+    """True once the metrics have been unusable for the spec's fail-closed window."""
+    return p.blind_since is not None and blind_for(p.blind_since, time.time() if now is None else now) >= spec.blind_s
 
 
 def window_outcome(spec: RolloutSpec, p: RolloutProgress) -> StepVerdict:
@@ -191,6 +233,7 @@ class CanaryRollout:
         self.dag_run_id = dag_run_id
         self.scrape = scrape
         self._paused = False
+        self._blind_why = ""
 
     # -- record -------------------------------------------------------------------------------------------
     def _state(self, version: str) -> RolloutState:
@@ -208,8 +251,18 @@ class CanaryRollout:
             return True
         if state is not RolloutState.CANARY:
             raise RolloutStopped(f"version {p.version} is {state.value}, no longer a canary", EndReason.NOT_A_CANARY)
-        self._paused = is_paused(record)  # read with the record: a pause holds the weight (mlcd pause)
+        # Read with the record: a pause holds the weight (mlcd pause, or this rollout failing closed, which
+        # holds even when MLflow was down as it paused: until a resume newer than it).
+        resumed = record.last_event(Event.RESUMED)
+        if p.fail_closed_at and resumed is not None and str(resumed.get("t", "")) > p.fail_closed_at:
+            p.fail_closed_at, p.blind_since = "", None  # resumed by a person: start again from the first step
+        self._paused = is_paused(record) or bool(p.fail_closed_at)
         return False
+
+    @property
+    def paused(self) -> bool:
+        """Paused (by a person, or failed closed): the weight is held."""
+        return self._paused
 
     def _event(self, version: str, event: Event, details: dict[str, Any]) -> None:
         self.registry.record_event(version, event.value, details, actor=self.actor, dag_run_id=self.dag_run_id)
@@ -250,16 +303,24 @@ class CanaryRollout:
         if self._check_record(p):
             p.done, p.result = True, "promoted by someone else during the rollout"
             return p
-        stay = (p.repeat and p.weight > 0) or self._paused
-        target = p.weight if stay else next_weight(self.spec, p.weight)
-        if target is None:
-            raise ValueError(f"rollout of {p.version} is past its last step")
-        self._move(p, target)
+        if self._paused:
+            # A pause holds the weight the router has now: after failing closed that is 0 %, and stepping back to
+            # the progress' weight would undo it.
+            target = self._routed_weight(p)
+        else:
+            stay = p.repeat and p.weight > 0
+            step = p.weight if stay else next_weight(self.spec, p.weight)
+            if step is None:
+                raise ValueError(f"rollout of {p.version} is past its last step")
+            target = step
+            self._move(p, target)
         if target != p.weight:
             p.window, p.held = {}, 0  # a new weight: its own counts (a stretched window keeps adding up)
         p.weight, p.repeat = target, False
         # The interval starts after the weight is set: each window is one stratum at one weight.
-        p.last = snapshot_to_dict(self.scrape(self.metrics_url))
+        snap = self._scrape(p)
+        if snap is not None:
+            p.last = snapshot_to_dict(snap)
         p.window_started = time.time()  # this window's start: the trigger waits a full window from here
         log.info("canary %s at %d%% (stable %s), window %.0fs", p.version, target, p.stable,
                  self.spec.analysis_window_s)
@@ -281,9 +342,51 @@ class CanaryRollout:
             raise RolloutStopped(f"routes moved while canary {p.version} stepped to {target}%: {exc}; "
                                  "traffic left where it is", EndReason.ROUTES_MOVED) from None
 
+    def _routed_weight(self, p: RolloutProgress) -> int:
+        """The canary's weight as routed now (a paused rollout holds it); stop if it is no longer routed."""
+        routes = self.router.get_routes()
+        if routes.canary != p.version or routes.stable != str(p.stable):
+            raise RolloutStopped(f"routes moved during the rollout (stable {routes.stable}, canary {routes.canary}): "
+                                 f"canary {p.version} is no longer routed; traffic left where it is", EndReason.ROUTES_MOVED)
+        return int(routes.canary_weight)
+
+    def _scrape(self, p: RolloutProgress) -> Snapshot | None:
+        """Scrape once; ``None`` (and fail closed once blind too long) when the metrics cannot be used."""
+        try:
+            snap: Snapshot | None = self.scrape(self.metrics_url)
+        except METRICS_ERRORS as exc:
+            log.warning("canary %s: metrics of %s unreadable: %s: %s", p.version, self.metrics_url,
+                        type(exc).__name__, exc)
+            snap = None
+        usable, why = note_scrape(self.spec, p, snap)
+        if usable is None:
+            self._blind_why = why
+            if blind_expired(self.spec, p) and not p.fail_closed_at:
+                self._fail_closed(p, why)
+        return usable
+
+    def _fail_closed(self, p: RolloutProgress, why: str) -> None:
+        """Canary to 0 % (router only), rollout paused with the reason; the task then holds while paused."""
+        from mlcd.registry.base import now_iso
+        from mlcd.rollout.failsafe import fail_closed
+
+        blind = blind_for(p.blind_since, time.time())
+        reason = (f"{why}: canary {p.version}'s metrics at {self.metrics_url} unusable for {blind:.0f}s "
+                  f"(>= {self.spec.blind_s:.0f}s) at {p.weight}%: failed closed, canary at 0%, rollout paused")
+        done = fail_closed(self.router, self.registry, p.version, reason, self.actor, self.dag_run_id)
+        if not done.traffic_safe:
+            # Neither metrics nor router: nothing here can make traffic safe; the task's retry tries again.
+            raise RuntimeError(f"{reason}; but {done.error}")
+        p.fail_closed_at, p.weight, p.repeat, self._paused = now_iso(), 0, False, True
+        p.window, p.held = {}, 0
+        log.warning("%s%s", reason, f" ({done.error})" if done.error else "")
+
     def poll(self, p: RolloutProgress) -> Outcome:
         """One scrape within the window (``run_rollout`` and the window trigger call this every poll)."""
-        return observe(self.spec, p, self.scrape(self.metrics_url))
+        snap = self._scrape(p)
+        if snap is None:
+            return Outcome.INCONCLUSIVE  # no data is never a pass; blind for long enough: failed closed
+        return observe(self.spec, p, snap)
 
     def finish_step(self, p: RolloutProgress) -> StepResult:
         """Judge the window that began in :meth:`begin_step`, record it, and act on the verdict."""
@@ -295,9 +398,16 @@ class CanaryRollout:
             # Paused by a person: the window is neither judged nor counted; the next step holds the weight.
             self._event(p.version, Event.CANARY_STEP_HELD, {"weight": p.weight})
             p.repeat = True
-            held = StepVerdict(Outcome.INCONCLUSIVE, (f"paused at {p.weight}%: weight held",))
+            why = f"failed closed at {p.fail_closed_at}, " if p.fail_closed_at else ""
+            held = StepVerdict(Outcome.INCONCLUSIVE, (f"{why}paused at {p.weight}%: weight held until resumed",))
             return StepResult(Action.REPEAT, held, p)
         self.poll(p)
+        if self._paused:  # the window's last scrape found the metrics blind too long: failed closed, hold at 0 %
+            self._event(p.version, Event.CANARY_STEP_HELD, {"weight": p.weight, "fail_closed": True})
+            p.repeat = True
+            held = StepVerdict(Outcome.INCONCLUSIVE, (f"failed closed ({self._blind_why}): canary at 0%, "
+                                                      "rollout paused",))
+            return StepResult(Action.REPEAT, held, p)
         verdict = window_outcome(self.spec, p)
         p.outcomes.append(verdict.outcome.value)
         if verdict.outcome is Outcome.INCONCLUSIVE:
@@ -346,9 +456,20 @@ class CanaryRollout:
         raise RolloutUndecided(reason)
 
     def _promote(self, p: RolloutProgress, verdict: StepVerdict) -> None:
+        # The routes are read before the registry moves and set compare-and-set after: a rollback (the guard, a
+        # separate DAG) that lands in between has moved traffic to stable, and it must not be undone here.
+        routes = self.router.get_routes()
+        if routes.canary != p.version or routes.stable != str(p.stable):
+            raise RolloutStopped(f"routes moved before canary {p.version} was promoted (stable {routes.stable}, "
+                                 f"canary {routes.canary}): not promoted; traffic left where it is", EndReason.ROUTES_MOVED)
         self.registry.promote(p.version, self.actor, f"canary passed {len(p.outcomes)} analysis windows",
                               self.dag_run_id, {"outcomes": p.outcomes, "last": verdict.to_dict()})
-        self.router.set_routes(p.version, None, 0)
+        try:
+            self.router.set_routes(p.version, None, 0, expected_generation=routes.generation)
+        except RouteConflict as exc:
+            raise RolloutStopped(f"routes moved while canary {p.version} was promoted: {exc}; traffic left where "
+                                 "the other writer put it (reconcile and the guard settle the registry)",
+                                 EndReason.ROUTES_MOVED) from None
         p.done, p.result = True, f"promoted to champion after {len(p.outcomes)} windows"
 
 
@@ -387,8 +508,8 @@ def run_rollout(rollout: CanaryRollout, version: str, reason: str, sleep: Callab
         while waited + rollout.spec.poll_interval_s < rollout.spec.analysis_window_s:
             sleep(rollout.spec.poll_interval_s)
             waited += rollout.spec.poll_interval_s
-            if rollout.poll(p) is Outcome.FAIL:
-                break  # overwhelming evidence: finish the window now
+            if rollout.poll(p) is Outcome.FAIL or rollout.paused:
+                break  # overwhelming evidence, or failed closed: finish the window now
         else:
             sleep(rollout.spec.analysis_window_s - waited)
         p = rollout.finish_step(p).progress

@@ -58,6 +58,8 @@ class RolloutSpec:
         on_undecided: ``"retreat"`` (traffic back to stable only; the version stays a canary, eligible for
             another try) or ``"hold"`` (keep its weight); either way the rollout stops and says so.
         thresholds: further overrides of :class:`mlcd.rollout.analysis.GuardThresholds`.
+        metrics_blind_s: fail closed (canary to 0 %, rollout paused) when the metrics stay unreadable, or the
+            canary's series vanish, for this many seconds; ``None``: ``MLCD_METRICS_BLIND_S`` or 30.
 
     The window's pass needs ``min_requests`` canary and ``min_stable_requests`` concurrent stable requests at
     this weight; the engine judges errors, latency (side by side only), predicted classes and live accuracy;
@@ -77,6 +79,7 @@ class RolloutSpec:
     alpha: float = 0.001
     on_undecided: str = "retreat"
     thresholds: Mapping[str, Any] = field(default_factory=dict)
+    metrics_blind_s: float | None = None
 
     def __post_init__(self) -> None:
         steps = tuple(int(s) for s in self.steps)
@@ -98,6 +101,15 @@ class RolloutSpec:
         if self.on_undecided not in UNDECIDED_ACTIONS:
             raise ValueError(f"on_undecided must be one of {UNDECIDED_ACTIONS}, got {self.on_undecided!r}")
         object.__setattr__(self, "thresholds", dict(self.thresholds or {}))
+        if self.metrics_blind_s is not None and not float(self.metrics_blind_s) > 0:
+            raise ValueError(f"metrics_blind_s must be > 0 seconds, got {self.metrics_blind_s!r}")
+
+    @property
+    def blind_s(self) -> float:
+        """The fail-closed window: the spec's ``metrics_blind_s``, else ``MLCD_METRICS_BLIND_S``, else 30 s."""
+        from mlcd.rollout.failsafe import default_blind_s
+
+        return float(self.metrics_blind_s) if self.metrics_blind_s is not None else default_blind_s()
 
     @property
     def max_window_s(self) -> float:

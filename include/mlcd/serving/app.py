@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import random
+import secrets
 import signal
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
@@ -154,6 +154,12 @@ class Gateway:
         self.ready_error: str | None = "starting"
         self._admin_lock = asyncio.Lock()
         self._feedback: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
+        self._labelled: OrderedDict[str, None] = OrderedDict()  # ids already labelled: a replay is refused
+        # Prediction ids are signed: a label is taken only for an id this gateway (or a replica sharing the
+        # secret) issued. Without a configured secret the key lives and dies with this process, as its ids do.
+        secret = config.gateway_secret
+        self._id_key = hashlib.sha256(b"mlcd-prediction-id:" + secret.encode()).digest() if secret \
+            else secrets.token_bytes(32)
         self._retiring: set[asyncio.Task[None]] = set()
         self.drift: Any = None  # a mlcd.guard.drift.DriftMonitor once started (config.drift)
 
@@ -385,7 +391,7 @@ class Gateway:
         """Count each image's predicted class and keep a prediction id per image for ``/feedback``."""
         ids = []
         for cls in served.classes.tolist():
-            pid = uuid.uuid4().hex
+            pid = self.issue_id()
             self._remember(pid, (served.version, served.variant, cls))
             self.metrics.predictions.labels(served.version, served.variant, str(cls)).inc()
             ids.append(pid)
@@ -397,20 +403,43 @@ class Gateway:
             {"prediction_id": pid, "class": cls, "probabilities": row}
             for pid, cls, row in zip(ids, served.classes.tolist(), served.probs.tolist(), strict=True)
         ]
-        return {
-            "model": self.config.model_name,
-            "version": served.version,
-            "variant": served.variant,
-            "fallback": served.fallback,
-            "predictions": predictions,
-        }
+        answer: dict[str, Any] = {"model": self.config.model_name}
+        if self.config.expose_variant:  # MLCD_EXPOSE_VARIANT=false: a client cannot tell the canary's answers
+            answer.update({"version": served.version, "variant": served.variant, "fallback": served.fallback})
+        answer["predictions"] = predictions
+        return answer
+
+    def issue_id(self) -> str:
+        """A prediction id: 96 random bits and their HMAC-SHA256 (128 bits) under the gateway's key."""
+        nonce = secrets.token_hex(12)
+        return f"{nonce}.{self._mac(nonce)}"
+
+    def _mac(self, nonce: str) -> str:
+        return hmac.new(self._id_key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def signed(self, pid: str) -> bool:
+        """True when ``pid`` carries a valid signature of this gateway's key (constant-time compare)."""
+        nonce, dot, mac = pid.partition(".")
+        if not dot or len(nonce) != 24 or len(mac) != 32:
+            return False
+        return hmac.compare_digest(mac.encode(), self._mac(nonce).encode())
 
     def _remember(self, pid: str, record: tuple[str, str, int]) -> None:
         self._feedback[pid] = record
         if len(self._feedback) > self.config.feedback_capacity:
             self._feedback.popitem(last=False)
 
+    def check_feedback(self, authorization: str | None) -> None:
+        """``/feedback`` takes its own bearer token (``MLCD_FEEDBACK_TOKEN``), never the admin token."""
+        token = self.config.feedback_token
+        if not token:
+            raise RequestError(403, "feedback disabled: MLCD_FEEDBACK_TOKEN is not configured")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise RequestError(401, "missing or wrong feedback token (Authorization: Bearer $MLCD_FEEDBACK_TOKEN)")
+
     def feedback(self, payload: Any) -> dict[str, Any]:
+        """Count one label against the prediction it names: only for an id this gateway signed, only once."""
         if not isinstance(payload, dict):
             raise RequestError(422, "body must be a JSON object with 'prediction_id' and 'label'")
         pid, label = payload.get("prediction_id"), payload.get("label")
@@ -418,13 +447,23 @@ class Gateway:
             raise RequestError(422, "'prediction_id' must be a non-empty string")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
             raise RequestError(422, "'label' must be an integer class in 0..9")
+        if not self.signed(pid):
+            raise RequestError(403, "prediction_id was not issued by this gateway (bad signature)")
         record = self._feedback.pop(pid, None)
         if record is None:
-            raise RequestError(404, "unknown or already-labelled prediction_id")
+            if pid in self._labelled:
+                raise RequestError(409, "prediction_id already labelled: a label is taken once")
+            raise RequestError(404, "unknown or expired prediction_id")
+        self._labelled[pid] = None
+        if len(self._labelled) > self.config.feedback_capacity:
+            self._labelled.popitem(last=False)
         version, variant, predicted = record
         correct = predicted == label
         self.metrics.record_feedback(version, variant, correct)
-        return {"prediction_id": pid, "version": version, "variant": variant, "correct": correct}
+        answer: dict[str, Any] = {"prediction_id": pid, "correct": correct}
+        if self.config.expose_variant:
+            answer.update({"version": version, "variant": variant})
+        return answer
 
     def check_admin(self, authorization: str | None) -> None:
         token = self.config.admin_token
@@ -600,6 +639,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
 
     @app.post("/feedback")
     async def feedback(request: Request) -> JSONResponse:
+        gateway.check_feedback(request.headers.get("authorization"))  # before the body is even read
         payload = await _read_json(request, 4096)
         return JSONResponse(gateway.feedback(payload))
 

@@ -27,6 +27,13 @@ class GatewayConfig:
         pinned_variant: the variant label a pinned gateway reports in its metrics.
         drift: score ``/predict`` images for input drift and export it on ``/metrics``
             (``MLCD_DRIFT=off`` disables it; off by default for gateways built in code).
+        feedback_token: bearer token of ``/feedback`` (``MLCD_FEEDBACK_TOKEN``), separate from the admin token;
+            ``None`` refuses every label (labels steer the guard, so nobody may send them unasked).
+        gateway_secret: HMAC key that signs prediction ids (``MLCD_GATEWAY_SECRET``; every replica behind one
+            route needs the same); ``None``: a random key per process (ids die with the process anyway).
+        expose_variant: answers say which version and variant served them (``MLCD_EXPOSE_VARIANT``; false
+            hides ``version``/``variant``/``fallback`` from ``/predict`` and the V2 answers, so a client cannot
+            single out the canary).
     """
 
     model_name: str
@@ -41,6 +48,9 @@ class GatewayConfig:
     pinned_version: str | None = None
     pinned_variant: str = "stable"
     drift: bool = False
+    feedback_token: str | None = None
+    gateway_secret: str | None = None
+    expose_variant: bool = True
 
     def __post_init__(self) -> None:
         # Prometheus sums each variant's pods by this label: a typo would hide a canary from the analysis.
@@ -59,6 +69,10 @@ class GatewayConfig:
             "pinned_version": os.environ.get("MLCD_SERVE_VERSION") or None,
             "pinned_variant": os.environ.get("MLCD_SERVE_VARIANT") or "stable",
             "drift": (os.environ.get("MLCD_DRIFT") or "on").strip().lower() not in ("off", "0", "false", "no"),
+            "feedback_token": os.environ.get("MLCD_FEEDBACK_TOKEN") or None,
+            "gateway_secret": os.environ.get("MLCD_GATEWAY_SECRET") or None,
+            "expose_variant": (os.environ.get("MLCD_EXPOSE_VARIANT") or "true").strip().lower()
+            not in ("off", "0", "false", "no"),
         }
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]

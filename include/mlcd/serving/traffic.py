@@ -67,6 +67,7 @@ async def _run(
     labels: np.ndarray | None,
     clients: int,
     seed: int,
+    feedback_token: str | None = None,
 ) -> TrafficReport:
     import httpx
 
@@ -75,6 +76,7 @@ async def _run(
     sem = asyncio.Semaphore(MAX_INFLIGHT)
     tasks: set[asyncio.Task[None]] = set()
     limits = httpx.Limits(max_connections=MAX_INFLIGHT, max_keepalive_connections=MAX_INFLIGHT)
+    auth = {"Authorization": f"Bearer {feedback_token}"} if feedback_token else {}
     async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
 
         async def one(i: int) -> None:
@@ -89,12 +91,14 @@ async def _run(
                     return
                 body = resp.json()
                 report.ok += 1
-                report.by_variant[body["variant"]] += 1
-                report.by_version[body["version"]] += 1
+                # A gateway with MLCD_EXPOSE_VARIANT=false does not say who answered.
+                report.by_variant[body.get("variant", "hidden")] += 1
+                report.by_version[body.get("version", "hidden")] += 1
                 if labels is not None:
                     pred = body["predictions"][0]
                     fb = await client.post(
-                        "/feedback", json={"prediction_id": pred["prediction_id"], "label": int(labels[i])}
+                        "/feedback", json={"prediction_id": pred["prediction_id"], "label": int(labels[i])},
+                        headers=auth,
                     )
                     if fb.status_code == 200:
                         report.feedback_sent += 1
@@ -133,6 +137,7 @@ def run_traffic(
     seed: int = 0,
     images: np.ndarray | None = None,
     labels: np.ndarray | None = None,
+    feedback_token: str | None = None,
 ) -> TrafficReport:
     """Send ``rate`` single-image requests per second for ``duration`` seconds to a loopback gateway.
 
@@ -143,6 +148,8 @@ def run_traffic(
         feedback: post the true label of each answered image to ``/feedback``.
         clients: send a ``client_id`` drawn from this many clients (sticky routing); 0 sends none.
         images, labels: the images to send (default: the reference test set).
+        feedback_token: the gateway's ``/feedback`` token (default ``MLCD_FEEDBACK_TOKEN``); feedback without
+            one is refused here, in one line, rather than by every request.
     """
     url = require_loopback(url)
     if not 0 < rate <= MAX_RATE:
@@ -154,4 +161,11 @@ def run_traffic(
 
         ref = load_reference()
         images, labels = ref.x_test, ref.y_test
-    return asyncio.run(_run(url, rate, duration, images, labels if feedback else None, clients, seed))
+    if feedback:
+        import os
+
+        feedback_token = feedback_token or os.environ.get("MLCD_FEEDBACK_TOKEN") or None
+        if not feedback_token:
+            raise ValueError("feedback needs the gateway's feedback token: set MLCD_FEEDBACK_TOKEN")
+    return asyncio.run(_run(url, rate, duration, images, labels if feedback else None, clients, seed,
+                            feedback_token if feedback else None))

@@ -192,7 +192,8 @@ def _input_tensor(tensor: dict[str, Any], tail: bytes, max_images: int) -> tuple
     return check_pixels(arr.reshape(n, 28, 28), status=400), used
 
 
-def encode_outputs(req: InferRequest, served: Served, model_name: str, ids: list[str]) -> tuple[bytes, dict[str, str]]:
+def encode_outputs(req: InferRequest, served: Served, model_name: str, ids: list[str],
+                   expose_variant: bool = True) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (``Inference-Header-Content-Length`` when any output is binary)."""
     arrays = {
         "probabilities": np.ascontiguousarray(served.probs, dtype="<f4"),
@@ -211,12 +212,13 @@ def encode_outputs(req: InferRequest, served: Served, model_name: str, ids: list
         else:
             entry["data"] = arr.ravel().tolist()
         outputs.append(entry)
-    answer: dict[str, Any] = {
-        "model_name": model_name,
-        "model_version": served.version,
-        "parameters": {"variant": served.variant, "fallback": served.fallback, "prediction_ids": ",".join(ids)},
-        "outputs": outputs,
-    }
+    answer: dict[str, Any] = {"model_name": model_name}
+    if expose_variant:  # MLCD_EXPOSE_VARIANT=false: neither the version nor the variant is told to the client
+        answer["model_version"] = served.version
+        answer["parameters"] = {"variant": served.variant, "fallback": served.fallback, "prediction_ids": ",".join(ids)}
+    else:
+        answer["parameters"] = {"prediction_ids": ",".join(ids)}
+    answer["outputs"] = outputs
     if req.request_id is not None:
         answer["id"] = req.request_id
     head = json.dumps(answer, separators=(",", ":")).encode()
@@ -302,7 +304,7 @@ def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
         # The gateway's one JSON parser: one-line 400s, and large headers parsed off the event loop.
         req = parse_infer(await parse_json_body(head), tail, config.max_batch_images)
         served = await gateway.route(req.x, req.client_id, version)
-        content, headers = encode_outputs(req, served, name, gateway.remember(served))
+        content, headers = encode_outputs(req, served, name, gateway.remember(served), config.expose_variant)
         return Response(content, headers=headers)
 
     @app.post("/v2/models/{name}/infer")
