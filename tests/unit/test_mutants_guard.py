@@ -7,7 +7,6 @@ metrics registry). Each test names the behaviour it checks.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -170,20 +169,24 @@ def test_the_reference_cache_is_named_by_a_safe_snapshot_id_only(tmp_path: Path)
 
 
 def test_the_reference_is_fitted_from_the_served_snapshot_then_read_from_its_cache(tmp_path: Path) -> None:
-    snap = tmp_path / "snapshots" / "snap1"
-    snap.mkdir(parents=True)
+    import shutil
+
+    from mlcd.data.snapshot import load_split, write_arrays_snapshot
+
     images = _digits(300, seed=2)
-    np.savez(snap / "train.npz", x=images, y=np.zeros(300, dtype=np.int64))
-    fitted = load_or_fit_reference(tmp_path, "snap1")
-    cache = reference_cache_path(tmp_path, "snap1")
-    assert cache.exists() and fitted.n_reference == 300
-    assert fitted.pixel_mean == pytest.approx(DriftReference.fit(images).pixel_mean)
+    snap = write_arrays_snapshot(images, np.zeros(300, dtype=np.int64), tmp_path / "snapshots")
+    train = load_split(snap, "train")[0]
+    storage_url = tmp_path.as_uri()
+    fitted = load_or_fit_reference(tmp_path, snap.snapshot_id, storage_url)
+    cache = reference_cache_path(tmp_path, snap.snapshot_id)
+    assert cache.exists() and fitted.n_reference == len(train) < 300  # the snapshot's train split, not all
+    assert fitted.pixel_mean == pytest.approx(DriftReference.fit(train).pixel_mean)
     cache.write_bytes(b"corrupt")  # a corrupt cache is refitted, not fatal
-    assert load_or_fit_reference(tmp_path, "snap1").anomaly_threshold == fitted.anomaly_threshold
-    assert DriftReference.load(cache).n_reference == 300  # and written again
-    (snap / "train.npz").unlink()  # from now on only the cache can answer
-    again = load_or_fit_reference(tmp_path, "snap1")
-    assert again.n_reference == 300 and again.anomaly_threshold == fitted.anomaly_threshold
+    assert load_or_fit_reference(tmp_path, snap.snapshot_id, storage_url).anomaly_threshold == fitted.anomaly_threshold
+    assert DriftReference.load(cache).n_reference == len(train)  # and written again
+    shutil.rmtree(snap.path)  # from now on only the cache can answer
+    again = load_or_fit_reference(tmp_path, snap.snapshot_id, storage_url)
+    assert again.n_reference == len(train) and again.anomaly_threshold == fitted.anomaly_threshold
 
 
 def test_drift_gauges_are_read_from_the_gateway_and_none_without_them() -> None:
@@ -204,14 +207,12 @@ def test_drift_gauges_are_read_from_the_gateway_and_none_without_them() -> None:
         assert read_drift(url) is None
 
 
-def test_a_drift_signal_is_sent_once_per_cooldown_and_recorded_in_a_new_folder(tmp_path: Path) -> None:
-    state = tmp_path / "new" / "folder" / "drift.json"
-    assert should_signal(state, 600, now=1000.0) is True
-    assert json.loads(state.read_text()) == {"last_signal": 1000.0}
-    assert should_signal(state, 600, now=1599.0) is False
-    assert should_signal(state, 600, now=1600.0) is True
-    state.write_text("not json")
-    assert should_signal(state, 600, now=1601.0) is True  # an unreadable record never blocks a signal
+def test_a_drift_signal_is_sent_once_per_cooldown_and_recorded_in_the_state_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new-state.sqlite'}"  # a fresh database: the schema is created on first use
+    assert should_signal(600, now=1000.0, url=url) is True
+    assert should_signal(600, now=1599.0, url=url) is False
+    assert should_signal(600, now=1600.0, url=url) is True
+    assert should_signal(600, now=1601.0, url=url) is False  # the 1600 signal started a new cooldown
 
 
 # ------------------------------------------------------------------------------------------------ guard polls

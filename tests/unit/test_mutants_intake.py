@@ -141,7 +141,7 @@ def test_the_report_as_a_dict_and_its_summary_name_every_batch_and_the_snapshot(
     lines = report.summary_lines()
     assert lines[0].startswith("accepted     good.npz (600 images")
     assert lines[1].startswith("quarantined  bad.npz")
-    assert lines[-1] == f"snapshot     {report.snapshot_id} {report.counts} at {report.snapshot_path}"
+    assert lines[-1] == f"snapshot     {report.snapshot_id} {report.counts} at {report.snapshot_uri or report.snapshot_path}"
     assert IntakeReport().summary_lines() == []
 
 
