@@ -46,6 +46,8 @@ def mlcd_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("MLCD_HOME", str(home))
     monkeypatch.delenv("MLCD_LANDING_URI", raising=False)
+    monkeypatch.delenv("MLCD_STORAGE_URL", raising=False)  # storage defaults to this home, whatever the shell says
+    monkeypatch.delenv("MLCD_STORAGE_OPTIONS", raising=False)
     return home
 
 

@@ -49,9 +49,32 @@ class Settings:
     settle_s: float = 5.0  # a landed file is taken once unchanged (size, mtime) for this long
     # SQL database of the registry lease (MLCD_LEDGER_URL); None = the ledger's SQLite file.
     ledger_url: str | None = None
+    # Where the canary task and the guard read the gateways' counters (mlcd.rollout.providers): "gateway" (its
+    # own /metrics, MLCD_GATEWAY_URL) or "prometheus" (MLCD_PROMETHEUS_URL; a cluster with a Deployment per variant).
+    metrics_provider: str = "gateway"
+    prometheus_url: str | None = None
+    prometheus_selector: str = ""  # extra label matchers, e.g. namespace="mlcd" (MLCD_PROMETHEUS_SELECTOR)
+    prometheus_lookback: str = "1h"  # a vanished pod's final counts stay in the sums this long
     # mlcd_retrain param defaults (MLCD_RETRAIN_DEFAULTS, a JSON object): `make demo` on a small dataset sets them.
     retrain_defaults: dict[str, Any] = field(default_factory=dict)
     project_root: Path = field(default_factory=_project_root)
+    # Where batches, quarantine copies, snapshots and Data Docs live (MLCD_STORAGE_URL, see mlcd.storage): a
+    # file:// folder by default (MLCD_HOME), an object store (s3://bucket/prefix) on a cluster; its fsspec
+    # options (MLCD_STORAGE_OPTIONS, a JSON object: endpoint_url, ...). Empty url: file:// + home.
+    storage_url: str = ""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage_root(self) -> Path:
+        """The local folder of a file:// storage URL; MLCD_HOME when storage is remote (local scratch only)."""
+        url = self.storage_url or f"file://{self.home}"
+        if url.startswith("file://"):
+            return Path(url[len("file://") :])
+        return self.home if "://" in url else Path(url)
+
+    @property
+    def storage_is_local(self) -> bool:
+        return not self.storage_url or "://" not in self.storage_url or self.storage_url.startswith("file://")
 
     @property
     def ledger_path(self) -> Path:
@@ -59,20 +82,21 @@ class Settings:
 
     @property
     def quarantine_dir(self) -> Path:
-        return self.home / "quarantine"
+        return self.storage_root / "quarantine"
 
     @property
     def accepted_dir(self) -> Path:
         """Content-addressed copies of accepted batches: snapshots are built from these."""
-        return self.home / "batches"
+        return self.storage_root / "batches"
 
     @property
     def snapshots_dir(self) -> Path:
-        return self.home / "snapshots"
+        return self.storage_root / "snapshots"
 
     @property
     def data_docs_dir(self) -> Path:
-        return self.home / "data_docs"
+        """Where GX renders the site: the storage folder itself, or a local render folder uploaded to storage."""
+        return self.storage_root / "data_docs"
 
     @property
     def logs_dir(self) -> Path:
@@ -118,9 +142,14 @@ def load_settings() -> Settings:
     """Read the environment now (tests call this after changing ``MLCD_*``)."""
     root = _project_root()
     home = Path(_env("MLCD_HOME", str(root / ".mlcd"))).expanduser().resolve()  # type: ignore[arg-type]
+    storage_url = _storage_url(_env("MLCD_STORAGE_URL"), home)
+    if storage_url.startswith("file://"):
+        default_landing = str(Path(storage_url[len("file://") :]) / "landing")  # a plain path, as always
+    else:
+        default_landing = storage_url + "/landing"
     return Settings(
         home=home,
-        landing_uri=_env("MLCD_LANDING_URI", str(home / "landing")),  # type: ignore[arg-type]
+        landing_uri=_env("MLCD_LANDING_URI", default_landing),  # type: ignore[arg-type]
         model_name=_env("MLCD_MODEL_NAME", DEFAULT_MODEL_NAME),  # type: ignore[arg-type]
         tracking_uri=_env("MLFLOW_TRACKING_URI", _env("MLCD_MLFLOW_URI", "http://127.0.0.1:5000")),  # type: ignore[arg-type]
         training_backend=_env("MLCD_TRAINING_BACKEND", "local"),  # type: ignore[arg-type]
@@ -136,9 +165,39 @@ def load_settings() -> Settings:
         max_compression_ratio=float(_env("MLCD_MAX_COMPRESSION_RATIO", "100")),  # type: ignore[arg-type]
         settle_s=float(_env("MLCD_SETTLE_S", "5")),  # type: ignore[arg-type]
         ledger_url=_env("MLCD_LEDGER_URL"),
+        metrics_provider=(_env("MLCD_METRICS_PROVIDER", "gateway") or "gateway").strip().lower(),
+        prometheus_url=_env("MLCD_PROMETHEUS_URL"),
+        prometheus_selector=_env("MLCD_PROMETHEUS_SELECTOR", "") or "",
+        prometheus_lookback=_env("MLCD_PROMETHEUS_LOOKBACK", "1h") or "1h",
         retrain_defaults=parse_retrain_defaults(_env("MLCD_RETRAIN_DEFAULTS")),
         project_root=root,
+        storage_url=storage_url,
+        storage_options=parse_storage_options(_env("MLCD_STORAGE_OPTIONS")),
     )
+
+
+def _storage_url(raw: str | None, home: Path) -> str:
+    """``MLCD_STORAGE_URL`` as a URL without a trailing slash; a plain path or none is a ``file://`` folder."""
+    if not raw:
+        return f"file://{home}"
+    if "://" not in raw:
+        return f"file://{Path(raw).expanduser().resolve()}"
+    if raw.startswith("file://"):
+        return f"file://{Path(raw[len('file://') :]).expanduser().resolve()}"
+    return raw.rstrip("/")
+
+
+def parse_storage_options(raw: str | None) -> dict[str, Any]:
+    """``MLCD_STORAGE_OPTIONS`` (fsspec storage options as a JSON object); anything else is refused in one line."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"MLCD_STORAGE_OPTIONS is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("MLCD_STORAGE_OPTIONS must be a JSON object of fsspec storage options")
+    return value
 
 
 def get_settings() -> Settings:

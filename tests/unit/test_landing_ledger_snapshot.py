@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,8 +59,8 @@ def test_ledger_records_once_and_keeps_first_decision(tmp_path) -> None:  # type
 
 def test_quarantine_copies_with_reason_and_leaves_source(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = b"bad bytes"
-    folder = quarantine(data, sha256_bytes(data), "bad.npz", "not an .npz archive", {"stage": "structure"},
-                        tmp_path / "q")
+    folder = Path(quarantine(data, sha256_bytes(data), "bad.npz", "not an .npz archive", {"stage": "structure"},
+                             tmp_path / "q"))
     assert (folder / "bad.npz").read_bytes() == data
     reason = json.loads((folder / "reason.json").read_text())
     assert reason["reason"] == "not an .npz archive" and reason["batch_hash"] == sha256_bytes(data)

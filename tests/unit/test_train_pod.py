@@ -69,12 +69,12 @@ def mlflow_conn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", "http://alice:s3cret@mlflow.mlcd.svc.cluster.local:5000")
 
 
-def _context(snapshot_path: str) -> dict[str, Any]:
+def _context(snapshot_uri: str) -> dict[str, Any]:
     from airflow.sdk.execution_time.context import ConnectionAccessor
 
     return {
         "conn": ConnectionAccessor(),
-        "ti": _TaskInstance({"validate": {"snapshot_path": snapshot_path}}),
+        "ti": _TaskInstance({"validate": {"snapshot_uri": snapshot_uri}}),
         "params": {"epochs": 4, "batch_size": 256},
         "run_id": "manual__2026-11-25T00:00:00+00:00",
         "dag": None,
@@ -83,7 +83,7 @@ def _context(snapshot_path: str) -> dict[str, Any]:
 
 def _built_pod(kubeconfig: str, **overrides: Any) -> Any:
     task = make_train_task(backend="kubernetes", config_file=kubeconfig, **overrides)
-    context = _context("/var/lib/mlcd/snapshots/0123abcd")
+    context = _context("s3://mlcd-data/mlcd/snapshots/0123abcd")
     task.render_template_fields(context)  # type: ignore[arg-type]
     return task, task.build_pod_request_obj(context)  # type: ignore[attr-defined]
 
@@ -95,6 +95,7 @@ def test_pod_fields(kubeconfig: str, mlflow_conn: None, monkeypatch: pytest.Monk
     monkeypatch.setenv("MLCD_TRAINER_NAMESPACE", "ml-train")
     monkeypatch.setenv("MLCD_K8S_NAMESPACE", "serving")  # serving's namespace (the router's), not the trainer's
     monkeypatch.setenv("MLCD_TRAINER_NODE_SELECTOR", "cloud.google.com/gke-accelerator=nvidia-l4")
+    monkeypatch.setenv("MLCD_STORAGE_OPTIONS", '{"endpoint_url": "http://minio.storage:9000"}')
     task, pod = _built_pod(kubeconfig)
 
     assert isinstance(task, KubernetesPodOperator)
@@ -118,7 +119,7 @@ def test_pod_fields(kubeconfig: str, mlflow_conn: None, monkeypatch: pytest.Monk
     assert base.command == ["python"]
     assert base.args == [
         "-m", "mlcd.training",
-        "--snapshot", "/var/lib/mlcd/snapshots/0123abcd",
+        "--snapshot", "s3://mlcd-data/mlcd/snapshots/0123abcd",
         "--epochs", "4",
         "--batch-size", "256",
         "--seed", "0",
@@ -134,6 +135,9 @@ def test_pod_fields(kubeconfig: str, mlflow_conn: None, monkeypatch: pytest.Monk
     assert token.value is None
     assert token.value_from.secret_key_ref.name == "mlflow-credentials"
     assert token.value_from.secret_key_ref.key == "token"
+    # The snapshot is read by URI: the store's options by value, its credentials from an optional Secret.
+    assert env["MLCD_STORAGE_OPTIONS"].value == '{"endpoint_url": "http://minio.storage:9000"}'
+    assert [(f.secret_ref.name, f.secret_ref.optional) for f in base.env_from] == [("mlcd-storage", True)]
     serialized = str(pod.to_dict())
     assert "s3cret" not in serialized and "alice" not in serialized
 

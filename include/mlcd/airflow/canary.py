@@ -66,14 +66,15 @@ class AnalysisWindowTrigger(BaseTrigger):
         end = started + self.window_s
         if self.gateway_url:
             from mlcd.rollout.canary import RolloutProgress, observe
-            from mlcd.rollout.metrics import fetch_metrics
+            from mlcd.rollout.providers import counters_from_settings
             from mlcd.rollout.spec import Outcome
 
             spec = RolloutSpec.from_dict(self.spec)
+            scrape = counters_from_settings()  # MLCD_METRICS_PROVIDER: the gateway's /metrics or Prometheus
             while time.time() + spec.poll_interval_s < end:
                 await asyncio.sleep(spec.poll_interval_s)
                 try:
-                    snap = await asyncio.to_thread(fetch_metrics, self.gateway_url)
+                    snap = await asyncio.to_thread(scrape, self.gateway_url)
                 except OSError as exc:  # a restarting gateway: the next poll (or finish_step) covers the interval
                     self.log.warning("canary window scrape failed: %s", exc)
                     continue

@@ -12,7 +12,6 @@ Importing this module imports neither TensorFlow nor MLflow.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
@@ -102,44 +101,47 @@ def guard_config(
     )
 
 
-def _checkpoint_path(state: Mapping[str, Any]) -> Any:
-    """``MLCD_HOME/guard/<version>-<started_at>.json``: one guard run's latest state."""
-    from mlcd.settings import get_settings
+def _checkpoint_key(state: Mapping[str, Any]) -> str:
+    """``guard/<version>-<started_at>``: the state-store row of one guard run's latest state."""
+    return f"guard/{state.get('version') or 'waiting'}-{float(state.get('started_at') or 0):.3f}"
 
-    key = f"{state.get('version') or 'waiting'}-{float(state.get('started_at') or 0):.3f}"
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in key)
-    return get_settings().home / "guard" / f"{safe}.json"
+
+def _same_run_further(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """``new`` is the same guard run as ``old`` and has seen more polls (only such a state replaces a checkpoint)."""
+    same = old.get("started_at") == new.get("started_at") and old.get("version") == new.get("version")
+    return same and int(new.get("polls", 0)) > int(old.get("polls", 0))
 
 
 def _save_checkpoint(state: Any) -> None:
-    """Write the guard's state after a poll (atomically); a failed write only costs restart safety."""
-    import os
-    import tempfile
+    """Record the guard's state after a poll in the shared state store (:mod:`mlcd.statestore`, the database at
+    ``MLCD_LEDGER_URL``), so a triggerer restarted on another machine continues it; a failed write only costs
+    restart safety. Compare-and-set: a stale triggerer (fewer polls) never overwrites a newer state."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mlcd.statestore import StateStore
 
     data = state.to_dict()
     try:
-        path = _checkpoint_path(data)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-    except OSError:  # noqa: PERF203 - best effort by design
-        pass
+        StateStore().replace_if(_checkpoint_key(data), data, _same_run_further)
+    except (SQLAlchemyError, OSError) as exc:  # best effort by design
+        import logging
+
+        logging.getLogger(__name__).warning("guard checkpoint not saved: %s", exc)
 
 
 def _newest(state: Mapping[str, Any]) -> dict[str, Any]:
     """The serialised state, or the checkpoint of the same guard run when it has seen more polls."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mlcd.statestore import StateStore
+
     data = dict(state)
     try:
-        path = _checkpoint_path(data)
-        if path.exists():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            same = saved.get("started_at") == data.get("started_at") and saved.get("version") == data.get("version")
-            if same and int(saved.get("polls", 0)) > int(data.get("polls", 0)):
-                return dict(saved)
-    except (OSError, ValueError):
-        pass
+        saved = StateStore().get(_checkpoint_key(data))
+    except (SQLAlchemyError, OSError, ValueError):
+        return data
+    if saved is not None and _same_run_further(saved, data):  # the same run, further than the trigger's kwargs
+        return dict(saved)
     return data
 
 
@@ -199,12 +201,12 @@ class CanaryHealthTrigger(BaseTrigger):
         return TriggerEvent({"status": status.value, "reason": reason.value, "message": message, **payload})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from mlcd.guard.watch import Decision, Guard, GuardState
+        from mlcd.guard.watch import Decision, Guard, GuardState, scrape_from_settings
 
         try:
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
                                   self.grace_s, self.thresholds)
-            guard = Guard(config)
+            guard = Guard(config, scrape_from_settings())  # MLCD_METRICS_PROVIDER: gateway or Prometheus
             state = GuardState.from_dict(_newest(self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
@@ -304,13 +306,13 @@ class CanaryHealthSensor(BaseOperator):
         }
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlcd.guard.watch import Decision, Guard
+        from mlcd.guard.watch import Decision, Guard, scrape_from_settings
 
         kwargs = self._trigger_kwargs()
         config = guard_config(kwargs["gateway_url"], kwargs["version"], kwargs["poll_interval_s"],
                               kwargs["bake_s"], kwargs["grace_s"], kwargs["thresholds"])
         try:
-            first = Guard(config).poll()
+            first = Guard(config, scrape_from_settings()).poll()
         except OSError as exc:
             raise GuardScrapeError(f"gateway {config.gateway_url} unreadable: {exc}") from None
         self.log.info("guard: %s", first.reason)
@@ -446,6 +448,6 @@ def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -
         raise AirflowSkipException(f"gateway {url} exports no drift gauges (MLCD_DRIFT=off?)")
     if not status.drifted:
         raise AirflowSkipException(f"no input drift: {status.as_dict()}")
-    if not should_signal(s.home / "drift" / "last_signal.json", cooldown_s):
+    if not should_signal(cooldown_s):  # a compare-and-set row in the ledger's database: one signal per cooldown
         raise AirflowSkipException(f"drifted, but a retrain was already signalled within {cooldown_s:.0f}s")
     return status.as_dict()

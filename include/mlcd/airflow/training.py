@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 MLFLOW_CONN_ID = "mlflow_default"
 TASK_ID = "train"
-# Where the DAG's validate task puts the snapshot it accepted; the DAG owner may pass another template.
-DEFAULT_SNAPSHOT = "{{ ti.xcom_pull(task_ids='validate')['snapshot_path'] }}"
+# The URI (file:///…, s3://…) of the snapshot the DAG's validate task published: the pod reads it from the
+# storage, never from a path on the worker's disk. The DAG owner may pass another template.
+DEFAULT_SNAPSHOT = "{{ ti.xcom_pull(task_ids='validate')['snapshot_uri'] }}"
 # Run-time choices come from the DAG's Params; the defaults keep a DAG without those Params working.
 DEFAULT_EPOCHS = "{{ params.epochs | default(3) }}"
 DEFAULT_BATCH_SIZE = "{{ params.batch_size | default(128) }}"
@@ -226,6 +227,10 @@ class TrainerPodConfig:
     token_secret_key: str = "token"
     pod_template_file: str | None = None
     service_account: str | None = None
+    # The pod reads its snapshot from storage by URI: the storage options (non-secret, e.g. endpoint_url) go
+    # in as MLCD_STORAGE_OPTIONS, and the store's credentials (AWS_ACCESS_KEY_ID, …) from this Secret's keys.
+    storage_options: str = ""
+    storage_secret: str = "mlcd-storage"
 
     @classmethod
     def from_env(cls) -> TrainerPodConfig:
@@ -233,7 +238,7 @@ class TrainerPodConfig:
         (JSON or ``k=v,…``), ``MLCD_TRAINER_CPU``, ``MLCD_TRAINER_CPU_LIMIT``, ``MLCD_TRAINER_MEMORY``,
         ``MLCD_TRAINER_MEMORY_LIMIT``, ``MLCD_TRAINER_SCRATCH``,
         ``MLCD_K8S_CONN_ID``, ``MLCD_MLFLOW_TOKEN_SECRET``, ``MLCD_TRAINER_POD_TEMPLATE``,
-        ``MLCD_TRAINER_SERVICE_ACCOUNT``."""
+        ``MLCD_TRAINER_SERVICE_ACCOUNT``, ``MLCD_STORAGE_OPTIONS``, ``MLCD_STORAGE_SECRET``."""
         d = cls()
         selector = os.environ.get("MLCD_TRAINER_NODE_SELECTOR")
         return cls(
@@ -251,6 +256,8 @@ class TrainerPodConfig:
             token_secret=_env("MLCD_MLFLOW_TOKEN_SECRET", d.token_secret),
             pod_template_file=os.environ.get("MLCD_TRAINER_POD_TEMPLATE") or None,
             service_account=os.environ.get("MLCD_TRAINER_SERVICE_ACCOUNT") or None,
+            storage_options=os.environ.get("MLCD_STORAGE_OPTIONS") or "",
+            storage_secret=_env("MLCD_STORAGE_SECRET", d.storage_secret),
         )
 
 
@@ -342,6 +349,11 @@ def make_pod_operator(
         k8s.V1EnvVar(name="TF_CPP_MIN_LOG_LEVEL", value="2"),
         k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
     ]
+    if cfg.storage_options:
+        env.append(k8s.V1EnvVar(name="MLCD_STORAGE_OPTIONS", value=cfg.storage_options))
+    # The object store's credentials, as environment variables named by the Secret's keys (optional: a
+    # workload identity or a public bucket needs none).
+    env_from = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=cfg.storage_secret, optional=True))]
     seccomp = k8s.V1SeccompProfile(type="RuntimeDefault")
     kwargs: dict[str, Any] = {
         "task_id": task_id,
@@ -351,6 +363,7 @@ def make_pod_operator(
         "cmds": command[:1],
         "arguments": command[1:],
         "env_vars": env,
+        "env_from": env_from,
         "container_resources": k8s.V1ResourceRequirements(requests=requests, limits=limits),
         "tolerations": [k8s.V1Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")],
         "node_selector": dict(cfg.node_selector),

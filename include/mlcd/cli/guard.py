@@ -140,7 +140,8 @@ def _poll_line(result: Any, started: float) -> str:
 
 @click.command("watch")
 @click.option("--version", default=None, help="Version to watch [default: the first canary the gateway serves].")
-@click.option("--gateway-url", default=None, help="Gateway whose /metrics is read (default: MLCD_GATEWAY_URL).")
+@click.option("--gateway-url", default=None, help="Gateway whose /metrics is read (default: MLCD_GATEWAY_URL; "
+              "with MLCD_METRICS_PROVIDER=prometheus the counters come from MLCD_PROMETHEUS_URL).")
 @click.option("--poll-interval", type=float, default=2.0, show_default=True, help="Seconds between polls.")
 @click.option("--bake", "bake_s", type=float, default=None, help="Seconds to watch after promotion "
               "[default: MLCD_GUARD_BAKE_S or 300].")
@@ -164,7 +165,7 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
     import time
 
     from mlcd.guard.judge import GuardThresholds
-    from mlcd.guard.watch import Decision, Guard, GuardConfig, watch
+    from mlcd.guard.watch import Decision, Guard, GuardConfig, scrape_from_settings, watch
 
     s = get_settings()
     try:
@@ -174,6 +175,7 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
         bake = bake_s if bake_s is not None else float(os.environ.get("MLCD_GUARD_BAKE_S", "300"))
         config = GuardConfig(gateway_url or s.gateway_url, version, poll_interval, bake, grace_s,
                              GuardThresholds.from_dict(overrides))
+        scrape = scrape_from_settings()  # MLCD_METRICS_PROVIDER: the gateway's /metrics or Prometheus
     except ValueError as err:
         _fail(err)
     started = time.time()
@@ -185,7 +187,7 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
             click.echo(_poll_line(result, started))
 
     try:
-        result = watch(Guard(config), timeout_s=timeout_s, on_poll=show)
+        result = watch(Guard(config, scrape), timeout_s=timeout_s, on_poll=show)
     except TimeoutError as err:
         click.echo(f"undecided: {err}")
         raise SystemExit(EXIT_UNVERIFIED) from None

@@ -31,6 +31,7 @@ from mlcd.data.ledger import ACCEPTED, LANDED, QUARANTINED, Ledger
 from mlcd.data.snapshot import build_snapshot
 from mlcd.files import clean_stale_staging, printable_name, staging_tag
 from mlcd.settings import Settings, get_settings
+from mlcd.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class IntakeReport:
     # Collected but not decided by this run, each with why (changed since collect, our own storage failed).
     left: list[dict[str, Any]] = field(default_factory=list)
     snapshot_id: str | None = None
-    snapshot_path: str | None = None
+    snapshot_path: str | None = None  # the local folder, or the URL on an object store (older readers)
+    snapshot_uri: str | None = None  # full URL (file:///… locally): what train and evaluate are handed
     counts: dict[str, int] = field(default_factory=dict)
     data_docs: str | None = None
 
@@ -64,7 +66,7 @@ class IntakeReport:
         lines += [f"quarantined  {b['name']} ({b['batch_hash'][:12]}): {b['reason']}" for b in self.quarantined]
         lines += [f"left         {b['name']}: {b['reason']}" for b in self.left]
         if self.snapshot_id:
-            lines.append(f"snapshot     {self.snapshot_id} {self.counts} at {self.snapshot_path}")
+            lines.append(f"snapshot     {self.snapshot_id} {self.counts} at {self.snapshot_uri or self.snapshot_path}")
         return lines
 
 
@@ -187,7 +189,7 @@ def judge(
     except Exception as err:  # noqa: BLE001 - content the suite could not even evaluate is refused, not fatal
         reason = f"the suite could not evaluate this batch: {type(err).__name__}: {printable_name(' '.join(str(err).split()))}"
         return False, reason, {"stage": "expectations"}, len(batch)
-    details = {"stage": "expectations", "failures": outcome.failures, "data_docs": outcome.data_docs}
+    details = {"stage": "expectations", "failures": outcome.failures, "data_docs": _docs_location(settings, outcome.data_docs)}
     return outcome.passed, outcome.reason, details, len(batch)
 
 
@@ -200,12 +202,32 @@ def _staging_dir(settings: Settings) -> Path:
     return settings.home / "staging"
 
 
+def _docs_location(settings: Settings, rendered: str | None) -> str | None:
+    """Where the Data Docs page will be read: the rendered file locally, its storage URL on an object store."""
+    if rendered is None or settings.storage_is_local:
+        return rendered
+    return Storage.from_settings(settings).uri("data_docs", "index.html")
+
+
+def publish_data_docs(settings: Settings) -> int:
+    """Upload the locally rendered Data Docs site to ``<storage>/data_docs`` (a no-op on file:// storage).
+
+    GX renders into a local folder only; on an object store each worker renders into its own
+    ``MLCD_HOME/data_docs`` and uploads the pages after its validation, so the site is read from storage.
+    """
+    if settings.storage_is_local or not settings.data_docs_dir.is_dir():
+        return 0
+    return Storage.from_settings(settings).put_tree(settings.data_docs_dir, "data_docs")
+
+
 def _decide_one(item: dict[str, Any], settings: Settings, ledger: Ledger, gate: Any, run_id: str | None,
                 report: IntakeReport) -> None:
     """Judge one pending batch and record the verdict; raises only for failures of mlcd's own storage."""
     batch_hash, name = item["batch_hash"], item["name"]
+    storage = Storage.from_settings(settings)
+    quarantine_at, accepted_at = storage.child("quarantine"), storage.child("batches")
     if item.get("refused"):
-        folder = quarantine_file(None, batch_hash, name, item["refused"], {"stage": "read"}, settings.quarantine_dir)
+        folder = quarantine_file(None, batch_hash, name, item["refused"], {"stage": "read"}, quarantine_at)
         ledger.decide(batch_hash, QUARANTINED, reason=item["refused"], details={"stage": "read"}, n_images=0,
                       stored_path=str(folder), run_id=run_id)
         log.warning("quarantined %s: %s", name, item["refused"])
@@ -222,7 +244,7 @@ def _decide_one(item: dict[str, Any], settings: Settings, ledger: Ledger, gate: 
             return
         except SourceError as err:
             reason = str(err)
-            folder = quarantine_file(None, batch_hash, name, reason, {"stage": "read"}, settings.quarantine_dir)
+            folder = quarantine_file(None, batch_hash, name, reason, {"stage": "read"}, quarantine_at)
             ledger.decide(batch_hash, QUARANTINED, reason=reason, details={"stage": "read"}, n_images=0,
                           stored_path=str(folder), run_id=run_id)
             log.warning("quarantined %s: %s", name, reason)
@@ -237,12 +259,12 @@ def _decide_one(item: dict[str, Any], settings: Settings, ledger: Ledger, gate: 
         # From here on only the private copy is read: what is judged is what is stored.
         passed, reason, details, n_images = judge(staged, name, settings, gate=gate)
         if passed:
-            stored = store_accepted_file(staged, batch_hash, settings.accepted_dir)
+            stored = store_accepted_file(staged, batch_hash, accepted_at)
             ledger.decide(batch_hash, ACCEPTED, reason=None, details=details, n_images=n_images,
                           stored_path=str(stored), run_id=run_id)
             log.info("accepted %s: %d images", name, n_images)
         else:
-            folder = quarantine_file(staged, batch_hash, name, reason or "refused", details, settings.quarantine_dir)
+            folder = quarantine_file(staged, batch_hash, name, reason or "refused", details, quarantine_at)
             ledger.decide(batch_hash, QUARANTINED, reason=reason, details=details, n_images=n_images,
                           stored_path=str(folder), run_id=run_id)
             log.warning("quarantined %s: %s (copy and reason.json in %s)", name, reason, folder)
@@ -300,11 +322,17 @@ def validate(
             report.accepted.append(entry)
         elif record.state == QUARANTINED:
             report.quarantined.append(entry)
+    if gate is not None:
+        try:
+            publish_data_docs(settings)
+        except Exception as err:  # noqa: BLE001 - the verdicts stand without their pages; say why
+            log.warning("Data Docs not uploaded: %s: %s", type(err).__name__, printable_name(str(err)))
     accepted = {r.batch_hash: r.stored_path for r in ledger.list(ACCEPTED) if r.stored_path}
     if accepted:
-        snapshot = build_snapshot(accepted, settings.snapshots_dir)  # type: ignore[arg-type]
+        snapshot = build_snapshot(accepted, Storage.from_settings(settings).uri("snapshots"))  # type: ignore[arg-type]
         report.snapshot_id = snapshot.snapshot_id
-        report.snapshot_path = str(snapshot.path)
+        report.snapshot_path = snapshot.location
+        report.snapshot_uri = snapshot.uri
         report.counts = snapshot.counts
     for line in report.summary_lines():
         log.info(line)

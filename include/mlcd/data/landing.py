@@ -9,16 +9,14 @@ next to a JSON file that says why.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
-from mlcd.files import atomic_write_bytes, printable_name, publish_file
+from mlcd.files import printable_name
+from mlcd.storage import Storage, filesystem
 
 BATCH_SUFFIX = ".npz"
 CHUNK_BYTES = 1 << 20
@@ -101,7 +99,7 @@ class LandingZone:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/") if "://" in uri else str(Path(uri).expanduser().resolve())
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.fs, self.root = filesystem(self.uri)  # with MLCD_STORAGE_OPTIONS for an object store
 
     def ensure(self) -> None:
         self.fs.makedirs(self.root, exist_ok=True)
@@ -113,6 +111,7 @@ class LandingZone:
         copies and folders are skipped; FIFOs, devices and broken links are listed with ``regular=False`` so that
         intake can refuse them by name, and are never opened (a FIFO would block a read).
         """
+        self.fs.invalidate_cache(self.root)  # an object store's listing cache would hide new batches
         if not self.fs.exists(self.root):
             return []
         files = []
@@ -134,7 +133,8 @@ class LandingZone:
     def stat(self, landed: LandedFile) -> LandedFile:
         """The file as it is now (size and mtime re-read)."""
         try:
-            info = self.fs.info(landed.uri)
+            self.fs.invalidate_cache(self.fs._strip_protocol(landed.uri))
+            info = self.fs.info(self.fs._strip_protocol(landed.uri))
         except FileNotFoundError:
             raise SourceGone("vanished from the landing zone after it was listed") from None
         return LandedFile(uri=landed.uri, name=landed.name, size_bytes=int(info.get("size") or 0), mtime=_mtime(info))
@@ -178,7 +178,7 @@ class LandingZone:
             raise SourceError(f"file is {landed.size_bytes:,} bytes; the limit is {limit:,} (MLCD_MAX_BATCH_BYTES)")
         size = 0
         try:
-            with fsspec.open(landed.uri, "rb") as fh:
+            with self.fs.open(self.fs._strip_protocol(landed.uri), "rb") as fh:
                 while chunk := fh.read(CHUNK_BYTES):
                     size += len(chunk)
                     if size > limit:  # it grew past the limit after it was listed
@@ -236,49 +236,60 @@ def _max_bytes(max_bytes: int | None) -> int:
     return get_settings().max_batch_bytes
 
 
-def store_accepted_file(staged: Path, batch_hash: str, accepted_dir: Path) -> Path:
-    """Publish a staged, fsynced copy into the content-addressed store; idempotent."""
-    target = accepted_dir / f"{batch_hash}.npz"
-    if target.exists():
+def _storage(where: Storage | Path | str) -> Storage:
+    return where if isinstance(where, Storage) else Storage(where)
+
+
+def store_accepted_file(staged: Path, batch_hash: str, accepted: Storage | Path | str) -> str:
+    """Publish a staged, fsynced copy into the content-addressed store; idempotent. Returns its location."""
+    store = _storage(accepted)
+    key = f"{batch_hash}.npz"
+    if store.exists(key):
         staged.unlink(missing_ok=True)
-        return target
-    return publish_file(staged, target)
+        return store.location(key)
+    return store.publish_file(staged, key)
+
+
+def _reason_record(batch_hash: str, safe: str, reason: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {"batch_hash": batch_hash, "name": safe, "reason": reason, "details": details}
 
 
 def quarantine_file(
-    staged: Path | None, batch_hash: str, name: str, reason: str, details: dict[str, Any], qdir: Path
-) -> Path:
-    """Move a staged copy aside with ``reason.json`` (``staged`` None: the file could not be read, reason only)."""
-    folder = qdir / batch_hash
-    folder.mkdir(parents=True, exist_ok=True)
+    staged: Path | None, batch_hash: str, name: str, reason: str, details: dict[str, Any],
+    qdir: Storage | Path | str,
+) -> str:
+    """Move a staged copy aside with ``reason.json`` (``staged`` None: the file could not be read, reason only).
+
+    The copy is published first and ``reason.json`` last, so a quarantine folder with a reason is complete.
+    Returns the folder's location.
+    """
+    folder = _storage(qdir).child(batch_hash)
     safe = printable_name(name).replace("/", "_")
     if staged is not None:
-        copy = folder / safe
-        if copy.exists():
+        if folder.exists(safe):
             staged.unlink(missing_ok=True)
         else:
-            publish_file(staged, copy)
-    record = {"batch_hash": batch_hash, "name": safe, "reason": reason, "details": details}
-    atomic_write_bytes(folder / "reason.json", json.dumps(record, indent=2, default=str).encode())
-    return folder
+            folder.publish_file(staged, safe)
+    folder.write_json("reason.json", _reason_record(batch_hash, safe, reason, details))
+    return folder.location()
 
 
-def store_accepted(data: bytes, batch_hash: str, accepted_dir: Path) -> Path:
+def store_accepted(data: bytes, batch_hash: str, accepted: Storage | Path | str) -> str:
     """Copy accepted bytes into the content-addressed store; idempotent."""
-    target = accepted_dir / f"{batch_hash}.npz"
-    if not target.exists():
-        atomic_write_bytes(target, data)
-    return target
+    store = _storage(accepted)
+    key = f"{batch_hash}.npz"
+    if not store.exists(key):
+        store.write_bytes(key, data)
+    return store.location(key)
 
 
-def quarantine(data: bytes, batch_hash: str, name: str, reason: str, details: dict[str, Any], qdir: Path) -> Path:
+def quarantine(
+    data: bytes, batch_hash: str, name: str, reason: str, details: dict[str, Any], qdir: Storage | Path | str
+) -> str:
     """Copy refused bytes aside with ``reason.json``; the original in the landing zone stays as it was."""
-    folder = qdir / batch_hash
-    name = printable_name(name).replace("/", "_")
-    copy = folder / name
-    if not copy.exists():
-        atomic_write_bytes(copy, data)
-    record = {"batch_hash": batch_hash, "name": name, "reason": reason, "details": details}
-    atomic_write_bytes(folder / "reason.json", json.dumps(record, indent=2, default=str).encode())
-    return folder
-
+    folder = _storage(qdir).child(batch_hash)
+    safe = printable_name(name).replace("/", "_")
+    if not folder.exists(safe):
+        folder.write_bytes(safe, data)
+    folder.write_json("reason.json", _reason_record(batch_hash, safe, reason, details))
+    return folder.location()

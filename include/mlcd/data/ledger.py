@@ -1,25 +1,31 @@
 """The batch ledger: one row per landed batch, keyed by content hash, with its state and the reason for it.
 
-Names and URIs are stored as printable text (:func:`mlcd.files.printable_name`): a landed file's name may hold
-bytes that are not UTF-8, which SQLite would refuse. The ``sightings`` table remembers which content hash a file
-had at a given size and mtime, so the landing watcher and ``collect`` list by stat and read a file only once.
+It lives in the SQL database at ``MLCD_LEDGER_URL`` (:mod:`mlcd.sql`; default the SQLite file
+``$MLCD_HOME/ledger.sqlite``, Postgres on a cluster), so the landing trigger, every worker, the api-server plugin
+and the CLI share it without sharing a disk.
 
-States: ``landed`` (seen, not yet judged) → ``accepted`` or ``quarantined``. A decision is recorded once; a re-run
-that judges the same bytes again finds the row and converges instead of adding another. SQLite keeps it atomic
-across the watcher, the retrain run and the CLI.
+Names and URIs are stored as printable text (:func:`mlcd.files.printable_name`): a landed file's name may hold
+bytes that are not UTF-8, which the database would refuse. The ``sightings`` table remembers which content hash a
+file had at a given size and mtime, so the landing watcher and ``collect`` list by stat and read a file only once.
+
+States: ``landed`` (seen, not yet judged) → ``accepted`` or ``quarantined``. Each transition is one statement the
+database serialises, so many writers never race: :meth:`Ledger.see` is ``INSERT ... ON CONFLICT DO NOTHING``
+(exactly one caller records a new batch), :meth:`Ledger.decide` is ``UPDATE ... WHERE state='landed'`` (exactly
+one verdict is recorded; a re-run that judges the same bytes again finds the row and converges on it).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, select, update
+from sqlalchemy.engine import Engine, RowMapping
+
+from mlcd import sql
 from mlcd.files import printable_name
 
 LANDED = "landed"
@@ -27,30 +33,33 @@ ACCEPTED = "accepted"
 QUARANTINED = "quarantined"
 STATES = (LANDED, ACCEPTED, QUARANTINED)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    batch_hash   TEXT PRIMARY KEY,
-    name         TEXT NOT NULL,
-    source_uri   TEXT NOT NULL,
-    size_bytes   INTEGER NOT NULL,
-    state        TEXT NOT NULL,
-    reason       TEXT,
-    details      TEXT,
-    n_images     INTEGER,
-    stored_path  TEXT,
-    first_seen   TEXT NOT NULL,
-    decided_at   TEXT,
-    run_id       TEXT
-);
-CREATE TABLE IF NOT EXISTS sightings (
-    source_uri   TEXT NOT NULL,
-    size_bytes   INTEGER NOT NULL,
-    mtime_ns     INTEGER NOT NULL,
-    batch_hash   TEXT NOT NULL,
-    noted_at     TEXT NOT NULL,
-    PRIMARY KEY (source_uri, size_bytes, mtime_ns)
-);
-"""
+# Table and column names are those of the SQLite ledger before SQLAlchemy: an existing ledger file keeps working.
+_META = MetaData()
+_BATCHES = Table(
+    "batches",
+    _META,
+    Column("batch_hash", String(128), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("source_uri", Text, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("reason", Text),
+    Column("details", Text),
+    Column("n_images", Integer),
+    Column("stored_path", Text),
+    Column("first_seen", String(64), nullable=False),
+    Column("decided_at", String(64)),
+    Column("run_id", String(255)),
+)
+_SIGHTINGS = Table(
+    "sightings",
+    _META,
+    Column("source_uri", Text, primary_key=True),
+    Column("size_bytes", Integer, primary_key=True),
+    Column("mtime_ns", Integer, primary_key=True),
+    Column("batch_hash", String(128), nullable=False),
+    Column("noted_at", String(64), nullable=False),
+)
 
 
 def _now() -> str:
@@ -77,33 +86,38 @@ class BatchRecord:
 
 
 class Ledger:
-    """The SQLite ledger at ``path``."""
+    """The batch ledger in the database at ``location``.
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+    Args:
+        location: a SQLAlchemy URL or a SQLite file path; ``None`` (or the default ``settings.ledger_path``, which
+            callers pass to mean "the ledger") is the configured ledger, :func:`mlcd.sql.ledger_url`.
+    """
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30)
-        conn.row_factory = sqlite3.Row
-        try:
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+    def __init__(self, location: str | Path | None = None) -> None:
+        self.url = _resolve(location)
+        self._engine: Engine = sql.engine(self.url)
+        sql.ensure_schema(self._engine, _META)
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, when the ledger is one (None for a server database)."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.url)
+        return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
 
     def see(self, batch_hash: str, name: str, source_uri: str, size_bytes: int) -> bool:
         """Record a landed batch; ``False`` when its content was seen before (under any name)."""
-        with self._connect() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO batches (batch_hash, name, source_uri, size_bytes, state, first_seen) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (batch_hash, printable_name(name), printable_name(source_uri), size_bytes, LANDED, _now()),
-            )
-            return cur.rowcount == 1
+        values = {
+            "batch_hash": batch_hash,
+            "name": printable_name(name),
+            "source_uri": printable_name(source_uri),
+            "size_bytes": size_bytes,
+            "state": LANDED,
+            "first_seen": _now(),
+        }
+        with self._engine.begin() as conn:
+            return sql.insert_if_absent(conn, _BATCHES, values)
 
     def decide(
         self,
@@ -117,70 +131,95 @@ class Ledger:
         run_id: str | None = None,
     ) -> BatchRecord:
         """Record the verdict on a batch. A batch already decided keeps its first decision."""
+        return self.decide_once(
+            batch_hash, state, reason=reason, details=details, n_images=n_images, stored_path=stored_path,
+            run_id=run_id,
+        )[0]
+
+    def decide_once(
+        self,
+        batch_hash: str,
+        state: str,
+        *,
+        reason: str | None,
+        details: dict[str, Any] | None = None,
+        n_images: int | None = None,
+        stored_path: str | None = None,
+        run_id: str | None = None,
+    ) -> tuple[BatchRecord, bool]:
+        """:meth:`decide`, also saying whether this call made the decision (True) or found it made (False)."""
         if state not in (ACCEPTED, QUARANTINED):
             raise ValueError(f"cannot decide a batch as {state!r}")
-        with self._connect() as conn:
-            conn.execute(
-                "UPDATE batches SET state=?, reason=?, details=?, n_images=?, stored_path=?, decided_at=?, run_id=? "
-                "WHERE batch_hash=? AND state=?",
-                (
-                    state,
-                    reason,
-                    json.dumps(details or {}),
-                    n_images,
-                    stored_path,
-                    _now(),
-                    run_id,
-                    batch_hash,
-                    LANDED,
-                ),
-            )
-        record = self.get(batch_hash)
-        if record is None:
+        t = _BATCHES
+        with self._engine.begin() as conn:
+            # One conditional UPDATE: of concurrent deciders the database lets exactly one move it from `landed`.
+            won = conn.execute(
+                update(t)
+                .where((t.c.batch_hash == batch_hash) & (t.c.state == LANDED))
+                .values(state=state, reason=reason, details=json.dumps(details or {}), n_images=n_images,
+                        stored_path=stored_path, decided_at=_now(), run_id=run_id)
+            ).rowcount == 1
+            row = conn.execute(select(t).where(t.c.batch_hash == batch_hash)).mappings().first()
+        if row is None:
             raise KeyError(f"batch {batch_hash} was never seen")
-        return record
+        return _record(row), won
 
     def get(self, batch_hash: str) -> BatchRecord | None:
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM batches WHERE batch_hash=?", (batch_hash,)).fetchone()
+        with self._engine.connect() as conn:
+            row = conn.execute(select(_BATCHES).where(_BATCHES.c.batch_hash == batch_hash)).mappings().first()
         return _record(row) if row else None
 
     def list(self, state: str | None = None) -> list[BatchRecord]:
-        query, args = "SELECT * FROM batches", ()
+        query = select(_BATCHES)
         if state is not None:
-            query, args = query + " WHERE state=?", (state,)
-        with self._connect() as conn:
-            rows = conn.execute(query + " ORDER BY first_seen, batch_hash", args).fetchall()
+            query = query.where(_BATCHES.c.state == state)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(_BATCHES.c.first_seen, _BATCHES.c.batch_hash)).mappings().all()
         return [_record(row) for row in rows]
 
     def hash_seen_as(self, source_uri: str, size_bytes: int, mtime_ns: int) -> str | None:
         """The content hash noted for this file at this size and mtime, if it was read before."""
-        with self._connect() as conn:
-            row = conn.execute(
-                "SELECT batch_hash FROM sightings WHERE source_uri=? AND size_bytes=? AND mtime_ns=?",
-                (printable_name(source_uri), size_bytes, mtime_ns),
-            ).fetchone()
-        return str(row[0]) if row else None
+        t = _SIGHTINGS
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                select(t.c.batch_hash).where(
+                    (t.c.source_uri == printable_name(source_uri)) & (t.c.size_bytes == size_bytes)
+                    & (t.c.mtime_ns == mtime_ns)
+                )
+            ).scalar()
+        return str(value) if value is not None else None
 
     def note_sighting(self, source_uri: str, size_bytes: int, mtime_ns: int, batch_hash: str) -> None:
-        with self._connect() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO sightings (source_uri, size_bytes, mtime_ns, batch_hash, noted_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (printable_name(source_uri), size_bytes, mtime_ns, batch_hash, _now()),
-            )
+        values = {"source_uri": printable_name(source_uri), "size_bytes": size_bytes, "mtime_ns": mtime_ns,
+                  "batch_hash": batch_hash, "noted_at": _now()}
+        with self._engine.begin() as conn:
+            sql.upsert(conn, _SIGHTINGS, values)
 
     def forget_sightings(self, source_uri: str) -> None:
         """Drop what was noted for a file (its content changed without its stat showing it): read it again."""
-        with self._connect() as conn:
-            conn.execute("DELETE FROM sightings WHERE source_uri=?", (printable_name(source_uri),))
+        with self._engine.begin() as conn:
+            conn.execute(delete(_SIGHTINGS).where(_SIGHTINGS.c.source_uri == printable_name(source_uri)))
 
     def known_hashes(self) -> set[str]:
-        with self._connect() as conn:
-            return {row[0] for row in conn.execute("SELECT batch_hash FROM batches")}
+        with self._engine.connect() as conn:
+            return {str(h) for h in conn.execute(select(_BATCHES.c.batch_hash)).scalars()}
 
 
-def _record(row: sqlite3.Row) -> BatchRecord:
+def _resolve(location: str | Path | None) -> str:
+    """The ledger's URL. The default file path means the configured ledger, so callers that pass
+    ``settings.ledger_path`` follow ``MLCD_LEDGER_URL`` without changing."""
+    from mlcd.settings import get_settings
+
+    if location is None:
+        return sql.ledger_url()
+    if "://" not in str(location):
+        settings = get_settings()
+        if settings.ledger_url and Path(location).expanduser().resolve() == settings.ledger_path:
+            return sql.ledger_url()
+    return sql.as_url(location)
+
+
+def _record(row: RowMapping) -> BatchRecord:
     return BatchRecord(
         batch_hash=row["batch_hash"],
         name=row["name"],

@@ -4,19 +4,19 @@ The gateway scores every ``/predict`` image into a :class:`~mlcd.guard.drift.Dri
 report as gauges on ``/metrics`` (``mlcd_gateway_drift_psi{feature}``, ``mlcd_gateway_drift_anomaly_share``,
 ``mlcd_gateway_drift_drifted``, ``mlcd_gateway_drift_images``). The reference is fitted once from the training
 snapshot of the served model when its version records one (``mlcd.snapshot_id``), else from the reference data
-set, and cached as ``.npz`` under ``MLCD_HOME/drift/`` so a restarted gateway does not refit.
+set, and cached as ``.npz`` under ``MLCD_HOME/drift/`` so a restarted gateway does not refit. The snapshot is read
+from the storage URL (``MLCD_STORAGE_URL``), so a gateway on a cluster finds it without a shared disk.
 
 ``mlcd_drift_watch`` reads the gauges (:func:`read_drift`) and, when the live window drifted, emits the
 ``mlcd_drift`` Asset that schedules ``mlcd_retrain``: the loop closes. A cooldown keeps one drifted window from
-starting a retrain every few minutes (:func:`should_signal`). Airflow-free.
+starting a retrain every few minutes (:func:`should_signal`, a compare-and-set row in the ledger's
+database). Airflow-free.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,29 +35,54 @@ def reference_cache_path(home: Path, snapshot_id: str | None) -> Path:
     return Path(home) / "drift" / f"reference-{key}.npz"
 
 
-def _training_images(home: Path, snapshot_id: str | None) -> tuple[Any, str]:
-    """The served model's training images when its snapshot is on disk, else the reference data set."""
-    if snapshot_id and _SAFE_ID.match(snapshot_id):
-        split = Path(home) / "snapshots" / snapshot_id / "train.npz"
-        if split.exists():
-            from mlcd.data.snapshot import load_split
+def _snapshots_url(home: Path, storage_url: str | None) -> str:
+    """Where snapshots are: the given storage URL, else the configured one (for the configured home)."""
+    if storage_url:
+        return storage_url.rstrip("/") + "/snapshots"
+    from mlcd.settings import get_settings
 
-            return load_split(split.parent, "train")[0], f"snapshot {snapshot_id}"
+    settings = get_settings()
+    if Path(home).resolve() == settings.home:
+        return settings.storage_url.rstrip("/") + "/snapshots"
+    return f"file://{Path(home).resolve()}/snapshots"
+
+
+def _training_images(home: Path, snapshot_id: str | None, storage_url: str | None = None) -> tuple[Any, str]:
+    """The served model's training images when its snapshot is published in storage, else the reference data set.
+
+    The snapshot is read from the storage URL (an object store on a cluster), not from a disk the gateway's own
+    volume never has; an unpublished or unreadable snapshot falls back with a warning that says why.
+    """
+    if snapshot_id and _SAFE_ID.match(snapshot_id):
+        from mlcd.data.batch import BatchError
+        from mlcd.data.snapshot import load_split, read_snapshot
+
+        uri = f"{_snapshots_url(home, storage_url)}/{snapshot_id}"
+        try:
+            return load_split(read_snapshot(uri), "train")[0], f"snapshot {snapshot_id}"
+        except (ValueError, BatchError, OSError) as exc:
+            log.warning("snapshot %s not readable from %s (%s): drift reference from the reference data",
+                        snapshot_id, uri, exc)
     from mlcd.data.reference import load_reference
 
     ref = load_reference()
     return ref.x_train, f"reference data {ref.source}"
 
 
-def load_or_fit_reference(home: Path, snapshot_id: str | None = None) -> DriftReference:
-    """The cached reference for ``snapshot_id`` (or the reference data), fitting and caching it if missing."""
+def load_or_fit_reference(home: Path, snapshot_id: str | None = None, storage_url: str | None = None) -> DriftReference:
+    """The cached reference for ``snapshot_id`` (or the reference data), fitting and caching it if missing.
+
+    The fitted reference is a local cache under ``home/drift``; the snapshot it is fitted from is read from
+    ``storage_url`` (default ``MLCD_STORAGE_URL``).
+    """
     path = reference_cache_path(home, snapshot_id)
     if path.exists():
         try:
             return DriftReference.load(path)
         except (ValueError, OSError) as exc:  # a corrupt cache is refitted, not fatal
             log.warning("drift reference %s unreadable (%s): refitting", path, exc)
-    images, source = _training_images(home, snapshot_id if path.name != "reference-reference.npz" else None)
+    images, source = _training_images(
+        home, snapshot_id if path.name != "reference-reference.npz" else None, storage_url)
     reference = DriftReference.fit(images)
     reference.save(path)
     log.info("drift reference fitted from %s (%d images) and cached at %s", source, reference.n_reference, path)
@@ -119,17 +144,13 @@ def read_drift(gateway_url: str, timeout: float = 5.0) -> DriftStatus | None:
                        finite("anomaly_share"), int(values.get("images", 0)))
 
 
-def should_signal(state_file: Path, cooldown_s: float, now: float | None = None) -> bool:
-    """True when no drift signal was sent within ``cooldown_s``; records the signal when it returns True."""
-    now = time.time() if now is None else now
-    last = 0.0
-    if state_file.exists():
-        try:
-            last = float(json.loads(state_file.read_text(encoding="utf-8")).get("last_signal", 0.0))
-        except (ValueError, OSError, AttributeError):
-            last = 0.0
-    if now - last < cooldown_s:
-        return False
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"last_signal": now}), encoding="utf-8")
-    return True
+def should_signal(cooldown_s: float, now: float | None = None, *, url: str | None = None) -> bool:
+    """True when no drift signal was sent within ``cooldown_s``; records the signal when it returns True.
+
+    The cooldown is one row of the shared state store (:mod:`mlcd.statestore`, in the database at
+    ``MLCD_LEDGER_URL``), claimed by compare-and-set: of several drift-watch runs deciding at once, on any
+    workers, exactly one signals.
+    """
+    from mlcd.statestore import DRIFT_SIGNAL_KEY, StateStore
+
+    return StateStore(url).claim(DRIFT_SIGNAL_KEY, cooldown_s, now)

@@ -26,15 +26,14 @@ serialises it and a restart continues the same test instead of starting a fresh 
 back to ``previous``), marks the version ``rolled_back`` with the evidence and tags who did it. A second
 rollback of the same version only makes sure no traffic reaches it.
 
-TODO(prometheus): ``MLCD_PROMETHEUS_URL`` is read by :func:`scrape_from_settings` but only the gateway's own
-``/metrics`` is implemented.
+Where a poll reads is a :class:`mlcd.rollout.providers.MetricsProvider` (:func:`scrape_from_settings`): the
+gateway's own ``/metrics`` (default), or Prometheus on a cluster with one gateway Deployment per variant.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -50,12 +49,17 @@ from mlcd.guard.judge import (
 )
 from mlcd.rollout.metrics import (
     SeriesCounters,
-    Snapshot,
     diff,
     snapshot_from_dict,
-    snapshot_from_families,
     snapshot_to_dict,
 )
+
+# One read of the metrics lives with the providers (the canary task reads through them too); re-exported here.
+from mlcd.rollout.providers import MetricsUnavailable as MetricsUnavailable
+from mlcd.rollout.providers import Scrape as Scrape
+from mlcd.rollout.providers import fetch_scrape as fetch_scrape
+from mlcd.rollout.providers import parse_scrape as parse_scrape
+from mlcd.rollout.providers import scrape_from_families as scrape_from_families
 from mlcd.rollout.router import Router
 from mlcd.rollout.spec import Outcome
 
@@ -186,50 +190,12 @@ class PollResult:
         }
 
 
-@dataclass(frozen=True)
-class Scrape:
-    """One read of the gateway: the counters, which version serves as which variant, the canary's share."""
-
-    counters: Snapshot
-    served: dict[str, str]  # variant → version
-    canary_weight: float = 0.0  # 0–1 (Prometheus ratio convention)
-
-
-def parse_scrape(text: str) -> Scrape:
-    """Counters (:func:`mlcd.rollout.metrics.parse_metrics`) plus ``model_info`` and the canary weight ratio."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return scrape_from_families(list(text_string_to_metric_families(text)))
-
-
-def scrape_from_families(families: list[Any]) -> Scrape:
-    """One pass over metric families (parsed text, or a registry's ``collect()``): counters, served, weight."""
-    served: dict[str, str] = {}
-    weight = 0.0
-    for family in families:
-        for sample in family.samples:
-            if sample.name == "mlcd_gateway_model_info" and sample.value == 1:
-                served[sample.labels["variant"]] = sample.labels["version"]
-            elif sample.name == "mlcd_gateway_canary_weight":
-                weight = float(sample.value)
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"mlcd_gateway_canary_weight must be a 0-1 ratio, got {weight}")
-    return Scrape(snapshot_from_families(families), served, weight)
-
-
-def fetch_scrape(gateway_url: str, timeout: float = 5.0) -> Scrape:
-    """``GET {gateway_url}/metrics`` (plain urllib: no client library in the triggerer)."""
-    with urllib.request.urlopen(f"{gateway_url.rstrip('/')}/metrics", timeout=timeout) as resp:  # noqa: S310
-        return parse_scrape(resp.read().decode("utf-8"))
-
-
 def scrape_from_settings() -> Callable[[str], Scrape]:
-    """The scraper deploy-wide settings ask for (only the gateway's ``/metrics`` is implemented)."""
-    import os
+    """The reader deploy-wide settings ask for (``MLCD_METRICS_PROVIDER``: the gateway's ``/metrics`` or
+    Prometheus; see :mod:`mlcd.rollout.providers`)."""
+    from mlcd.rollout import providers
 
-    if os.environ.get("MLCD_PROMETHEUS_URL"):
-        log.warning("MLCD_PROMETHEUS_URL is set but not supported yet: scraping the gateway directly")
-    return fetch_scrape
+    return providers.scrape_from_settings()
 
 
 def add_counters(a: SeriesCounters | None, b: SeriesCounters | None) -> SeriesCounters:

@@ -16,7 +16,8 @@ SQLAlchemy URL, e.g. the Airflow metadata Postgres):
   holder that dies leaves it behind; the next holder gets it back (:attr:`Lease.pending_intent`) and completes
   that move first, so a re-run honours the recorded intent instead of deciding again on half-moved aliases.
 
-The schema is created idempotently (``CREATE TABLE IF NOT EXISTS``), so any process may be the first.
+The engine is the shared one of :mod:`mlcd.sql`; the schema is created idempotently (:func:`mlcd.sql.ensure_schema`),
+so any process may be the first.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from mlcd import sql
 from mlcd.registry.errors import RegistryError
+from mlcd.sql import ledger_url
 
 DEFAULT_TTL_S = 60.0
 DEFAULT_WAIT_S = 30.0
@@ -52,65 +54,11 @@ class LeaseLostError(LeaseError):
     """Our lease expired and another writer took it (its fencing token is newer): stop, re-read, decide again."""
 
 
-def ledger_url(url: str | None = None) -> str:
-    """The SQL URL of the ledger database: ``url``, else ``MLCD_LEDGER_URL``, else the ledger's SQLite file.
-
-    A bare filesystem path is accepted too (``/x/ledger.sqlite`` → ``sqlite:////x/ledger.sqlite``).
-    """
-    from mlcd.settings import get_settings
-
-    settings = get_settings()
-    value = url or settings.ledger_url or str(settings.ledger_path)
-    if "://" not in value:
-        path = Path(value).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
-    return value
-
-
-_ENGINES: dict[str, Any] = {}
-_ENGINES_LOCK = threading.Lock()
-_SCHEMA_DONE: set[str] = set()
-
-
 def _engine(url: str) -> Any:
-    """One SQLAlchemy engine per URL per process, with the table created once (idempotently)."""
-    from sqlalchemy import create_engine, event
-
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(url)
-        if engine is None:
-            if url.startswith("sqlite"):
-                # A long busy timeout: writers queue on SQLite's file lock instead of failing "database is locked".
-                engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-                @event.listens_for(engine, "connect")
-                def _wal(dbapi_conn: Any, _record: Any) -> None:  # readers never block the lease writer
-                    cur = dbapi_conn.cursor()
-                    cur.execute("PRAGMA journal_mode=WAL")
-                    # One fsync per checkpoint instead of per commit: a lease is short-lived by design, and a
-                    # lease lost to a power cut only expires early (the recorded intent is in the MLflow record too).
-                    cur.execute("PRAGMA synchronous=NORMAL")
-                    cur.close()
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
-            _ENGINES[url] = engine
-        if url not in _SCHEMA_DONE:
-            _create_schema(engine)
-            _SCHEMA_DONE.add(url)
-        return engine
-
-
-def _create_schema(engine: Any) -> None:
-    """Create the lease table if missing; another process creating it at the same moment is fine."""
-    from sqlalchemy import inspect
-    from sqlalchemy.exc import DBAPIError
-
-    try:
-        _metadata().create_all(engine, checkfirst=True)
-    except DBAPIError:
-        if not inspect(engine).has_table("mlcd_registry_lease"):
-            raise
+    """The shared engine for ``url`` (:func:`mlcd.sql.engine`) with the lease table created (idempotently)."""
+    eng = sql.engine(url)
+    sql.ensure_schema(eng, _metadata())
+    return eng
 
 
 _META: Any = None
@@ -229,17 +177,13 @@ def try_acquire(name: str, owner: str, ttl_s: float = DEFAULT_TTL_S, url: str | 
     The decision is one ``UPDATE ... WHERE owner IS NULL OR expires_at < now OR owner = me``, which the database
     serialises, so two concurrent callers cannot both win.
     """
-    from sqlalchemy import insert, select, update
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy import select, update
 
     url = ledger_url(url)
     engine = _engine(url)
     t = _table()
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(t).values(name=name, owner=None, token=0, expires_at=0.0))
-    except IntegrityError:
-        pass  # the row exists already: the common case
+    with engine.begin() as conn:  # the row exists already in the common case
+        sql.insert_if_absent(conn, t, {"name": name, "owner": None, "token": 0, "expires_at": 0.0})
     now = time.time()
     expires = now + ttl_s
     with engine.begin() as conn:

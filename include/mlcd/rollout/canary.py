@@ -359,6 +359,7 @@ def rollout_from_settings(spec: RolloutSpec, actor: str = "mlcd", dag_run_id: st
     """A rollout wired from ``MLCD_*`` settings (router backend, gateway URL) and ``registry`` (the Airflow task
     passes the one its MLflow Connection builds), else a registry on ``tracking_uri`` / the settings."""
     from mlcd.registry import ModelRegistry
+    from mlcd.rollout.providers import counters_from_settings
     from mlcd.rollout.router import router_from_settings
     from mlcd.settings import get_settings
 
@@ -366,4 +367,6 @@ def rollout_from_settings(spec: RolloutSpec, actor: str = "mlcd", dag_run_id: st
     url = gateway_url or s.gateway_url
     if registry is None:
         registry = ModelRegistry(tracking_uri or s.tracking_uri, model_name or s.model_name)
-    return CanaryRollout(registry, router_from_settings(url), spec, url, actor, dag_run_id)
+    # The counters come from MLCD_METRICS_PROVIDER: the gateway's own /metrics, or Prometheus on a cluster.
+    return CanaryRollout(registry, router_from_settings(url), spec, url, actor, dag_run_id,
+                         scrape=counters_from_settings())

@@ -168,7 +168,10 @@ class Gateway:
 
             stable = self.routes.stable.version if self.routes.stable else None
             snapshot = await asyncio.to_thread(snapshot_of, self.config.model_name, self.config.tracking_uri, stable)
-            reference = await asyncio.to_thread(load_or_fit_reference, get_settings().home, snapshot)
+            settings = get_settings()
+            # The snapshot comes from the storage URL (an object store on a cluster), never a shared disk.
+            reference = await asyncio.to_thread(
+                load_or_fit_reference, settings.home, snapshot, settings.storage_url)
             self.drift = DriftMonitor(reference)
         except Exception as exc:  # noqa: BLE001 - serving goes on without drift; the log says why
             log.warning("input drift monitoring disabled: %s: %s", type(exc).__name__, exc)

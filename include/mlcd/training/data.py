@@ -2,13 +2,13 @@
 
 A snapshot is a folder (``train.npz``, ``val.npz``, ``test.npz``, ``manifest.json``, see
 :mod:`mlcd.data.snapshot`) on a local path, a ``file://`` URL, or any fsspec URL (``s3://…``, ``gs://…``)
-that a pod can reach; a remote snapshot is copied to a temporary folder first. Every problem is raised as
-:class:`SnapshotError` with one readable line.
+that a pod can reach, read with ``MLCD_STORAGE_OPTIONS`` and the store's own credentials (``AWS_*``…). A remote
+snapshot exists once its manifest is published; each member is read up to the size the manifest records and checked
+against its SHA-256 (never unpickled). Every problem is raised as :class:`SnapshotError` with one readable line.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +18,7 @@ import numpy as np
 from mlcd.data.batch import BatchError
 from mlcd.data.snapshot import load_split, read_snapshot
 from mlcd.model_io import IMAGE_SHAPE, NUM_CLASSES
+from mlcd.storage import is_local, local_path
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -37,24 +38,6 @@ class TrainingData:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-
-
-def _local_copy(snapshot: str) -> Path:
-    """A local folder holding the snapshot: the path itself, or a copy of a remote URL."""
-    if snapshot.startswith("file://"):
-        return Path(snapshot[len("file://") :])
-    if "://" not in snapshot:
-        return Path(snapshot)
-    import fsspec
-
-    try:
-        fs, remote = fsspec.core.url_to_fs(snapshot)
-        target = Path(tempfile.mkdtemp(prefix="mlcd-snapshot-"))
-        for name in ("manifest.json", "train.npz", "val.npz"):
-            fs.get(f"{remote.rstrip('/')}/{name}", str(target / name))
-    except (OSError, ValueError, ImportError) as err:
-        raise SnapshotError(f"cannot fetch snapshot {snapshot}: {err}") from None
-    return target
 
 
 def _check(split: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -78,18 +61,17 @@ def load_training_data(snapshot: str | Path, max_train_samples: int | None = Non
         SnapshotError: missing, unreadable or unusable snapshot.
     """
     given = str(snapshot)
-    local = _local_copy(given)
-    if not local.is_dir():
+    if is_local(given) and not local_path(given).is_dir():
         raise SnapshotError(f"snapshot folder {given} does not exist (or is not a folder)")
     try:
-        snap = read_snapshot(local)
-    except (ValueError, KeyError) as err:
+        snap = read_snapshot(given)
+    except (ValueError, KeyError, OSError) as err:
         raise SnapshotError(str(err) if "snapshot" in str(err) else f"snapshot {given}: {err}") from None
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in ("train", "val"):
         try:
-            splits[split] = load_split(local, split)  # type: ignore[arg-type]
-        except BatchError as err:
+            splits[split] = load_split(snap, split)  # type: ignore[arg-type]
+        except (BatchError, OSError) as err:
             raise SnapshotError(f"snapshot {given}: {split}.npz: {err}") from None
     (x_train, y_train), (x_val, y_val) = splits["train"], splits["val"]
     _check("train", x_train, y_train)
