@@ -128,6 +128,14 @@ class Proc:
         self.process = None
 
 
+def cleanup(*roots: Path) -> None:
+    """Remove a stopped service's folders (kept for a post-mortem when MLCD_REHEARSAL_KEEP is set)."""
+    if os.environ.get("MLCD_REHEARSAL_KEEP"):
+        return
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def private_tmp(prefix: str) -> Path:
     """A new folder under the system temp dir (not pytest's 700 tree: Postgres runs as its own user)."""
     return Path(tempfile.mkdtemp(prefix=f"mlcd-rehearsal-{prefix}-"))
@@ -212,6 +220,7 @@ class Redis:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        cleanup(self.root)
 
 
 # ---------------------------------------------------------------------------------------------------- S3 (moto)
@@ -262,6 +271,7 @@ class S3Server:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        cleanup(self.root)
 
 
 # ------------------------------------------------------------------------------------------------------ MLflow
@@ -293,6 +303,7 @@ class MlflowServer:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        cleanup(self.root)
 
 
 # -------------------------------------------------------------------------------------------------- Prometheus
@@ -343,6 +354,7 @@ class Prometheus:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        cleanup(self.root)
 
 
 # ----------------------------------------------------------------------------------------------------- Gateway
@@ -375,3 +387,4 @@ class Gateway:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        cleanup(self.root)

@@ -4,7 +4,9 @@ Every mlcd process is told only the cluster settings (storage in ``s3://``, ledg
 Postgres + S3, metrics from Prometheus) and has its own empty ``MLCD_HOME``. Batches land in the ``s3://`` landing
 zone; the landing watcher's sensor starts ``mlcd_retrain``; the canary is judged from Prometheus (which scrapes
 the gateway every second); a one-class model forced past the gate is rolled back by ``mlcd_guard`` reading
-Prometheus. Task logs stay on the disk of the worker that ran the task, so they say which worker ran what.
+Prometheus. Serving is a gateway Deployment per variant behind an HTTPRoute (see tests/rehearsal/kube.py),
+moved by the HTTPRoute router through the official Kubernetes client. Task logs stay on the disk of the worker
+that ran the task, so they say which worker ran what.
 """
 
 from __future__ import annotations
@@ -22,19 +24,8 @@ import pytest
 from mlcd.demo import DEMO_CANARY_SPEC, SMALL_RETRAIN_DEFAULTS, Story, _arm_landing_watch
 from tests.rehearsal.airflow_cluster import WORKERS, AirflowCluster
 from tests.rehearsal.conftest import ClusterSettings
-from tests.rehearsal.services import (
-    VENV_BIN,
-    Postgres,
-    Proc,
-    Prometheus,
-    Redis,
-    S3Server,
-    base_env,
-    free_port,
-    http_ok,
-    private_tmp,
-    wait_for,
-)
+from tests.rehearsal.kube import ServingCluster, api_server, ingress, kubeconfig
+from tests.rehearsal.services import VENV_BIN, Postgres, Prometheus, Redis, S3Server, cleanup, private_tmp
 
 BATCH_IMAGES = 1500  # per good batch: the first model sees ~1,200 training images (floor 0.80, SMALL defaults)
 GUARD_BAKE_S = 10
@@ -44,20 +35,21 @@ TRAFFIC_RATE = 30
 @pytest.fixture(scope="module")
 def platform(postgres: Postgres, redis: Redis, s3: S3Server, prometheus: Prometheus,
              cluster_settings: ClusterSettings) -> Iterator[dict[str, Any]]:
-    """The gateway (scraped by Prometheus) and Airflow on Celery, all with the cluster settings."""
+    """Serving as on Kubernetes (a gateway Deployment per variant, an HTTPRoute, Prometheus scraping both pods)
+    and Airflow on Celery; every mlcd process is given the cluster settings only."""
+    root = private_tmp("serving")
+    serving = ServingCluster(root, cluster_settings.env(), prometheus.write_targets)
     token = secrets.token_urlsafe(16)
-    gateway_port = free_port()
-    gateway_root = private_tmp("gateway")
-    gateway = Proc("gateway", [str(VENV_BIN / "python"), "-m", "mlcd.cli", "serve", "--port", str(gateway_port)],
-                   base_env(gateway_root / "home", **cluster_settings.env(), MLCD_ADMIN_TOKEN=token,
-                            MLCD_HOME=str(gateway_root / "mlcd-home")),
-                   gateway_root / "cwd", gateway_root / "gateway.log").start()
-    gateway_url = f"http://127.0.0.1:{gateway_port}"
-    prometheus.write_targets([{"targets": [f"127.0.0.1:{gateway_port}"], "labels": {"namespace": "rehearsal"}}])
+    api = api_server(serving, token).start()
+    edge = ingress(serving).start()
+    config = root / "kubeconfig"  # what a service account's mounted token gives a pod
+    config.write_text(kubeconfig(api.url, token))
     mlcd_env = {
         **cluster_settings.env(),
-        "MLCD_GATEWAY_URL": gateway_url,
-        "MLCD_ADMIN_TOKEN": token,
+        "MLCD_ROUTER_BACKEND": "kubernetes",
+        "MLCD_KUBECONFIG": str(config),
+        "MLCD_K8S_NAMESPACE": "mlcd",
+        "MLCD_GATEWAY_URL": edge.url,
         "MLCD_METRICS_PROVIDER": "prometheus",
         "MLCD_PROMETHEUS_URL": prometheus.url,
         "MLCD_PROMETHEUS_SELECTOR": 'namespace="rehearsal"',
@@ -70,12 +62,14 @@ def platform(postgres: Postgres, redis: Redis, s3: S3Server, prometheus: Prometh
     cluster = AirflowCluster(private_tmp("airflow"), postgres.url("airflow"),
                              postgres.url("airflow", "db+postgresql+psycopg2"), redis.url, mlcd_env)
     try:
-        wait_for("gateway", lambda: http_ok(f"{gateway_url}/metrics"), 180, gateway.log, gateway.alive)
         cluster.start()
-        yield {"cluster": cluster, "gateway": gateway_url, "gateway_proc": gateway, "token": token}
+        yield {"cluster": cluster, "serving": serving, "gateway": edge.url}
     finally:
         cluster.stop()
-        gateway.stop()
+        edge.stop()
+        api.stop()
+        serving.stop()
+        cleanup(cluster.root, root)
 
 
 def _finished(story: Story, dag_id: str, run_id: str, timeout: float = 900) -> dict[str, str]:
@@ -91,6 +85,7 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
     from mlcd.settings import get_settings
 
     cluster: AirflowCluster = platform["cluster"]
+    serving: ServingCluster = platform["serving"]
     for key, value in cluster_settings.env().items():  # this process lands batches as a producer would
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MLCD_HOME", str(tmp_path / "producer"))
@@ -139,8 +134,12 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
         record = registry.get_state(promoted)
         assert record.last_event("canary_step") is not None, record.history  # steps judged from Prometheus
         timings["turn 2 (canary, promote)"] = time.monotonic() - start
-        served = prometheus.query('sum by (version) (mlcd_gateway_requests_total{namespace="rehearsal"})')
-        assert {s["metric"].get("version") for s in served} >= {str(champion), str(promoted)}, served
+        # One gateway process per variant: the canary Deployment served the new version, then the stable one.
+        assert ("mlcd-gateway-canary", promoted) in serving.rollouts, serving.rollouts
+        assert serving.rollouts[-1] == ("mlcd-gateway-stable", promoted), serving.rollouts
+        served = prometheus.query('sum by (variant, version) (mlcd_gateway_requests_total{namespace="rehearsal"})')
+        pairs = {(s["metric"].get("variant"), s["metric"].get("version")) for s in served}
+        assert {("stable", champion), ("canary", promoted)} <= pairs, served
 
         # Turn 3: a one-class model forced past the gate -> canary -> mlcd_guard rolls it back from Prometheus.
         story.remember_runs("mlcd_guard")
@@ -154,6 +153,8 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
         state = registry.get_state(str(broken)).state
         assert getattr(state, "value", state) == "rolled_back", state
         assert registry.get_alias_version("champion") == promoted
+        assert serving.weights()["mlcd-gateway-canary"] == 0  # users back on the stable Deployment
+        assert ("mlcd-gateway-canary", str(broken)) in serving.rollouts
         timings["turn 3 (guard rollback)"] = time.monotonic() - start
     finally:
         traffic.terminate()
