@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.rehearsal.services import MlflowServer, Postgres, Prometheus, Redis, S3Server, private_tmp
+from tests.rehearsal.services import (
+    MlflowServer,
+    Postgres,
+    Prometheus,
+    Redis,
+    S3Server,
+    private_tmp,
+    stop_leftovers,
+)
 
 STORAGE_BUCKET = "mlcd-data"
 ARTIFACT_BUCKET = "mlcd-mlflow"
@@ -25,6 +33,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/rehearsal/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.rehearsal)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    leftovers = stop_leftovers()
+    if leftovers:
+        print(f"rehearsal: stopped servers a fixture left running: {', '.join(leftovers)}")
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,22 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | N
     raise RuntimeError(f"{what} not ready within {timeout:.0f}s\n{tail}")
 
 
-@dataclass
+# Every server started and not yet stopped: a safety net stops them at the end of the session (conftest) even
+# when a fixture's own finaliser never ran.
+_LIVE: list[Any] = []
+
+
+def stop_leftovers() -> list[str]:
+    """Stop whatever is still running (newest first); returns what it stopped."""
+    stopped = []
+    while _LIVE:
+        thing = _LIVE.pop()
+        stopped.append(getattr(thing, "name", type(thing).__name__))
+        thing.stop()
+    return stopped
+
+
+@dataclass(eq=False)
 class Proc:
     """One child process in its own session (so the whole group can be stopped), logging to a file."""
 
@@ -101,6 +116,7 @@ class Proc:
         self.process = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         out.close()
+        _LIVE.append(self)
         return self
 
     def alive(self) -> bool:
@@ -126,6 +142,8 @@ class Proc:
             pass
         proc.wait()
         self.process = None
+        if self in _LIVE:
+            _LIVE.remove(self)
 
 
 def cleanup(*roots: Path) -> None:
@@ -142,7 +160,7 @@ def private_tmp(prefix: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- Postgres
-@dataclass
+@dataclass(eq=False)
 class Postgres:
     """Debian's PostgreSQL 15: initdb + pg_ctl in a temp dir, run as the ``postgres`` user when we are root."""
 
@@ -169,6 +187,7 @@ class Postgres:
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB")
         started = subprocess.run([*self._as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(self.root / "log"),
                                   "-w", "-t", "60", "-o", options, "start"], capture_output=True, text=True)
+        _LIVE.append(self)
         if started.returncode != 0:
             log = (self.root / "log").read_text(errors="replace") if (self.root / "log").exists() else ""
             raise RuntimeError(f"postgres did not start: {started.stderr}\n{log[-2000:]}")
@@ -183,6 +202,8 @@ class Postgres:
         return self
 
     def stop(self) -> None:
+        if self in _LIVE:
+            _LIVE.remove(self)
         if (self.root / "data" / "postmaster.pid").exists():
             subprocess.run([*self._as_user, str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w",
                             "stop"], capture_output=True)

@@ -96,6 +96,7 @@ def snapshot_uri(cluster_settings: ClusterSettings, tmp_path: Path, monkeypatch:
     return str(report.snapshot_uri)
 
 
+@pytest.mark.timeout(900, method="signal")
 def test_training_pod_runs_from_its_spec_alone(snapshot_uri: str, cluster_settings: ClusterSettings,
                                                mlflow_service: MlflowServer, s3: S3Server, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
