@@ -114,19 +114,28 @@ def ensure_schema(eng: Engine, metadata: MetaData) -> None:
         _SCHEMAS.add(key)
 
 
+def _upsert_insert(conn: Connection, table: Table) -> Any:
+    """The dialect's ``INSERT`` with ``ON CONFLICT`` support (SQLite, Postgres), else None."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    return None
+
+
 def insert_if_absent(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
     """``INSERT`` one row unless its primary key exists; True when this call inserted it.
 
     ``ON CONFLICT DO NOTHING`` on SQLite and Postgres: the database decides, so of many concurrent callers
     exactly one gets True, and no loser aborts its transaction on a constraint error.
     """
-    name = conn.dialect.name
-    if name in ("sqlite", "postgresql"):
-        if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        return conn.execute(insert(table).values(**values).on_conflict_do_nothing()).rowcount == 1
+    stmt = _upsert_insert(conn, table)
+    if stmt is not None:
+        return conn.execute(stmt.values(**values).on_conflict_do_nothing()).rowcount == 1
     from sqlalchemy import insert as plain_insert
     from sqlalchemy.exc import IntegrityError
 
@@ -140,14 +149,10 @@ def insert_if_absent(conn: Connection, table: Table, values: dict[str, Any]) -> 
 
 def upsert(conn: Connection, table: Table, values: dict[str, Any]) -> None:
     """Insert the row, or overwrite the existing row with the same primary key (one statement)."""
-    name = conn.dialect.name
     keys = [c.name for c in table.primary_key.columns]
-    if name in ("sqlite", "postgresql"):
-        if name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        stmt = insert(table).values(**values)
+    base = _upsert_insert(conn, table)
+    if base is not None:
+        stmt = base.values(**values)
         rest = {k: stmt.excluded[k] for k in values if k not in keys}
         conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=rest))
         return

@@ -27,21 +27,24 @@ COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 
 AIRFLOW_SERVICES = {"airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
-ONE_SHOT = {"airflow-init"}
-LONG_RUNNING = AIRFLOW_SERVICES | {"postgres", "mlflow", "gateway"}
+ONE_SHOT = {"airflow-init", "storage-init"}
+LONG_RUNNING = AIRFLOW_SERVICES | {"postgres", "mlflow", "gateway", "minio", "prometheus"}
 # service -> container port published on the host (same number by default)
 PUBLISHED = {"airflow-api-server": 8080, "mlflow": 5000, "gateway": 8000}
 HEALTHY, COMPLETED = "service_healthy", "service_completed_successfully"
+AIRFLOW_READY = {"postgres": HEALTHY, "airflow-init": COMPLETED, "storage-init": COMPLETED}
 DEPENDS_ON = {
     "postgres": {},
     "airflow-init": {"postgres": HEALTHY},
-    "airflow-api-server": {"postgres": HEALTHY, "airflow-init": COMPLETED},
-    "airflow-dag-processor": {"postgres": HEALTHY, "airflow-init": COMPLETED},
-    "airflow-scheduler": {"postgres": HEALTHY, "airflow-init": COMPLETED, "airflow-api-server": HEALTHY,
-                          "mlflow": HEALTHY},
-    "airflow-triggerer": {"postgres": HEALTHY, "airflow-init": COMPLETED, "airflow-api-server": HEALTHY},
+    "airflow-api-server": AIRFLOW_READY,
+    "airflow-dag-processor": AIRFLOW_READY,
+    "airflow-scheduler": {**AIRFLOW_READY, "airflow-api-server": HEALTHY, "mlflow": HEALTHY},
+    "airflow-triggerer": {**AIRFLOW_READY, "airflow-api-server": HEALTHY},
     "mlflow": {"postgres": HEALTHY, "airflow-init": COMPLETED},
-    "gateway": {"mlflow": HEALTHY},
+    "gateway": {"mlflow": HEALTHY, "storage-init": COMPLETED},
+    "minio": {},
+    "storage-init": {"minio": HEALTHY},
+    "prometheus": {},
 }
 # State that must outlive `docker-compose down`: service -> container path backed by a named volume.
 STATE = {
@@ -50,11 +53,14 @@ STATE = {
     "airflow-scheduler": "/var/lib/mlcd",
     "airflow-api-server": "/opt/airflow/logs",
     "gateway": "/var/lib/mlcd",
+    "minio": "/data",
+    "prometheus": "/prometheus",
 }
 EXECUTION_API = "http://airflow-api-server:8080/execution/"
 REQUIRED_SECRETS = (
     "POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY",
     "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "MLCD_ADMIN_TOKEN",
+    "MLCD_DB_PASSWORD", "MINIO_ROOT_PASSWORD",
 )
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|FERNET|_KEY$|SQL_ALCHEMY_CONN|BACKEND_STORE_URI")
 URL_CREDENTIALS = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
@@ -154,8 +160,9 @@ def test_every_long_running_service_has_a_healthcheck(config: dict[str, Any]) ->
         assert check["test"][0] in ("CMD", "CMD-SHELL") and len(check["test"]) > 1, name
         assert {"interval", "timeout", "retries"} <= set(check), name
         assert service.get("restart") == "unless-stopped", name
-    init = config["services"]["airflow-init"]
-    assert init.get("restart") == "no" and not init.get("ports")
+    for one_shot in ONE_SHOT:
+        init = config["services"][one_shot]
+        assert init.get("restart") == "no" and not init.get("ports"), one_shot
 
 
 def test_start_order_waits_for_health_and_for_the_init_service(config: dict[str, Any]) -> None:
@@ -174,7 +181,7 @@ def test_airflow_services_share_image_executor_and_secrets(
     for name in AIRFLOW_SERVICES | ONE_SHOT | {"mlflow"}:
         assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile.airflow", name
     assert services["gateway"]["build"]["dockerfile"] == "deploy/docker/Dockerfile.gateway"
-    for name in AIRFLOW_SERVICES | ONE_SHOT:
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
         env = _env(services[name])
         assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == EXECUTION_API, name
@@ -236,6 +243,41 @@ def test_init_scripts_are_mounted_and_parse(config: dict[str, Any]) -> None:
         subprocess.run(["bash", "-n", str(path)], check=True)
     sql = (REPO / "deploy" / "compose" / "postgres-init.sh").read_text()
     assert "CREATE DATABASE airflow OWNER airflow" in sql and "CREATE DATABASE mlflow OWNER mlflow" in sql
+    assert "CREATE DATABASE mlcd OWNER mlcd" in sql and "GRANT CONNECT ON DATABASE mlcd TO mlcd" in sql
+
+
+def test_the_same_configuration_as_a_cluster(config: dict[str, Any], secrets_filled: dict[str, str]) -> None:
+    """Ledger in Postgres, storage in an S3 object store, metrics from Prometheus (issue 11.6), as deploy/k8s."""
+    from mlcd.rollout.providers import PROVIDERS
+
+    services = config["services"]
+    bucket = secrets_filled["MLCD_BUCKET"]
+    storage = {"MLCD_STORAGE_URL": f"s3://{bucket}/data",
+               "MLCD_STORAGE_OPTIONS": '{"endpoint_url": "http://minio:9000"}',
+               "AWS_ACCESS_KEY_ID": secrets_filled["MINIO_ROOT_USER"],
+               "AWS_SECRET_ACCESS_KEY": secrets_filled["MINIO_ROOT_PASSWORD"]}
+    for name in AIRFLOW_SERVICES | ONE_SHOT | {"gateway"}:
+        env = _env(services[name])
+        assert {k: env.get(k) for k in storage} == storage, name
+    for name in AIRFLOW_SERVICES:
+        env = _env(services[name])
+        assert env["MLCD_LEDGER_URL"] == (
+            f"postgresql+psycopg2://mlcd:{secrets_filled['MLCD_DB_PASSWORD']}@postgres:5432/mlcd"), name
+        assert env["MLCD_METRICS_PROVIDER"] == secrets_filled["MLCD_METRICS_PROVIDER"] == "prometheus", name
+        assert env["MLCD_METRICS_PROVIDER"] in PROVIDERS
+        assert env["MLCD_PROMETHEUS_URL"] == "http://prometheus:9090", name
+    minio = _env(services["minio"])
+    assert (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"]) == (
+        storage["AWS_ACCESS_KEY_ID"], storage["AWS_SECRET_ACCESS_KEY"])
+    assert _env(services["postgres"])["MLCD_DB_PASSWORD"] == secrets_filled["MLCD_DB_PASSWORD"]
+    # Prometheus scrapes the gateway service on the port it listens on, keeping the gateway's own labels.
+    mounts = " ".join(map(str, services["prometheus"].get("volumes") or []))
+    assert "deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml" in mounts
+    scrape = yaml.safe_load((REPO / "deploy" / "compose" / "prometheus.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["honor_labels"] is True and job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == [f"gateway:{PUBLISHED['gateway']}"]
+    assert not services["prometheus"].get("ports") and not services["minio"].get("ports")  # internal only
 
 
 def _environment_blocks(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -385,3 +385,114 @@ def test_helm_values_create_no_default_login() -> None:
     assert values["createUserJob"]["enabled"] is False
     text = (K8S / "airflow-values.yaml").read_text().lower()
     assert "password:" not in text and "admin/admin" not in text.replace(" ", "")
+
+
+# --- metrics and exposure (issue 11.4) ----------------------------------------------------------------------
+
+def _route_matches(matches: list[dict[str, Any]], path: str, method: str) -> bool:
+    """Gateway API HTTPRoute matching (Exact; PathPrefix by whole path elements; optional method)."""
+    for match in matches:
+        kind, value = match["path"]["type"], match["path"]["value"]
+        if kind == "Exact":
+            hit = path == value
+        elif kind == "PathPrefix":
+            prefix = value.rstrip("/")
+            hit = path == prefix or path.startswith(prefix + "/")
+        else:
+            raise AssertionError(f"unchecked match type {kind}")
+        if hit and match.get("method", method) == method:
+            return True
+    return False
+
+
+def test_the_public_route_sends_only_inference_paths_and_the_router_keeps_it_so() -> None:
+    from mlcd.rollout.router import PUBLIC_MATCHES, KubernetesHTTPRouteRouter
+
+    route = _one("HTTPRoute", "mlcd-gateway")
+    assert len(route["spec"]["rules"]) == 1
+    matches = route["spec"]["rules"][0]["matches"]
+    public = [("POST", "/predict"), ("POST", "/v2/models/mnist-cnn/infer"), ("GET", "/v2/health/ready"),
+              ("GET", "/v2"), ("GET", "/v2/models/mnist-cnn"), ("POST", "/v2/models/m/versions/3/infer")]
+    internal = [("GET", "/admin/routes"), ("POST", "/admin/routes"), ("GET", "/metrics"), ("POST", "/feedback"),
+                ("GET", "/healthz"), ("GET", "/predict"), ("POST", "/predictx"), ("GET", "/v2x/models"),
+                ("GET", "/")]
+    assert all(_route_matches(matches, p, m) for m, p in public)
+    assert not any(_route_matches(matches, p, m) for m, p in internal)
+    # A weight change is a JSON merge patch replacing the rules whole: it must carry the same matches.
+    patch = KubernetesHTTPRouteRouter(lambda *a: {}).route_patch("1", "2", 25)
+    assert patch["spec"]["rules"][0]["matches"] == matches == [dict(m) for m in PUBLIC_MATCHES]
+
+
+def test_the_gateways_accept_connections_only_from_airflow_prometheus_and_the_data_plane() -> None:
+    policy = _one("NetworkPolicy", "mlcd-gateway")
+    assert policy["metadata"]["namespace"] == WORKLOAD_NS
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    deployments = _by_kind("Deployment")
+    assert deployments and all(
+        all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items()) for d in deployments)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    ports = {c["containerPort"] for d in deployments for c in d["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert {p["port"] for p in rule["ports"]} == ports
+    peers = rule["from"]
+    namespaces = [p["namespaceSelector"]["matchLabels"] for p in peers]
+    assert namespaces == [{"kubernetes.io/metadata.name": AIRFLOW_SA[0]},
+                          {"kubernetes.io/metadata.name": "monitoring"}, {"mlcd.io/gateway-dataplane": "true"}]
+    airflow = peers[0]["podSelector"]["matchExpressions"][0]
+    assert (airflow["key"], set(airflow["values"])) == ("component", {"scheduler", "worker", "triggerer"})
+    assert peers[1]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    assert all("ipBlock" not in p for p in peers)  # no CIDR opens the door to anything else
+
+
+def test_prometheus_labels_each_gateway_pod_with_the_variant_and_version_the_router_sets() -> None:
+    from mlcd.rollout.router import VERSION_ANNOTATION
+
+    config = yaml.safe_load(_one("ConfigMap", "mlcd-prometheus-scrape")["data"]["mlcd-gateways.yaml"])
+    [job] = config["scrape_configs"]
+    assert job["honor_labels"] is True  # the gateway's own variant/version labels win
+    targets = {r["target_label"]: r["source_labels"][0] for r in job["relabel_configs"] if "target_label" in r}
+
+    def meta(kind: str, name: str) -> str:
+        return f"__meta_kubernetes_pod_{kind}_" + "".join(ch if ch.isalnum() else "_" for ch in name)
+
+    assert targets["variant"] == meta("label", "mlcd.io/variant")
+    assert targets["version"] == meta("annotation", VERSION_ANNOTATION)
+    for deployment in _by_kind("Deployment"):
+        template = deployment["spec"]["template"]["metadata"]
+        assert template["labels"]["mlcd.io/variant"] in ("stable", "canary")
+        assert VERSION_ANNOTATION in template["annotations"]
+
+
+def test_airflow_reads_metrics_from_prometheus_and_the_gateway_on_its_internal_service() -> None:
+    from mlcd.rollout.providers import check_selector
+
+    values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env["MLCD_METRICS_PROVIDER"] == "prometheus" and env["MLCD_ROUTER_BACKEND"] == "kubernetes"
+    assert env["MLCD_PROMETHEUS_URL"].startswith("http://prometheus.monitoring.svc")
+    assert check_selector(env["MLCD_PROMETHEUS_SELECTOR"]) == f'namespace="{WORKLOAD_NS}"'
+    host = env["MLCD_GATEWAY_URL"].split("//")[1].split(":")[0]
+    service, namespace = host.split(".")[:2]
+    assert namespace == WORKLOAD_NS and service in {s["metadata"]["name"] for s in _by_kind("Service")}
+    assert all(s["spec"]["type"] == "ClusterIP" for s in _by_kind("Service"))  # no Service is public
+    assert env["MLCD_STORAGE_URL"].startswith("s3://")
+    secrets = {s["envName"] for s in values["secret"]}
+    assert "MLCD_LEDGER_URL" in secrets  # the ledger's Postgres URL, from a Secret
+
+
+def test_no_pod_shares_a_disk_and_every_part_names_the_same_object_store() -> None:
+    """Issue 11: tasks, the trainer pod and the gateways meet through services (storage URL, ledger, MLflow)."""
+    values = yaml.safe_load((K8S / "airflow-values.yaml").read_text())
+    template = yaml.safe_load((K8S / "trainer-pod-template.yaml").read_text())
+    pod_volumes = [v for _, spec in _pod_specs() for v in spec.get("volumes") or []]
+    for volume in [*pod_volumes, *values["volumes"]]:
+        assert "persistentVolumeClaim" not in volume, f"shared disk {volume['name']}"
+    assert not _by_kind("PersistentVolumeClaim")
+    storage = {e["value"] for e in values["env"] if e["name"] == "MLCD_STORAGE_URL"}
+    for deployment in _by_kind("Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {env["MLCD_STORAGE_URL"]} == storage, deployment["metadata"]["name"]
+        assert {"secretRef": {"name": "mlcd-storage", "optional": True}} in container["envFrom"]
+    assert "mlcd-storage" in values["extraEnvFrom"]
+    assert "MLCD_HOME" not in {e["name"] for c in template["spec"]["containers"] for e in c.get("env") or []}

@@ -19,6 +19,7 @@ import yaml
 
 from mlcd.rollout.router import (
     MERGE_PATCH,
+    PUBLIC_MATCHES,
     STRATEGIC_MERGE_PATCH,
     KubernetesHTTPRouteRouter,
     LocalGatewayRouter,
@@ -173,7 +174,7 @@ def route_patch(
             "annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary},
             "resourceVersion": rv,
         },
-        "spec": {"rules": [{"backendRefs": [
+        "spec": {"rules": [{"matches": [dict(m) for m in PUBLIC_MATCHES], "backendRefs": [
             {"name": "mlcd-gateway-stable", "port": 8000, "weight": stable_weight},
             {"name": "mlcd-gateway-canary", "port": 8000, "weight": canary_weight},
         ]}]},

@@ -123,7 +123,9 @@ class NewBatchSensor(BaseSensorOperator):
         from mlcd.settings import get_settings
 
         settings = get_settings()
-        return self.landing_uri or settings.landing_uri, self.ledger_path or str(settings.ledger_path)
+        # "" is the ledger at MLCD_LEDGER_URL as each process (this worker, the triggerer) is configured: the
+        # trigger's kwargs carry neither a local path nor the database's credentials.
+        return self.landing_uri or settings.landing_uri, self.ledger_path or ""
 
     def execute(self, context: Context) -> list[dict[str, Any]] | None:
         landing_uri, ledger_path = self._paths()

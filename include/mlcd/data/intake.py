@@ -257,17 +257,17 @@ def _decide_one(item: dict[str, Any], settings: Settings, ledger: Ledger, gate: 
             report.left.append({"batch_hash": batch_hash, "name": name, "reason": reason})
             return
         # From here on only the private copy is read: what is judged is what is stored.
-        passed, reason, details, n_images = judge(staged, name, settings, gate=gate)
+        passed, verdict, details, n_images = judge(staged, name, settings, gate=gate)
         if passed:
             stored = store_accepted_file(staged, batch_hash, accepted_at)
             ledger.decide(batch_hash, ACCEPTED, reason=None, details=details, n_images=n_images,
                           stored_path=str(stored), run_id=run_id)
             log.info("accepted %s: %d images", name, n_images)
         else:
-            folder = quarantine_file(staged, batch_hash, name, reason or "refused", details, quarantine_at)
-            ledger.decide(batch_hash, QUARANTINED, reason=reason, details=details, n_images=n_images,
+            folder = quarantine_file(staged, batch_hash, name, verdict or "refused", details, quarantine_at)
+            ledger.decide(batch_hash, QUARANTINED, reason=verdict, details=details, n_images=n_images,
                           stored_path=str(folder), run_id=run_id)
-            log.warning("quarantined %s: %s (copy and reason.json in %s)", name, reason, folder)
+            log.warning("quarantined %s: %s (copy and reason.json in %s)", name, verdict, folder)
         report.data_docs = details.get("data_docs") or report.data_docs
     finally:
         staged.unlink(missing_ok=True)

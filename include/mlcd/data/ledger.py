@@ -90,7 +90,7 @@ class Ledger:
 
     Args:
         location: a SQLAlchemy URL or a SQLite file path; ``None`` (or the default ``settings.ledger_path``, which
-            callers pass to mean "the ledger") is the configured ledger, :func:`mlcd.sql.ledger_url`.
+            callers pass to mean "the ledger", or ``""``) is the configured ledger, :func:`mlcd.sql.ledger_url`.
     """
 
     def __init__(self, location: str | Path | None = None) -> None:
@@ -210,7 +210,7 @@ def _resolve(location: str | Path | None) -> str:
     ``settings.ledger_path`` follow ``MLCD_LEDGER_URL`` without changing."""
     from mlcd.settings import get_settings
 
-    if location is None:
+    if location is None or str(location) == "":
         return sql.ledger_url()
     if "://" not in str(location):
         settings = get_settings()

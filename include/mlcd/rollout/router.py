@@ -161,6 +161,12 @@ KubeApi = Callable[[str, str, Any, "str | None"], dict[str, Any]]
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+# The only paths the public HTTPRoute sends to the gateways: /predict and the Open Inference Protocol (/v2: health,
+# metadata, infer). /admin, /metrics, /feedback and /healthz stay on the internal Services (deploy/k8s/README.md).
+PUBLIC_MATCHES: tuple[dict[str, Any], ...] = (
+    {"path": {"type": "Exact", "value": "/predict"}, "method": "POST"},
+    {"path": {"type": "PathPrefix", "value": "/v2"}},
+)
 VERSION_ANNOTATION = "mlcd.io/model-version"
 STABLE_ANNOTATION = "mlcd.io/stable-version"
 CANARY_ANNOTATION = "mlcd.io/canary-version"
@@ -227,6 +233,9 @@ class KubernetesHTTPRouteRouter:
             "spec": {
                 "rules": [
                     {
+                        # A merge patch replaces the rules whole: the matches travel with every patch, or the
+                        # first weight change would open every path (admin, metrics) to the public listener.
+                        "matches": [dict(m) for m in PUBLIC_MATCHES],
                         "backendRefs": [
                             {"name": self.stable_service, "port": self.port, "weight": 100 - weight},
                             {"name": self.canary_service, "port": self.port, "weight": weight},

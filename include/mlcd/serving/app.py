@@ -242,9 +242,10 @@ class Gateway:
                 if slot is not None and slot not in (new_stable, new_canary):
                     self._retire(slot)
             self.ready_error = None if new_stable else "no stable model version configured"
-            self.metrics.set_served(
-                {STABLE: stable, CANARY: canary if new_canary else None}, self.routes.canary_weight
-            )
+            served: dict[str, str | None] = {STABLE: stable, CANARY: canary if new_canary else None}
+            if self.config.pinned_version:  # one Deployment per variant: report the variant this one serves
+                served = {self.config.pinned_variant: stable}
+            self.metrics.set_served(served, self.routes.canary_weight)
             log.info("routes: %s", self.routes.describe())
             return self.routes
 

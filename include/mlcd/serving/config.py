@@ -42,6 +42,11 @@ class GatewayConfig:
     pinned_variant: str = "stable"
     drift: bool = False
 
+    def __post_init__(self) -> None:
+        # Prometheus sums each variant's pods by this label: a typo would hide a canary from the analysis.
+        if self.pinned_variant not in ("stable", "canary"):
+            raise ValueError(f"MLCD_SERVE_VARIANT must be stable or canary, got {self.pinned_variant!r}")
+
     @classmethod
     def from_settings(cls, **overrides: object) -> GatewayConfig:
         """Read ``MLCD_*`` now; ``MLCD_SERVE_VERSION`` / ``MLCD_SERVE_VARIANT`` pin a Kubernetes replica."""
