@@ -13,14 +13,16 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.pgserver import PostgresServer
 from tests.rehearsal.services import (
     MlflowServer,
-    Postgres,
     Prometheus,
     Redis,
     S3Server,
     private_tmp,
     stop_leftovers,
+    track,
+    untrack,
 )
 
 STORAGE_BUCKET = "mlcd-data"
@@ -42,11 +44,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres(private_tmp("postgres"), DATABASES).start()
+def postgres() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL (tests/pgserver.py, run as the postgres user when we are root) with three databases."""
+    pg = track(PostgresServer(max_connections=300).start())
     try:
+        for name in DATABASES:
+            pg.create_database(name)
         yield pg
     finally:
+        untrack(pg)
         pg.stop()
 
 
@@ -69,7 +75,7 @@ def s3() -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
-def mlflow_service(postgres: Postgres, s3: S3Server) -> Iterator[MlflowServer]:
+def mlflow_service(postgres: PostgresServer, s3: S3Server) -> Iterator[MlflowServer]:
     server = MlflowServer(private_tmp("mlflow"), postgres.url("mlflow"), f"s3://{ARTIFACT_BUCKET}/artifacts", s3)
     server.start()
     try:
@@ -103,7 +109,7 @@ class ClusterSettings:
 
 
 @pytest.fixture(scope="session")
-def cluster_settings(postgres: Postgres, s3: S3Server, mlflow_service: MlflowServer) -> ClusterSettings:
+def cluster_settings(postgres: PostgresServer, s3: S3Server, mlflow_service: MlflowServer) -> ClusterSettings:
     aws = {k: v for k, v in s3.aws_env.items() if k != "AWS_ENDPOINT_URL"}  # the endpoint goes in the options
     return ClusterSettings(
         storage_url=f"s3://{STORAGE_BUCKET}/mlcd",

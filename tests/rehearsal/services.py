@@ -26,7 +26,6 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-PG_BIN = Path(os.environ.get("MLCD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 AWS_KEY = "testing"  # moto accepts any key; these stand in for a Secret's (or a workload identity's) credentials
 AWS_REGION = "us-east-1"
 
@@ -86,6 +85,17 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | N
 # Every server started and not yet stopped: a safety net stops them at the end of the session (conftest) even
 # when a fixture's own finaliser never ran.
 _LIVE: list[Any] = []
+
+
+def track(thing: Any) -> Any:
+    """Put a server started elsewhere (e.g. tests/pgserver.py's) under the safety net; returns it."""
+    _LIVE.append(thing)
+    return thing
+
+
+def untrack(thing: Any) -> None:
+    if thing in _LIVE:
+        _LIVE.remove(thing)
 
 
 def stop_leftovers() -> list[str]:
@@ -157,57 +167,6 @@ def cleanup(*roots: Path) -> None:
 def private_tmp(prefix: str) -> Path:
     """A new folder under the system temp dir (not pytest's 700 tree: Postgres runs as its own user)."""
     return Path(tempfile.mkdtemp(prefix=f"mlcd-rehearsal-{prefix}-"))
-
-
-# ---------------------------------------------------------------------------------------------------- Postgres
-@dataclass(eq=False)
-class Postgres:
-    """Debian's PostgreSQL 15: initdb + pg_ctl in a temp dir, run as the ``postgres`` user when we are root."""
-
-    root: Path
-    databases: tuple[str, ...]
-    port: int = 0
-
-    @property
-    def _as_user(self) -> list[str]:
-        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-    def url(self, database: str, driver: str = "postgresql+psycopg2") -> str:
-        return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
-
-    def start(self) -> Postgres:
-        self.port = self.port or free_port()
-        self.root.chmod(0o755)
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres", "postgres")
-        data = self.root / "data"
-        subprocess.run([*self._as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True)
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB")
-        started = subprocess.run([*self._as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(self.root / "log"),
-                                  "-w", "-t", "60", "-o", options, "start"], capture_output=True, text=True)
-        _LIVE.append(self)
-        if started.returncode != 0:
-            log = (self.root / "log").read_text(errors="replace") if (self.root / "log").exists() else ""
-            raise RuntimeError(f"postgres did not start: {started.stderr}\n{log[-2000:]}")
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in self.databases:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
-        return self
-
-    def stop(self) -> None:
-        if self in _LIVE:
-            _LIVE.remove(self)
-        if (self.root / "data" / "postmaster.pid").exists():
-            subprocess.run([*self._as_user, str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w",
-                            "stop"], capture_output=True)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------------- Redis

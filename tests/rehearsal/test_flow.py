@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 
 from mlcd.demo import DEMO_CANARY_SPEC, SMALL_RETRAIN_DEFAULTS, Story, _arm_landing_watch
+from tests.pgserver import PostgresServer
 from tests.rehearsal.airflow_cluster import WORKERS, AirflowCluster
 from tests.rehearsal.conftest import ClusterSettings
 from tests.rehearsal.kube import ServingCluster, api_server, ingress, kubeconfig
-from tests.rehearsal.services import VENV_BIN, Postgres, Prometheus, Redis, S3Server, cleanup, private_tmp
+from tests.rehearsal.services import VENV_BIN, Prometheus, Redis, S3Server, cleanup, private_tmp
 
 BATCH_IMAGES = 1500  # per good batch: the first model sees ~1,200 training images
 # Fewer epochs than the demo's small-dataset defaults, so three trainings fit in minutes on 2 shared cores: the
@@ -38,7 +39,7 @@ TRAFFIC_RATE = 30
 
 
 @pytest.fixture(scope="module")
-def platform(postgres: Postgres, redis: Redis, s3: S3Server, prometheus: Prometheus,
+def platform(postgres: PostgresServer, redis: Redis, s3: S3Server, prometheus: Prometheus,
              cluster_settings: ClusterSettings) -> Iterator[dict[str, Any]]:
     """Serving as on Kubernetes (a gateway Deployment per variant, an HTTPRoute, Prometheus scraping both pods)
     and Airflow on Celery; every mlcd process is given the cluster settings only."""
@@ -65,7 +66,7 @@ def platform(postgres: Postgres, redis: Redis, s3: S3Server, prometheus: Prometh
         "AIRFLOW_CONN_FS_DEFAULT": '{"conn_type": "fs", "extra": {"path": "/"}}',
     }
     cluster = AirflowCluster(private_tmp("airflow"), postgres.url("airflow"),
-                             postgres.url("airflow", "db+postgresql+psycopg2"), redis.url, mlcd_env)
+                             "db+" + postgres.url("airflow"), redis.url, mlcd_env)
     try:
         cluster.start()
         yield {"cluster": cluster, "serving": serving, "gateway": edge.url}
