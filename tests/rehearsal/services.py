@@ -54,6 +54,9 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "TF_NUM_INTRAOP_THREADS": "1",
         "TF_NUM_INTEROP_THREADS": "1",
+        # MLflow 3's telemetry thread edits os.environ while requests iterates it (KeyError
+        # '_MLFLOW_TELEMETRY_SESSION_ID' seen failing an evaluate try here); no telemetry leaves this machine anyway.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     env.update(extra)
     return env

@@ -137,7 +137,8 @@ def test_training_pod_runs_from_its_spec_alone(snapshot_uri: str, cluster_settin
     # The image: its interpreter (``python`` on its PATH) with mlcd installed.
     env["PATH"] = f"{VENV_BIN}:/usr/bin:/bin"
     env["PYTHONPATH"] = str(REPO / "include")
-    env.update({"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"})
+    env.update({"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                "MLFLOW_DISABLE_TELEMETRY": "true"})  # the image's ENV, as tests/rehearsal/services.base_env
     argv = [*container.command, *container.args]
     assert argv[0] == "python" and "--snapshot" in argv and argv[argv.index("--snapshot") + 1] == snapshot_uri
 
