@@ -145,7 +145,9 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
         # One gateway process per variant: the canary Deployment served the new version, then the stable one.
         assert ("mlcd-gateway-canary", promoted) in serving.rollouts, serving.rollouts
         assert serving.rollouts[-1] == ("mlcd-gateway-stable", promoted), serving.rollouts
-        served = prometheus.query('sum by (variant, version) (mlcd_gateway_requests_total{namespace="rehearsal"})')
+        # last_over_time: the replaced stable pod's series went stale when its Deployment rolled to the new version.
+        served = prometheus.query('sum by (variant, version) '
+                                  '(last_over_time(mlcd_gateway_requests_total{namespace="rehearsal"}[1h]))')
         pairs = {(s["metric"].get("variant"), s["metric"].get("version")) for s in served}
         assert {("stable", champion), ("canary", promoted)} <= pairs, served
 
