@@ -82,6 +82,17 @@ def _finished(story: Story, dag_id: str, run_id: str, timeout: float = 900) -> d
     return story.wait_finished(dag_id, run_id, timeout=timeout)
 
 
+def _errors(cluster: AirflowCluster, run_id: str) -> list[str]:
+    """The error events of a run's task logs, from whichever worker wrote them (for a failure's message)."""
+    lines = []
+    for worker in WORKERS:
+        for path in cluster.log_folder(worker).glob(f"dag_id=*/run_id={run_id}/task_id=*/*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if '"level":"error"' in line:
+                    lines.append(f"{worker} {path.parent.name}: {line[:600]}")
+    return lines
+
+
 # Signal method: a timeout raises in the test, so the fixtures still stop every service they started.
 @pytest.mark.timeout(2400, method="signal")
 def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
@@ -118,7 +129,7 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
     assert settings.landing_uri.startswith("s3://")
     run = story.wait_new_run("mlcd_retrain", timeout=300)
     states = _finished(story, "mlcd_retrain", run)
-    assert states["_run"] == "success", states
+    assert states["_run"] == "success", (states, _errors(cluster, run))
     champion = registry.get_alias_version("champion")
     assert champion is not None
     timings["turn 1 (bootstrap)"] = time.monotonic() - start
@@ -135,7 +146,7 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
         story.land(second)
         run = story.wait_new_run("mlcd_retrain", timeout=300)
         states = _finished(story, "mlcd_retrain", run)
-        assert states["_run"] == "success", states
+        assert states["_run"] == "success", (states, _errors(cluster, run))
         assert states.get("canary") == "success", states
         promoted = registry.get_alias_version("champion")
         assert promoted is not None and int(promoted) > int(champion)
