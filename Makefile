@@ -11,12 +11,13 @@ ifneq ($(wildcard $(SHARED_MNIST)),)
 export MLCD_DATA ?= $(SHARED_MNIST)
 endif
 
-.PHONY: help venv demo test test-fast bench mutation up down lint clean
+.PHONY: help venv demo test test-fast test-rehearsal bench mutation up down lint clean
 
 help:
 	@echo "make demo      - set up .venv and run the whole loop on the embedded default (state in $(MLCD_HOME))"
 	@echo "make test      - set up .venv and run the whole test suite"
 	@echo "make test-fast - unit layer only (seconds)"
+	@echo "make test-rehearsal - the cluster rehearsal layer only (Postgres, Redis, Celery, S3, Prometheus on 127.0.0.1)"
 	@echo "make bench     - benchmarks, each against a peer in the same run"
 	@echo "make mutation  - mutation score of the safety-critical modules (not part of make test)"
 
@@ -37,6 +38,10 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m unit
+
+# Part of `make test` too; needs Debian's postgresql, redis-server and prometheus (.ci/run installs them).
+test-rehearsal: venv
+	$(BIN)/python -m pytest -q -m rehearsal tests/rehearsal
 
 bench: venv
 	$(BIN)/python bench/validation.py

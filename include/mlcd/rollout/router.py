@@ -325,6 +325,7 @@ def kubernetes_api(config_file: str | None = None, context: str | None = None) -
         try:
             data = api_client.call_api(
                 path, method, header_params=headers, body=body, auth_settings=["BearerToken"],
+                # kubernetes>=35 takes a status -> type map (its `response_type` argument is gone).
                 response_types_map={200: "object", 201: "object"}, _return_http_data_only=True,
             )
         except client.ApiException as exc:
