@@ -341,6 +341,11 @@ class Prometheus:
 
 
 # ----------------------------------------------------------------------------------------------------- Gateway
+# What the gateway Deployments get from their Secret: the /feedback token, and one signing key for every replica.
+FEEDBACK_TOKEN = "rehearsal-feedback-token"
+GATEWAY_SECRET = "rehearsal-gateway-signing-key"
+
+
 @dataclass
 class Gateway:
     """One ``mlcd serve`` process pinned to a version and labelled with its variant (a Deployment per variant)."""
@@ -359,7 +364,8 @@ class Gateway:
     def start(self, timeout: float = 180.0) -> Gateway:
         home = self.root / "home"
         env = base_env(home, **dict(self.env), MLCD_SERVE_VERSION=self.version, MLCD_SERVE_VARIANT=self.variant,
-                       MLCD_HOME=str(self.root / "mlcd-home"))
+                       MLCD_HOME=str(self.root / "mlcd-home"), MLCD_FEEDBACK_TOKEN=FEEDBACK_TOKEN,
+                       MLCD_GATEWAY_SECRET=GATEWAY_SECRET)
         argv = [str(VENV_BIN / "python"), "-m", "mlcd.cli", "serve", "--port", str(self.port)]
         self.proc = Proc(f"gateway-{self.variant}", argv, env, self.root / "cwd",
                          self.root / f"gateway-{self.variant}-v{self.version}.log").start()

@@ -12,6 +12,7 @@ that ran the task, so they say which worker ran what.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -26,7 +27,7 @@ from tests.pgserver import PostgresServer
 from tests.rehearsal.airflow_cluster import WORKERS, AirflowCluster
 from tests.rehearsal.conftest import ClusterSettings
 from tests.rehearsal.kube import ServingCluster, api_server, ingress, kubeconfig
-from tests.rehearsal.services import VENV_BIN, Prometheus, Redis, S3Server, cleanup, private_tmp
+from tests.rehearsal.services import FEEDBACK_TOKEN, VENV_BIN, Prometheus, Redis, S3Server, cleanup, private_tmp
 
 BATCH_IMAGES = 2000  # per good batch: the first model sees ~1,600 training images
 # The demo's small-dataset defaults (10 epochs, floor 0.80, 3-point margin): a weaker champion (2 epochs was tried)
@@ -139,6 +140,7 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
     traffic = subprocess.Popen(
         [str(VENV_BIN / "python"), "-m", "mlcd.cli", "traffic", "--url", platform["gateway"], "--rate",
          str(TRAFFIC_RATE), "--duration", "1800", "--feedback"],
+        env={**os.environ, "MLCD_FEEDBACK_TOKEN": FEEDBACK_TOKEN},
         stdout=open(tmp_path / "traffic.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
         story.land(second)
