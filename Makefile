@@ -33,8 +33,19 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/mlcd demo
 
+# Two pytest processes side by side (most of the suite waits on servers, schedulers and windows, so 2 cores
+# are mostly idle with one): the cluster rehearsal, fault drills, newcomer demo and unit layer in the background
+# (its log printed at the end), every other layer in the foreground. Each process has its own AIRFLOW_HOME,
+# MLCD_HOME and free ports (tests/conftest.py). Every test is in exactly one of the two.
+TEST_SIDE := rehearsal or faults or newcomer or unit
 test: venv
-	$(BIN)/python -m pytest -q
+	@mkdir -p $(MLCD_HOME); side_log=$(MLCD_HOME)/test-side.log; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "$(TEST_SIDE)" > $$side_log 2>&1 & side=$$!; \
+	$(BIN)/python -m pytest -q -m "not ($(TEST_SIDE))"; main_rc=$$?; \
+	wait $$side; side_rc=$$?; \
+	echo "---- side run ($(TEST_SIDE)), exit $$side_rc ----"; cat $$side_log; \
+	echo "make test: main run exit $$main_rc, side run exit $$side_rc"; \
+	[ $$main_rc -eq 0 ] && [ $$side_rc -eq 0 ]
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m unit
