@@ -43,7 +43,7 @@ with DAG(
                         description="Seconds a promoted champion is still watched."),
         "grace_s": Param(600.0, type="number", minimum=0,
                          description="Seconds to wait for a canary to appear before ending healthy."),
-        "thresholds": Param({}, type="object",
+        "thresholds": Param(dict(get_settings().guard_thresholds), type="object",
                             description='Judge overrides, e.g. {"alpha": 0.001, "min_predictions": 50}.'),
     },
     doc_md=__doc__,

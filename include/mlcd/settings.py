@@ -57,6 +57,9 @@ class Settings:
     prometheus_lookback: str = "1h"  # a vanished pod's final counts stay in the sums this long
     # mlcd_retrain param defaults (MLCD_RETRAIN_DEFAULTS, a JSON object): `make demo` on a small dataset sets them.
     retrain_defaults: dict[str, Any] = field(default_factory=dict)
+    # mlcd_guard's default judge overrides (MLCD_GUARD_THRESHOLDS, a JSON object of GuardThresholds fields):
+    # `make demo` on a small dataset widens the class-mix floor, since its weak models differ by ~0.1 among themselves.
+    guard_thresholds: dict[str, Any] = field(default_factory=dict)
     project_root: Path = field(default_factory=_project_root)
     # Where batches, quarantine copies, snapshots and Data Docs live (MLCD_STORAGE_URL, see mlcd.storage): a
     # file:// folder by default (MLCD_HOME), an object store (s3://bucket/prefix) on a cluster; its fsspec
@@ -117,6 +120,19 @@ class Settings:
         return Path(__file__).parent / "expectations"
 
 
+def parse_guard_thresholds(raw: str | None) -> dict[str, Any]:
+    """``MLCD_GUARD_THRESHOLDS`` as a dict; not JSON or not an object is refused in one line, never ignored."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"MLCD_GUARD_THRESHOLDS is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("MLCD_GUARD_THRESHOLDS must be a JSON object")
+    return value
+
+
 def parse_retrain_defaults(raw: str | None) -> dict[str, Any]:
     """``MLCD_RETRAIN_DEFAULTS`` as a dict; a typo or a non-object is refused in one line, never ignored."""
     if not raw:
@@ -170,6 +186,7 @@ def load_settings() -> Settings:
         prometheus_selector=_env("MLCD_PROMETHEUS_SELECTOR", "") or "",
         prometheus_lookback=_env("MLCD_PROMETHEUS_LOOKBACK", "1h") or "1h",
         retrain_defaults=parse_retrain_defaults(_env("MLCD_RETRAIN_DEFAULTS")),
+        guard_thresholds=parse_guard_thresholds(_env("MLCD_GUARD_THRESHOLDS")),
         project_root=root,
         storage_url=storage_url,
         storage_options=parse_storage_options(_env("MLCD_STORAGE_OPTIONS")),

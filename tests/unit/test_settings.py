@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlcd.settings import load_settings, parse_retrain_defaults
+from mlcd.settings import load_settings, parse_guard_thresholds, parse_retrain_defaults
 
 pytestmark = pytest.mark.unit
 
@@ -33,3 +33,17 @@ def test_the_lease_uses_the_configured_ledger_url(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MLCD_LEDGER_URL", "postgresql+psycopg2://mlcd@127.0.0.1:5432/mlcd")
     assert ledger_url() == "postgresql+psycopg2://mlcd@127.0.0.1:5432/mlcd"
     assert ledger_url("sqlite:///elsewhere.sqlite") == "sqlite:///elsewhere.sqlite"
+
+
+def test_guard_threshold_defaults_are_parsed_and_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlcd.rollout.analysis import GuardThresholds
+
+    monkeypatch.setenv("MLCD_GUARD_THRESHOLDS", json.dumps({"min_class_shift": 0.2}))
+    loaded = load_settings().guard_thresholds
+    assert loaded == {"min_class_shift": 0.2}
+    assert GuardThresholds.from_dict(loaded).min_class_shift == 0.2  # what the guard builds from it
+    monkeypatch.delenv("MLCD_GUARD_THRESHOLDS")
+    assert load_settings().guard_thresholds == {}
+    for bad, why in (("{", "not JSON"), ("[1]", "JSON object")):
+        with pytest.raises(ValueError, match=why):
+            parse_guard_thresholds(bad)
