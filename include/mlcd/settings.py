@@ -120,29 +120,35 @@ class Settings:
         return Path(__file__).parent / "expectations"
 
 
-def parse_guard_thresholds(raw: str | None) -> dict[str, Any]:
-    """``MLCD_GUARD_THRESHOLDS`` as a dict; not JSON or not an object is refused in one line, never ignored."""
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"MLCD_GUARD_THRESHOLDS is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError("MLCD_GUARD_THRESHOLDS must be a JSON object")
-    return value
-
-
-def parse_retrain_defaults(raw: str | None) -> dict[str, Any]:
-    """``MLCD_RETRAIN_DEFAULTS`` as a dict; a typo or a non-object is refused in one line, never ignored."""
+def json_object_setting(name: str, raw: str | None, what: str = "JSON object") -> dict[str, Any]:
+    """A ``MLCD_*`` setting holding a JSON object; empty is ``{}``, anything else is refused in one line."""
     if not raw:
         return {}
     try:
         value = json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"MLCD_RETRAIN_DEFAULTS is not JSON: {exc}") from None
+        raise ValueError(f"{name} is not JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError("MLCD_RETRAIN_DEFAULTS must be a JSON object")
+        raise ValueError(f"{name} must be a {what}")
+    return value
+
+
+def parse_guard_thresholds(raw: str | None) -> dict[str, Any]:
+    """``MLCD_GUARD_THRESHOLDS`` as a dict, checked as the guard will read it (a typo is refused, never ignored)."""
+    value = json_object_setting("MLCD_GUARD_THRESHOLDS", raw)
+    if value:
+        from mlcd.rollout.analysis import GuardThresholds
+
+        try:
+            GuardThresholds.from_dict(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"MLCD_GUARD_THRESHOLDS: {exc}") from None
+    return value
+
+
+def parse_retrain_defaults(raw: str | None) -> dict[str, Any]:
+    """``MLCD_RETRAIN_DEFAULTS`` as a dict; a typo or a non-object is refused in one line, never ignored."""
+    value = json_object_setting("MLCD_RETRAIN_DEFAULTS", raw)
     unknown = sorted(set(value) - set(RETRAIN_DEFAULT_KEYS))
     if unknown:
         raise ValueError(f"MLCD_RETRAIN_DEFAULTS: unknown keys {unknown}; known: {', '.join(RETRAIN_DEFAULT_KEYS)}")
@@ -206,15 +212,7 @@ def _storage_url(raw: str | None, home: Path) -> str:
 
 def parse_storage_options(raw: str | None) -> dict[str, Any]:
     """``MLCD_STORAGE_OPTIONS`` (fsspec storage options as a JSON object); anything else is refused in one line."""
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"MLCD_STORAGE_OPTIONS is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError("MLCD_STORAGE_OPTIONS must be a JSON object of fsspec storage options")
-    return value
+    return json_object_setting("MLCD_STORAGE_OPTIONS", raw, "JSON object of fsspec storage options")
 
 
 def get_settings() -> Settings:
