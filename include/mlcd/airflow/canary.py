@@ -71,7 +71,8 @@ class AnalysisWindowTrigger(BaseTrigger):
             from mlcd.rollout.spec import Outcome
 
             spec = RolloutSpec.from_dict(self.spec)
-            scrape = counters_from_settings()  # MLCD_METRICS_PROVIDER: the gateway's /metrics or Prometheus
+            # Off the triggerer's event loop, as every scrape below: building a provider may read a kubeconfig.
+            scrape = await asyncio.to_thread(counters_from_settings)  # MLCD_METRICS_PROVIDER: /metrics or Prometheus
             while time.time() + spec.poll_interval_s < end:
                 await asyncio.sleep(spec.poll_interval_s)
                 try:

@@ -214,8 +214,11 @@ class CanaryHealthTrigger(BaseTrigger):
         try:
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
                                   self.grace_s, self.thresholds, self.blind_s)
-            guard = Guard(config, scrape_from_settings())  # MLCD_METRICS_PROVIDER: gateway or Prometheus
-            state = GuardState.from_dict(_newest(self.state)) if self.state else None
+            # Everything that may block (building the provider reads a kubeconfig, the checkpoint is a SQL row)
+            # runs in a worker thread: the triggerer's one event loop serves every deferred task.
+            scrape = await asyncio.to_thread(scrape_from_settings)  # MLCD_METRICS_PROVIDER: gateway or Prometheus
+            guard = Guard(config, scrape)
+            state = GuardState.from_dict(await asyncio.to_thread(_newest, self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
             while True:
@@ -237,7 +240,7 @@ class CanaryHealthTrigger(BaseTrigger):
                 # serialize() now returns the state after this poll (evidence, samples, looks), and the checkpoint
                 # lets a restarted triggerer continue the same sequential test instead of starting a fresh one.
                 self.state = state.to_dict()
-                _save_checkpoint(state)
+                await asyncio.to_thread(_save_checkpoint, state)
                 if result.decision is not Decision.WATCH:
                     status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED,
                               Decision.BLIND: GuardStatus.FAIL_CLOSED}.get(result.decision, GuardStatus.HEALTHY)
