@@ -5,7 +5,7 @@ is lost when the label reaches another replica behind the same Service, or the s
 on a cluster, where the accuracy check then never has data). So the prediction id *carries* it:
 
     id   = base64url(nonce ‖ ciphertext) "." hex(HMAC-SHA256(mac_key, nonce ‖ ciphertext))[:32]
-    text = JSON [model, version, variant, predicted class, expiry (epoch s)]
+    text = JSON [model, version, variant, predicted class, expiry (epoch s), unrandomised reason or null]
 
 The text is encrypted (an HMAC-SHA256 keystream per nonce, encrypt-then-MAC) because a client must not read
 which variant served it (``MLCD_EXPOSE_VARIANT=false``), and authenticated so that nobody can make up an id or
@@ -80,6 +80,7 @@ class Prediction:
     predicted: int
     expires_at: float
     nonce: str  # hex; the replay key
+    unrandomised: str | None = None  # why the prediction was not randomised (mlcd.serving.evidence.Unrandomised)
 
 
 def _b64(data: bytes) -> str:
@@ -113,10 +114,12 @@ class PredictionIds:
     def _mac(self, body: bytes) -> str:
         return hmac.new(self._mac_key, body, hashlib.sha256).hexdigest()[:MAC_HEX]
 
-    def issue(self, model: str, version: str, variant: str, predicted: int, now: float | None = None) -> str:
-        """A new id for one predicted image."""
+    def issue(self, model: str, version: str, variant: str, predicted: int, now: float | None = None,
+              unrandomised: str | None = None) -> str:
+        """A new id for one predicted image (``unrandomised``: why its label is not evidence, if it is not)."""
         expires = int((time.time() if now is None else now) + self.ttl_s)
-        text = json.dumps([model, str(version), variant, int(predicted), expires], separators=(",", ":")).encode()
+        text = json.dumps([model, str(version), variant, int(predicted), expires, unrandomised],
+                          separators=(",", ":")).encode()
         nonce = secrets.token_bytes(NONCE_BYTES)
         body = nonce + bytes(a ^ b for a, b in zip(text, self._keystream(nonce, len(text)), strict=True))
         return f"{_b64(body)}.{self._mac(body)}"
@@ -135,11 +138,12 @@ class PredictionIds:
             raise forged
         nonce, cipher = body[:NONCE_BYTES], body[NONCE_BYTES:]
         try:
-            model, version, variant, predicted, expires = json.loads(
+            model, version, variant, predicted, expires, unrandomised = json.loads(
                 bytes(a ^ b for a, b in zip(cipher, self._keystream(nonce, len(cipher)), strict=True)))
         except (ValueError, TypeError):  # signed by us, so never; but a wrong shape must not become a 500
             raise forged from None
-        return Prediction(str(model), str(version), str(variant), int(predicted), float(expires), nonce.hex())
+        return Prediction(str(model), str(version), str(variant), int(predicted), float(expires), nonce.hex(),
+                          None if unrandomised is None else str(unrandomised))
 
 
 class LabelLedger:
