@@ -22,7 +22,12 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from mlcd.airflow.notifiers import alert_ops_event
+from mlcd.rollout.opsignals import add_listener
 from mlcd.rollout.spec import Outcome, RolloutSpec
+
+# Fail-closed moves and rollbacks reach the alert Connection (mlcd_alerts) from whichever task makes them.
+add_listener(alert_ops_event)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

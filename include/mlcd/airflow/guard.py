@@ -22,6 +22,12 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from mlcd.airflow.notifiers import alert_ops_event
+from mlcd.rollout.opsignals import add_listener
+
+# Fail-closed moves and rollbacks reach the alert Connection (mlcd_alerts) from whichever task makes them.
+add_listener(alert_ops_event)
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -210,6 +216,8 @@ class CanaryHealthTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from mlcd.guard.watch import Decision, Guard, GuardState, scrape_from_settings
+        from mlcd.rollout.opsignals import WATCHING, OpsEvent
+        from mlcd.rollout.opsignals import record as record_signal
 
         try:
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
@@ -241,6 +249,9 @@ class CanaryHealthTrigger(BaseTrigger):
                 # lets a restarted triggerer continue the same sequential test instead of starting a fresh one.
                 self.state = state.to_dict()
                 await asyncio.to_thread(_save_checkpoint, state)
+                # The heartbeat mlcd_guard_last_poll_timestamp_seconds / mlcd_guard_watching are exported from.
+                await asyncio.to_thread(record_signal, OpsEvent.GUARD_POLL, str(state.version),
+                                        WATCHING if result.decision is Decision.WATCH else result.decision.value)
                 if result.decision is not Decision.WATCH:
                     status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED,
                               Decision.BLIND: GuardStatus.FAIL_CLOSED}.get(result.decision, GuardStatus.HEALTHY)

@@ -8,12 +8,12 @@ failure is counted against the canary and the request is answered by the stable 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import json
 import logging
 import os
 import random
+import secrets
 import signal
 import threading
 import time
@@ -35,6 +35,7 @@ from mlcd.serving.evidence import sticky_bucket as _keyed_bucket
 from mlcd.serving.feedback import LabelLedger, LabelRefused, PredictionIds, take_label
 from mlcd.serving.metrics import GatewayMetrics
 from mlcd.serving.models import ModelLoader, ModelSlot, build_slot, mlflow_loader, resolve_alias
+from mlcd.serving.opsmetrics import OpsCollector
 from mlcd.serving.state import RouteState, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -646,11 +647,14 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.startup()
         await gateway.start_drift()
+        # The platform's rollbacks, fail-closed moves and guard heartbeat, for the alert rules (mlcd.serving.opsmetrics).
+        ops = OpsCollector(config.ledger_url).register(gateway.metrics.registry).start()
         try:
             _parser_pool().submit(int)  # start the parser process now, not on the first large body
         except (RuntimeError, OSError) as exc:
             log.warning("JSON parser process not started (%s); large bodies are parsed in a thread", exc)
         yield
+        ops.stop()
         await gateway.shutdown()
         _drop_parser_pool()
 
