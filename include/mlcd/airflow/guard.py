@@ -354,10 +354,12 @@ class CanaryHealthSensor(BaseOperator):
             return dict(event["result"])
         if reason in (GuardReason.BAKE_COMPLETE, GuardReason.NO_CANARY, GuardReason.VERSION_RETIRED):
             self.log.info("healthy: %s", message)
-            return dict(event["result"])
+            return release_step(dict(event["result"]), reason, run_id=str(context.get("run_id") or ""),
+                                gateway_url=self.gateway_url)
         if reason is GuardReason.BAKE_UNVERIFIED:
             self.log.warning("UNVERIFIED (not rolled back, not verified healthy): %s", message)
-            return dict(event["result"])
+            return release_step(dict(event["result"]), reason, run_id=str(context.get("run_id") or ""),
+                                gateway_url=self.gateway_url)
         if reason is GuardReason.METRICS_BLIND:
             self.log.warning("FAIL CLOSED: %s", message)
             return fail_closed_step(dict(event["result"]), run_id=str(context.get("run_id") or ""),
@@ -406,6 +408,29 @@ def rollback_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_ur
         + f"; 100% of traffic on version {result.restored}. Reason: {result.reason}"
     )
     return out
+
+
+def release_step(decision: Mapping[str, Any], reason: GuardReason, *, run_id: str | None,
+                 gateway_url: str | None = None, actor: str = "airflow:mlcd_guard") -> dict[str, Any]:
+    """The bake is over: the previous champion's holdback goes to 0 (:func:`mlcd.rollout.holdback.release`).
+
+    Only a bake that ended (complete or unverified) releases; a release that cannot move traffic is logged and
+    reported in the result (the holdback keeps its small share until the next route change), never a breach.
+    """
+    if reason not in (GuardReason.BAKE_COMPLETE, GuardReason.BAKE_UNVERIFIED) or not decision.get("version"):
+        return dict(decision)
+    import logging
+
+    from mlcd.rollout.holdback import release
+
+    try:
+        registry, router = _registry_and_router(gateway_url)
+        done = release(router, registry, str(decision["version"]), f"guard: {reason.value}", actor, run_id)
+        out = done.as_dict()
+    except Exception as exc:  # noqa: BLE001 - best effort: the bake's verdict stands; the record says what failed
+        logging.getLogger(__name__).warning("holdback of version %s not released: %s", decision.get("version"), exc)
+        out = {"released": False, "detail": f"not released: {type(exc).__name__}: {exc}"}
+    return {**dict(decision), "holdback_release": out}
 
 
 def fail_closed_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_url: str | None = None,

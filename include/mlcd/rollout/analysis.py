@@ -35,8 +35,13 @@ anytime-valid ``min(1, 1/max_t M_t)``.
   from the intervals before (lightly smoothed). A one-class canary at 5 % of 50 requests/s is caught within seconds.
 * **live accuracy** from feedback: the canary's share of wrong answers (null: ``accuracy_margin`` × stable's
   wrong rate).
-* **versus reference** (intervals where the version serves alone: the 100 % step, a bake period): the
-  version's error rate and predicted classes against what stable served concurrently earlier in this analysis.
+* **after promotion** (the bake): the new champion is judged against the *holdback*, the previous champion kept
+  on a small share (:attr:`mlcd.rollout.spec.RolloutSpec.holdback_pct`), by the same concurrent checks; and its
+  error rate against all the control version's counts (``error_rate_vs_reference``: a two-sample test, since
+  the reference is itself data, so a 10 % error spike is caught in seconds although the holdback is small).
+* **versus reference, no control** (the holdback set to 0): what the version predicts, compared with what the
+  old champion served minutes earlier, compares across time: users' inputs change by the hour, so these checks
+  may *alert* (the bake ends ``unverified``) but never fail a verdict on their own.
 
 A check fails only when its evidence is overwhelming (``M >= 1/a``) *and* the effect is large enough to matter
 (e.g. canary p90 latency at least 1.2× stable's, interpolated as Prometheus' ``histogram_quantile`` does): with
@@ -73,6 +78,10 @@ PROCESSES: tuple[str, ...] = (*CHECKS, ERROR_VS_REFERENCE, CLASSES_VS_REFERENCE)
 GRID: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
 # Reference predictions needed before the version-alone class check runs (its null is the reference's shares).
 MIN_REFERENCE_PREDICTIONS = 300
+# A version with at least this share of the traffic is also judged on its errors against all the control's counts.
+MAJORITY_SHARE = 0.9
+# Jeffreys prior of the two-sample error test's mixture (the numerator of its e-process).
+BETA_PRIOR = 0.5
 # Pseudo-count per class of the canary's estimated class shares (the plug-in alternative).
 CANARY_PRIOR = 0.1
 
@@ -108,7 +117,9 @@ class GuardThresholds:
     min_predictions: int = 30
     min_feedback: int = 30
     error_rate_margin: float = 2.0
-    min_error_rate_increase: float = 0.02
+    # 0: the margin (a null on the ratio of rates) is the floor; an absolute cut on the noisy estimate hid a
+    # 1.5-point regression behind a 2-point floor.
+    min_error_rate_increase: float = 0.0
     latency_quantile: float = 0.9
     latency_margin: float = 2.0
     min_latency_ratio: float = 1.2
@@ -191,12 +202,13 @@ class CheckResult:
     min_effect: float
     counts: dict[str, Any]
     reason: str
+    alert: bool = False  # overwhelming evidence against the past only (no control): a person looks, nothing moves
 
     def as_dict(self) -> dict[str, Any]:
         return _json_safe({
             "name": self.name, "outcome": self.outcome.value, "test": self.test, "statistic": self.statistic,
             "p_value": self.p_value, "alpha": self.alpha, "effect": self.effect, "min_effect": self.min_effect,
-            "counts": self.counts, "reason": self.reason,
+            "counts": self.counts, "reason": self.reason, "alert": self.alert,
         })
 
 
@@ -222,6 +234,7 @@ class GuardVerdict:
     thresholds: GuardThresholds = field(default_factory=GuardThresholds)
     canary: dict[str, Any] = field(default_factory=dict)
     stable: dict[str, Any] = field(default_factory=dict)
+    alerts: tuple[str, ...] = ()  # checks with evidence against the past only, no control alongside: not a fail
 
     @property
     def failed(self) -> tuple[CheckResult, ...]:
@@ -244,6 +257,7 @@ class GuardVerdict:
             "outcome": self.outcome.value, "summary": self.summary, "reasons": list(self.reasons),
             "alpha": self.alpha, "look": self.look, "checks": [c.as_dict() for c in self.checks],
             "thresholds": self.thresholds.as_dict(), "canary": self.canary, "stable": self.stable,
+            "alerts": list(self.alerts),
         })
 
 
@@ -261,6 +275,9 @@ def _zero_state() -> dict[str, Any]:
         "stable": SeriesCounters().to_dict(),
         "alone": SeriesCounters().to_dict(),  # intervals where the version served without stable
         "reference": None,  # counters the version-alone checks compare with (default: ``stable``)
+        # the version's counts while it carried (nearly) all traffic: the last step, the bake (two-sample errors)
+        "majority": SeriesCounters().to_dict(),
+        "majority_control": False,  # a control served alongside then: the error reference may fail a verdict
     }
 
 
@@ -283,7 +300,7 @@ class Analysis:
 
     # -- update ----------------------------------------------------------------------------------------------
     def update(self, canary: SeriesCounters, stable: SeriesCounters, weight: float | None = None,
-               skip: Collection[str] = ()) -> GuardVerdict:
+               skip: Collection[str] = (), *, bake: bool = False) -> GuardVerdict:
         """Add one poll interval (the difference of two scrapes) and return the verdict so far.
 
         Args:
@@ -292,10 +309,21 @@ class Analysis:
             weight: the canary's share of traffic (0–1) the gateway reported, when it did not change within the
                 interval; ``None`` when it changed (the interval's observed prediction share is used).
             skip: checks not to update nor require (e.g. latency in a bake period).
+            bake: the version is the promoted champion; ``stable`` is then the holdback (the previous champion on
+                its small share), or empty when none is held back.
+
+        While the version carries (nearly) all traffic (the bake, or an interval where its share is at least
+        :data:`MAJORITY_SHARE`: the last step) the control's few requests cannot show an error spike quickly, so
+        its errors are also compared with *all* the control version's counts (a two-sample test).
         """
         st = self.state
+        for key, default in (("majority", SeriesCounters().to_dict()), ("majority_control", False)):
+            st.setdefault(key, default)  # a state saved before the holdback existed
         st["intervals"] += 1
         before = self._events_total()
+        share = weight if weight is not None else (
+            canary.requests / (canary.requests + stable.requests) if canary.requests + stable.requests else 0.0)
+        majority = bake or share >= MAJORITY_SHARE
         concurrent = stable.requests > 0 and canary.requests > 0
         if concurrent:
             c_tot, s_tot = _one(st["canary"]), _one(st["stable"])
@@ -315,14 +343,19 @@ class Analysis:
                              stable.feedback_total, self.t.accuracy_margin)
             st["canary"] = (c_tot + canary).to_dict()
             st["stable"] = (s_tot + stable).to_dict()
+            if majority:
+                st["majority_control"] = True
         elif canary.requests > 0:
             ref = self._reference()
             alone = _one(st["alone"])
-            if ERROR_RATE not in skip:
+            if ERROR_RATE not in skip and ref is None:  # nothing to compare with but the configured baseline
                 self._error_vs_reference(canary, ref)
             if CLASS_DISTRIBUTION not in skip and ref is not None:
                 self._classes_vs_reference(canary.classes, alone.classes, ref.classes)
             st["alone"] = (alone + canary).to_dict()
+        if majority and canary.requests > 0 and ERROR_RATE not in skip:
+            st["majority"] = (_one(st["majority"]) + canary).to_dict()
+            self._error_two_sample(_one(st["majority"]), self._reference())
         if self._events_total() > before:
             st["looks"] += 1
         return self.verdict(skip)
@@ -365,8 +398,18 @@ class Analysis:
         base = self.t.baseline_error_rate
         if ref is not None and ref.requests >= self.t.min_requests:
             base = max(base, ref.errors / ref.requests)
-        p0 = min(0.99, base + self.t.min_error_rate_increase)
+        p0 = min(0.99, max(base * self.t.error_rate_margin, base + self.t.min_error_rate_increase))
         self._bump(ERROR_VS_REFERENCE, one_sample_log_lr(c.errors, c.requests, p0), c.requests)
+
+    def _error_two_sample(self, c: SeriesCounters, ref: SeriesCounters | None) -> None:
+        """The version's errors since promotion against all the control version's counts (both are data)."""
+        if ref is None or ref.requests <= 0 or c.requests <= 0:
+            return
+        log_e = two_sample_log_e(c.errors, c.requests, ref.errors, ref.requests, self.t.error_rate_margin)
+        st = self.state
+        st["log_e"][ERROR_VS_REFERENCE] = [log_e]  # an e-process recomputed from the totals, not a product
+        st["max_log_e"][ERROR_VS_REFERENCE] = max(float(st["max_log_e"][ERROR_VS_REFERENCE]), log_e)
+        st["events"][ERROR_VS_REFERENCE] = int(c.errors + ref.errors)
 
     def _classes_vs_reference(self, c: Mapping[int, float], c_before: Mapping[int, float],
                               ref: Mapping[int, float]) -> None:
@@ -400,18 +443,31 @@ class Analysis:
                          thin=f"{int(min(c.feedback_total, s.feedback_total))} feedback labels < {t.min_feedback}"),
         ]
         ref = self._reference()
-        if alone.requests > 0:
+        bake = _one(st.get("majority"))
+        if bake.requests > 0 and ref is not None:
+            # With a holdback the reference keeps growing with concurrent control data, and an error rate does not
+            # move with what users send: it may fail. Without one it only compares across time: it alerts.
+            checks.append(self._decide(ERROR_VS_REFERENCE, "universal_inference_two_sample_error_rate",
+                                       *_error_alone_effect(bake, ref, t), enough=bake.requests >= t.min_requests,
+                                       thin=f"version has {int(bake.requests)} requests with the majority of "
+                                            f"traffic < {t.min_requests}", alert_only=not st.get("majority_control")))
+        elif alone.requests > 0:
             checks.append(self._decide(ERROR_VS_REFERENCE, "msprt_one_sample_error_rate",
                                        *_error_alone_effect(alone, ref, t), enough=alone.requests >= t.min_requests,
-                                       thin=f"version alone has {int(alone.requests)} requests < {t.min_requests}"))
-            if ref is not None:
-                checks.append(self._decide(CLASSES_VS_REFERENCE, "plugin_lr_classes_vs_reference",
-                                           *_class_effect(alone, ref, t),
-                                           enough=_vec(alone.classes).sum() >= t.min_predictions,
-                                           thin=f"version alone has {int(_vec(alone.classes).sum())} predictions"))
+                                       thin=f"version alone has {int(alone.requests)} requests < {t.min_requests}",
+                                       alert_only=True))
+        if alone.requests > 0 and ref is not None:
+            checks.append(self._decide(CLASSES_VS_REFERENCE, "plugin_lr_classes_vs_reference",
+                                       *_class_effect(alone, ref, t),
+                                       enough=_vec(alone.classes).sum() >= t.min_predictions,
+                                       thin=f"version alone has {int(_vec(alone.classes).sum())} predictions",
+                                       alert_only=True))
         checks = [ch for ch in checks if ch.name not in skip]
         failed = [ch for ch in checks if ch.outcome is Outcome.FAIL]
-        short = [ch for ch in checks if ch.name in t.required and ch.outcome is not Outcome.PASS]
+        required = set(t.required)
+        if c.feedback_total > 0 and s.feedback_total > 0:
+            required.add(ACCURACY)  # feedback arrives: the live accuracy must be shown, not only not failed
+        short = [ch for ch in checks if ch.name in required and ch.outcome is not Outcome.PASS]
         if failed:
             outcome, reasons = Outcome.FAIL, tuple(f"{ch.name}: {ch.reason}" for ch in failed)
         elif short:
@@ -419,17 +475,24 @@ class Analysis:
         else:
             outcome, reasons = Outcome.PASS, tuple(f"{ch.name}: {ch.reason}" for ch in checks
                                                    if ch.statistic is not None)
+        alerts = tuple(ch.name for ch in checks if ch.alert)
         return GuardVerdict(outcome, tuple(checks), reasons or ("no check had data",), t.alpha, st["looks"], t,
-                            _summary(c), _summary(s))
+                            _summary(c), _summary(s), alerts)
 
     def _decide(self, name: str, test: str, effect: float | None, min_effect: float, big: bool, detail: str,
-                counts: dict[str, Any], *, enough: bool, thin: str) -> CheckResult:
+                counts: dict[str, Any], *, enough: bool, thin: str, alert_only: bool = False) -> CheckResult:
         st, a = self.state, self.t.check_alpha
         vec = st["log_e"][name]
         log_e = _mixture(np.asarray(vec)) if vec is not None else None
         p = min(1.0, math.exp(-float(st["max_log_e"][name])))
         threshold = math.log(1.0 / a)
         counts = {**counts, "events_tested": st["events"][name]}
+        if log_e is not None and log_e >= threshold and big and alert_only:
+            # Evidence against the past, with no control serving alongside: an alert a person reads, not a verdict.
+            return CheckResult(name, Outcome.INCONCLUSIVE, test, log_e, p, a, effect, min_effect, counts,
+                               f"{detail}; ALERT: differs from what the previous version served earlier (anytime "
+                               f"p={p:.3g}); compared across time, with no control: never a rollback on its own",
+                               alert=True)
         if log_e is not None and log_e >= threshold and big:
             outcome = Outcome.FAIL
             reason = f"{detail}; canary worse (anytime p={p:.3g} <= {a:.2g}, effect {_fmt(effect)} >= " \
@@ -484,14 +547,63 @@ def classes_log_lr(c: np.ndarray, s: np.ndarray, c_before: np.ndarray, s_before:
 def one_sample_log_lr(errors: float, n: float, p0: float, grid: tuple[float, ...] = GRID) -> np.ndarray:
     """Log likelihood ratios of ``errors`` in ``n`` Bernoulli trials: rate ``p1`` against the null ``p0``.
 
-    The alternatives spread between ``p0`` and 1 (``1 - (1 - p0) / g``), so a version failing most requests and
-    one failing a few more than allowed are both found quickly.
+    The alternatives grow multiplicatively from the null (``p0 g``, capped below 1), so 4× and 20× the null rate
+    both have an alternative nearby (the old ``1 - (1 - p0)/g`` started near 35 % and missed a 10 % spike).
     """
     if n <= 0:
         return np.zeros(len(grid))
-    p1 = 1 - (1 - p0) / np.asarray(grid, dtype=np.float64)
+    p1 = p0 * np.asarray(grid, dtype=np.float64)
     p1 = np.clip(p1, p0 + 1e-9, 1 - 1e-9)
     return errors * np.log(p1 / p0) + (n - errors) * np.log((1 - p1) / (1 - p0))
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _bernoulli_ll(k: float, n: float, p: float) -> float:
+    """Log likelihood of one sequence with ``k`` events in ``n`` trials at rate ``p`` (``0 log 0 = 0``)."""
+    out = 0.0
+    if k > 0:
+        out += k * math.log(p) if p > 0 else -math.inf
+    if n - k > 0:
+        out += (n - k) * math.log1p(-p) if p < 1 else -math.inf
+    return out
+
+
+def two_sample_log_e(k: float, n: float, k_ref: float, n_ref: float, margin: float = 1.0,
+                     prior: float = BETA_PRIOR) -> float:
+    """Log e-value of "rate ``k/n`` is above ``margin`` × the reference's rate", both samples being data.
+
+    Universal inference (Wasserman, Ramdas & Balakrishnan 2020): the numerator is the marginal likelihood of both
+    sequences under independent Beta(``prior``, ``prior``) rates (a predictive, so arrival order does not matter);
+    the denominator is the likelihood maximised over the whole null ``p <= margin p_ref``. Dividing by the null's
+    maximum instead of its true value only shrinks the ratio, which is a test martingale under the true value: the
+    recomputed ratio is an e-process, valid at every look (Ville), whatever the reference's size.
+    """
+    k, n, k_ref, n_ref = (max(0.0, float(v)) for v in (k, n, k_ref, n_ref))
+    if n <= 0 or n_ref <= 0:
+        return 0.0
+    a = prior
+    numerator = (_log_beta(k + a, n - k + a) - _log_beta(a, a)) + (_log_beta(k_ref + a, n_ref - k_ref + a)
+                                                                  - _log_beta(a, a))
+    p, p_ref = k / n, k_ref / n_ref
+    if p <= margin * p_ref:
+        best = _bernoulli_ll(k, n, p) + _bernoulli_ll(k_ref, n_ref, p_ref)
+    else:
+        # The constrained maximum lies on the boundary p = margin·p_ref (the log likelihood is concave).
+        def f(q: float) -> float:
+            return _bernoulli_ll(k, n, margin * q) + _bernoulli_ll(k_ref, n_ref, q)
+
+        lo, hi = 1e-12, min(1.0, 1.0 / margin) - 1e-12
+        for _ in range(100):
+            m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+            if f(m1) < f(m2):
+                lo = m1
+            else:
+                hi = m2
+        best = max(f((lo + hi) / 2), f(1e-12), f(min(1.0, 1.0 / margin) - 1e-12))
+    return float(numerator - best)
 
 
 def _mixture(log_e: Any) -> float:
@@ -523,12 +635,13 @@ def _error_alone_effect(c: SeriesCounters, ref: SeriesCounters | None, t: GuardT
                         ) -> tuple[float | None, float, bool, str, dict[str, Any]]:
     base = t.baseline_error_rate
     if ref is not None and ref.requests >= t.min_requests:
-        base = max(base, ref.errors / ref.requests)
+        base = ref.errors / ref.requests
     rc = c.errors / c.requests if c.requests else 0.0
     effect = rc - base
-    return (effect, t.min_error_rate_increase, effect >= t.min_error_rate_increase,
-            f"version alone error rate {rc:.2%} ({int(c.errors)}/{int(c.requests)}) vs reference {base:.2%}",
-            {"requests": int(c.requests), "errors": int(c.errors), "reference_error_rate": base})
+    return (effect, t.min_error_rate_increase, effect > 0 and effect >= t.min_error_rate_increase,
+            f"version error rate {rc:.2%} ({int(c.errors)}/{int(c.requests)}) vs reference {base:.2%}",
+            {"requests": int(c.requests), "errors": int(c.errors), "reference_error_rate": base,
+             "reference_requests": int(ref.requests) if ref is not None else 0})
 
 
 def _latency_effect(c: SeriesCounters, s: SeriesCounters, t: GuardThresholds
