@@ -20,6 +20,7 @@ from mlcd.rollout.analysis import (
     ERROR_RATE,
     ERROR_VS_REFERENCE,
     LATENCY,
+    PERSIST_LOOKS,
     PROCESSES,
     Analysis,
     GuardThresholds,
@@ -117,9 +118,20 @@ def test_a_version_alone_is_compared_on_errors_and_classes_with_its_reference_an
     held = Analysis()
     for _ in range(10):  # the canary phase: what the control version served, side by side
         held.update(_series(10), _series(90), 0.1)
-    v = held.update(_series(50, errors=25), _series(3), 50 / 53, bake=True)
-    assert v.check(ERROR_VS_REFERENCE).outcome is Outcome.FAIL and not v.alerts
-    assert v.check(ERROR_VS_REFERENCE).counts["reference_requests"] == 903
+    looks = []
+    for _ in range(PERSIST_LOOKS):  # the evidence must hold PERSIST_LOOKS looks (time for a shared cause to show)
+        v = held.update(_series(50, errors=25), _series(3), 50 / 53, bake=True)
+        looks.append(v.check(ERROR_VS_REFERENCE).outcome)
+    assert looks == [Outcome.PASS] * (PERSIST_LOOKS - 1) + [Outcome.FAIL] and not v.alerts
+    assert v.check(ERROR_VS_REFERENCE).counts["reference_requests"] == 903 + 3 * (PERSIST_LOOKS - 1)
+    # A cause both versions share: the holdback errs as much as the champion, its past says no: never a failure.
+    shared = Analysis()
+    for _ in range(10):
+        shared.update(_series(10), _series(90), 0.1)
+    for _ in range(2 * PERSIST_LOOKS):
+        v = shared.update(_series(50, errors=25), _series(20, errors=10), 50 / 70, bake=True)
+    assert v.check(ERROR_VS_REFERENCE).outcome is not Outcome.FAIL and "shared cause" in v.check(
+        ERROR_VS_REFERENCE).reason
 
 
 def test_no_version_alone_check_without_traffic_alone_and_no_class_check_without_a_reference() -> None:

@@ -232,6 +232,11 @@ class PollResult:
             "look": self.state.look,
             "elapsed_s": round(time.time() - self.state.started_at, 1),
             "verdict": self.verdict.as_dict() if self.verdict is not None else None,
+            # The bake's control, for the operator's page and `mlcd watch`: which version, its share, its counts.
+            "control": {"holdback": self.state.holdback, "holdback_weight": self.state.holdback_weight,
+                        "bake_requests": self.state.bake_control_requests,
+                        "alerts": list(self.verdict.alerts) if self.verdict is not None else []}
+            if self.state.phase == Phase.BAKE.value else None,
         }
 
 

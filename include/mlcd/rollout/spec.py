@@ -74,7 +74,7 @@ class RolloutSpec:
     analysis_window_s: float = 60.0
     min_requests: int = 50
     min_stable_requests: int = 50
-    max_error_rate_increase: float = 0.0  # the engine's margin is the floor (a null on the rate ratio)
+    max_error_rate_increase: float = 0.005  # a null on the increase, rejected by its lower confidence bound
     max_p99_latency_ratio: float = 1.5
     p99_latency_slack_s: float = 0.005
     failure_limit: int = 0
