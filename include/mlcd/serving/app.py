@@ -627,20 +627,33 @@ async def read_bounded(request: Request, limit: int) -> bytes:
                 raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
         except ValueError:
             raise RequestError(400, "invalid Content-Length header") from None
+    from starlette.requests import ClientDisconnect
+
+    from mlcd.serving.hardening import BODY_TIMEOUT_S
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled byte by byte must not hold a slot forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"body not received within {BODY_TIMEOUT_S:.0f}s") from None
+    except ClientDisconnect:  # the client hung up mid-upload: one line, no traceback
+        log.info("client hung up after %d bytes of its request body", size)
+        raise RequestError(400, "client disconnected before the body was complete") from None
     return b"".join(chunks)
 
 
 async def _read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing oversized bodies before reading them whole; parse errors are a one-line 400."""
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise RequestError(415, f"content type must be application/json, got {ctype}")
+    from mlcd.serving.hardening import content_type_refusal
+
+    refusal = content_type_refusal(request.headers)  # a web page's simple POST never reaches a model
+    if refusal is not None:
+        raise RequestError(*refusal)
     return await parse_json_body(await read_bounded(request, limit))
 
 

@@ -300,6 +300,11 @@ def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
         check_model(name, version)
+        from mlcd.serving.hardening import content_type_refusal
+
+        refusal = content_type_refusal(request.headers, binary_extension=True)
+        if refusal is not None:  # a web page's simple POST (text/plain, a form, an untyped Blob) never reaches a model
+            raise RequestError(*refusal)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise RequestError(415, f"content encoding {encoding!r} is not supported; send the body uncompressed")
