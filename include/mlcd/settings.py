@@ -157,6 +157,10 @@ def parse_retrain_defaults(raw: str | None) -> dict[str, Any]:
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
+    if value in (None, ""):
+        from mlcd.homestate import fallback  # the settings saved with MLCD_HOME's state (mlcd.homestate)
+
+        value = fallback(name)
     return value if value not in (None, "") else default
 
 

@@ -53,8 +53,11 @@ class V2InferFastPath:
     """ASGI middleware: Open Inference ``infer`` calls straight to the gateway, all else to ``app``."""
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        from mlcd.serving.evidence import parse_networks
+
         self.app = app
         self.gateway = gateway
+        self._proxies = parse_networks(gateway.config.trusted_proxies)  # the config is frozen: parsed once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -73,7 +76,7 @@ class V2InferFastPath:
             check_encoding(headers.get("content-encoding"))
             body = await _read_bounded(receive, headers.get("content-length"), self.gateway.config.max_body_bytes)
             content, out_headers = await infer_body(self.gateway, name, version, body,
-                                                    headers.get(HEADER_LENGTH.lower()))
+                                                    headers.get(HEADER_LENGTH.lower()), self._client(scope, headers))
             status = 200
         except _Disconnected:
             return
@@ -88,6 +91,14 @@ class V2InferFastPath:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", str(len(content)).encode()), (b"content-type", ctype), *raw]})
         await send({"type": "http.response.body", "body": content})
+
+
+    def _client(self, scope: Scope, headers: dict[str, str]) -> str:
+        """Who sent it, as :meth:`mlcd.serving.app.Gateway.client_of` reads it from a Starlette request."""
+        from mlcd.serving.evidence import client_address
+
+        peer = scope.get("client")
+        return client_address(peer[0] if peer else None, headers, self._proxies)
 
 
 def _headers(scope: Scope) -> dict[str, str]:

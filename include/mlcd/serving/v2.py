@@ -250,6 +250,10 @@ def check_model(gateway: Gateway, name: str, version: str | None = None) -> list
     versions = served_versions(gateway)
     if not versions:
         raise RequestError(503, f"no model is being served ({gateway.ready_error})")
+    if not config.expose_variant:  # hiding: no route may tell which versions serve (no 404/200 oracle)
+        if version is not None:
+            raise RequestError(404, "version-specific routes are disabled on this gateway (MLCD_EXPOSE_VARIANT=false)")
+        return []
     if version is not None and version not in versions:
         raise RequestError(404, f"model version {version} is not being served (serving: {', '.join(versions)})")
     return versions
@@ -262,16 +266,17 @@ def check_encoding(content_encoding: str | None) -> None:
 
 
 async def infer_body(gateway: Gateway, name: str, version: str | None, body: bytes,
-                     header_length: str | None) -> tuple[bytes, dict[str, str]]:
+                     header_length: str | None, client: str) -> tuple[bytes, dict[str, str]]:
     """One inference: the request body (already read within the size limit) to the answer's body and headers.
 
-    The one implementation behind both ways in (the FastAPI route and :mod:`mlcd.serving.fastpath`).
+    The one implementation behind both ways in (the FastAPI route and :mod:`mlcd.serving.fastpath`); ``client``
+    is who sent it (:meth:`Gateway.client_of`), for the evidence and drift bounds.
     """
     config = gateway.config
     head, tail = split_infer_body(body, header_length)
     # The gateway's one JSON parser: one-line 400s, and large headers parsed off the event loop.
     req = parse_infer(await parse_json_body(head), tail, config.max_batch_images)
-    served = await gateway.route(req.x, req.client_id, version)
+    served = await gateway.route(req.x, req.client_id, version, client=client)
     return encode_outputs(req, served, name, gateway.remember(served), config.expose_variant)
 
 
@@ -331,7 +336,8 @@ def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
         check(name, version)
         check_encoding(request.headers.get("content-encoding"))
         body = await read_bounded(request, config.max_body_bytes)
-        content, headers = await infer_body(gateway, name, version, body, request.headers.get(HEADER_LENGTH))
+        content, headers = await infer_body(gateway, name, version, body, request.headers.get(HEADER_LENGTH),
+                                            gateway.client_of(request))
         return Response(content, headers=headers)
 
     @app.post("/v2/models/{name}/infer")
