@@ -159,10 +159,15 @@ def parse_retrain_defaults(raw: str | None) -> dict[str, Any]:
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    """``MLCD_X`` from the environment, else ``x`` of ``[mlcd]`` in Airflow's config, else ``default``."""
+    """``MLCD_X`` from the environment, else ``x`` of ``[mlcd]`` in Airflow's config, else MLCD_HOME's saved state
+    (:mod:`mlcd.homestate`), else ``default``."""
     value = os.environ.get(name)
     if value in (None, "") and name.startswith("MLCD_") and name not in ENV_ONLY_SETTINGS:
         value = airflow_config_option(name[len("MLCD_") :].lower())
+    if value in (None, ""):
+        from mlcd.homestate import fallback  # the settings saved with MLCD_HOME's state (mlcd.homestate)
+
+        value = fallback(name)
     return value if value not in (None, "") else default
 
 

@@ -80,6 +80,7 @@ def airflow_cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in _settings_env_names():
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("AIRFLOW__MLCD__MODEL_NAME", raising=False)
+    monkeypatch.setenv("MLCD_HOME", str(tmp_path / "home"))  # no saved state of a checkout's .mlcd answers instead
     return cfg
 
 

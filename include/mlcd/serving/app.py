@@ -32,6 +32,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mlcd.serving.config import GatewayConfig
+from mlcd.serving.evidence import Unrandomised, sticky_key
+from mlcd.serving.evidence import sticky_bucket as _keyed_bucket
 from mlcd.serving.metrics import GatewayMetrics
 from mlcd.serving.models import ModelLoader, ModelSlot, build_slot, mlflow_loader, resolve_alias
 from mlcd.serving.state import RouteState, load_state, save_state
@@ -82,25 +84,31 @@ class Served:
     variant: str
     probs: np.ndarray
     fallback: bool
+    unrandomised: Unrandomised | None = None  # why this answer is not canary evidence; None: it is
+
 
     @property
     def classes(self) -> np.ndarray:
         return np.asarray(self.probs).argmax(axis=1)
 
 
-def sticky_bucket(client_id: str) -> int:
-    """A stable bucket in 0..9999 for a client; a client inside the canary's share stays there as it grows."""
-    digest = hashlib.blake2b(client_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % 10_000
+_PROCESS_STICKY_KEY = secrets.token_bytes(32)
 
 
-def choose_variant(canary_weight: int, client_id: str | None, rng: random.Random) -> str:
+def sticky_bucket(client_id: str, key: bytes = _PROCESS_STICKY_KEY) -> int:
+    """A stable bucket in 0..9999 for a client (HMAC under ``key``, so a client cannot choose it); a client
+    inside the canary's share stays there as it grows."""
+    return _keyed_bucket(client_id, key)
+
+
+def choose_variant(canary_weight: int, client_id: str | None, rng: random.Random,
+                   key: bytes = _PROCESS_STICKY_KEY) -> str:
     """``canary`` with probability ``canary_weight``/100, or deterministically per client when sticky."""
     if canary_weight <= 0:
         return STABLE
     if canary_weight >= 100:
         return CANARY
-    bucket = sticky_bucket(client_id) if client_id is not None else rng.randrange(10_000)
+    bucket = sticky_bucket(client_id, key) if client_id is not None else rng.randrange(10_000)
     return CANARY if bucket < canary_weight * 100 else STABLE
 
 
@@ -162,6 +170,11 @@ class Gateway:
             else secrets.token_bytes(32)
         self._retiring: set[asyncio.Task[None]] = set()
         self.drift: Any = None  # a mlcd.guard.drift.DriftMonitor once started (config.drift)
+        # Evidence (mlcd.serving.evidence): keyed sticky buckets; per-client bounds on evidence and drift.
+        self._sticky_key = sticky_key(config.gateway_secret, _PROCESS_STICKY_KEY)
+        self.evidence_bound = config.share_bound()
+        self.drift_bound = config.share_bound()
+        self._unrandomised_ids: OrderedDict[str, Unrandomised] = OrderedDict()
 
     async def start_drift(self) -> None:
         """Build the drift monitor from the served model's snapshot (or the reference data); never fatal."""
@@ -299,12 +312,24 @@ class Gateway:
     def _variant_label(self, variant: str) -> str:
         return self.config.pinned_variant if self.config.pinned_version else variant
 
-    async def predict(self, x: np.ndarray, client_id: str | None) -> dict[str, Any]:
+    async def predict(self, x: np.ndarray, client_id: str | None, client: str | None = None) -> dict[str, Any]:
         """``/predict``: route, answer with per-image classes, probabilities and prediction ids."""
-        served = await self.route(x, client_id)
+        served = await self.route(x, client_id, client=client)
         return self._answer(served)
 
-    async def route(self, x: np.ndarray, client_id: str | None, version: str | None = None) -> Served:
+    def _unrandomised(self, n: int, client_id: str | None, version: str | None, client: str | None
+                      ) -> Unrandomised | None:
+        """Why a request of ``n`` images is not evidence (``None``: it is): see :mod:`mlcd.serving.evidence`."""
+        if version is not None:
+            return Unrandomised.PINNED
+        if client_id is not None:
+            return Unrandomised.STICKY
+        if not self.evidence_bound.admit(client or "unknown", n):
+            return Unrandomised.OVER_SHARE
+        return None
+
+    async def route(self, x: np.ndarray, client_id: str | None, version: str | None = None,
+                    client: str | None = None) -> Served:
         """Answer ``x`` through the canary logic; every protocol (``/predict``, Open Inference) comes through here.
 
         Args:
@@ -312,8 +337,10 @@ class Gateway:
             client_id: sticky routing key; ``None`` routes each request by chance at the canary's weight.
             version: answer with exactly this served version (stable or canary); no weighting, no fallback:
                 a caller that names a version gets that version's answer or its error.
+            client: who sent it (its address): no client carries more than a bounded share of the evidence
+                or of the drift window; ``None`` is one anonymous client.
         """
-        if self.drift is not None:
+        if self.drift is not None and self.drift_bound.admit(client or "unknown", len(x)):
             try:
                 self.drift.update(x)  # inputs drift whatever the model answers: scored before the model call
             except ValueError as exc:
@@ -322,9 +349,11 @@ class Gateway:
         stable, canary = routes.stable, routes.canary
         if stable is None:
             raise RequestError(503, f"no model is being served ({self.ready_error})")
+        reason = self._unrandomised(len(x), client_id, version, client)
         if version is not None:
             return await self._route_pinned(x, version, routes)
-        variant = choose_variant(routes.canary_weight, client_id, self.rng) if canary is not None else STABLE
+        variant = (choose_variant(routes.canary_weight, client_id, self.rng, self._sticky_key)
+                   if canary is not None else STABLE)
         held = [stable] if variant == STABLE else [stable, canary]
         for slot in held:
             slot.hold()  # type: ignore[union-attr]
@@ -335,9 +364,9 @@ class Gateway:
                 t0 = time.perf_counter()
                 try:
                     probs = await canary.predict(x)
-                    self._observe(canary, CANARY, t0, len(x))
+                    self._observe(canary, CANARY, t0, len(x), reason)
                 except Exception as exc:  # noqa: BLE001 - counted against the canary, answered by stable
-                    self._count_failure(canary, CANARY, fallback=True)
+                    self._count_failure(canary, CANARY, fallback=True, reason=reason)
                     log.warning("canary %s failed, answering with stable: %s", canary.version, exc)
                     variant, fallback = STABLE, True
             if variant == STABLE:
@@ -345,21 +374,21 @@ class Gateway:
                 try:
                     probs = await stable.predict(x)
                 except Exception as exc:
-                    self._count_failure(stable, STABLE, fallback=False)
-                    raise RequestError(500, f"model version {stable.version} failed: {type(exc).__name__}") from exc
-                self._observe(stable, STABLE, t0, len(x))
+                    self._count_failure(stable, STABLE, fallback=False, reason=reason)
+                    raise RequestError(500, f"{self._which(stable)} failed: {type(exc).__name__}") from exc
+                self._observe(stable, STABLE, t0, len(x), reason)
         finally:
             for slot in held:
                 slot.release()  # type: ignore[union-attr]
         served = stable if variant == STABLE else canary
         assert served is not None
-        return Served(served.version, self._variant_label(variant), probs, fallback)
+        return Served(served.version, self._variant_label(variant), probs, fallback, reason)
 
     async def _route_pinned(self, x: np.ndarray, version: str, routes: Routes) -> Served:
         slots = {v: s for v, s in ((STABLE, routes.stable), (CANARY, routes.canary)) if s is not None}
         match = [(variant, slot) for variant, slot in slots.items() if slot.version == version]
         if not match:
-            serving = ", ".join(slot.version for slot in slots.values())
+            serving = ", ".join(slot.version for slot in slots.values()) if self.config.expose_variant else "hidden"
             raise RequestError(404, f"model version {version} is not being served (serving: {serving})")
         variant, slot = match[0]
         slot.hold()
@@ -368,22 +397,33 @@ class Gateway:
             try:
                 probs = await slot.predict(x)
             except Exception as exc:
-                self._count_failure(slot, variant, fallback=False)
-                raise RequestError(500, f"model version {slot.version} failed: {type(exc).__name__}") from exc
-            self._observe(slot, variant, t0, len(x))
+                self._count_failure(slot, variant, fallback=False, reason=Unrandomised.PINNED)
+                raise RequestError(500, f"{self._which(slot)} failed: {type(exc).__name__}") from exc
+            self._observe(slot, variant, t0, len(x), Unrandomised.PINNED)
         finally:
             slot.release()
-        return Served(slot.version, self._variant_label(variant), probs, False)
+        return Served(slot.version, self._variant_label(variant), probs, False, Unrandomised.PINNED)
 
-    def _count_failure(self, slot: ModelSlot, variant: str, fallback: bool) -> None:
+    def _which(self, slot: ModelSlot) -> str:
+        return f"model version {slot.version}" if self.config.expose_variant else "the model"
+
+    def _count_failure(self, slot: ModelSlot, variant: str, fallback: bool,
+                       reason: Unrandomised | None = None) -> None:
         label = self._variant_label(variant)
+        if reason is not None:  # served and recorded, never evidence
+            self.metrics.record_unrandomised(slot.version, label, reason, error=True)
+            return
         self.metrics.requests.labels(slot.version, label).inc()
         self.metrics.errors.labels(slot.version, label).inc()
         if fallback:
             self.metrics.fallbacks.labels(slot.version, label).inc()
 
-    def _observe(self, slot: ModelSlot, variant: str, t0: float, n: int) -> None:
+    def _observe(self, slot: ModelSlot, variant: str, t0: float, n: int,
+                 reason: Unrandomised | None = None) -> None:
         label = self._variant_label(variant)
+        if reason is not None:
+            self.metrics.record_unrandomised(slot.version, label, reason, error=False)
+            return
         self.metrics.latency.labels(slot.version, label).observe(time.perf_counter() - t0)
         self.metrics.requests.labels(slot.version, label).inc()
 
@@ -393,7 +433,12 @@ class Gateway:
         for cls in served.classes.tolist():
             pid = self.issue_id()
             self._remember(pid, (served.version, served.variant, cls))
-            self.metrics.predictions.labels(served.version, served.variant, str(cls)).inc()
+            if served.unrandomised is None:
+                self.metrics.predictions.labels(served.version, served.variant, str(cls)).inc()
+            else:  # its label, if one comes, is not evidence either
+                self._unrandomised_ids[pid] = served.unrandomised
+                if len(self._unrandomised_ids) > self.config.feedback_capacity:
+                    self._unrandomised_ids.popitem(last=False)
             ids.append(pid)
         return ids
 
@@ -459,11 +504,36 @@ class Gateway:
             self._labelled.popitem(last=False)
         version, variant, predicted = record
         correct = predicted == label
-        self.metrics.record_feedback(version, variant, correct)
+        reason = self._unrandomised_ids.pop(pid, None)
+        if reason is None:
+            self.metrics.record_feedback(version, variant, correct)
+        else:
+            self.metrics.unrandomised_feedback.labels(version, variant, reason.value,
+                                                      "true" if correct else "false").inc()
         answer: dict[str, Any] = {"prediction_id": pid, "correct": correct}
         if self.config.expose_variant:
             answer.update({"version": version, "variant": variant})
         return answer
+
+    def client_of(self, request: Request) -> str:
+        """The client a request counts against: its address (behind a trusted proxy, the forwarded one)."""
+        from mlcd.serving.evidence import client_address, parse_networks
+
+        peer = request.client.host if request.client else None
+        return client_address(peer, request.headers, parse_networks(self.config.trusted_proxies))
+
+    def check_metrics(self, authorization: str | None) -> None:
+        """``/metrics`` with ``MLCD_METRICS_TOKEN`` configured takes that token (or the admin token)."""
+        token = self.config.metrics_token
+        if not token:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        given_b = given.strip().encode()
+        ok = scheme.lower() == "bearer" and (
+            hmac.compare_digest(given_b, token.encode())
+            or bool(self.config.admin_token) and hmac.compare_digest(given_b, (self.config.admin_token or "").encode()))
+        if not ok:
+            raise RequestError(401, "missing or wrong metrics token (Authorization: Bearer $MLCD_METRICS_TOKEN)")
 
     def check_admin(self, authorization: str | None) -> None:
         token = self.config.admin_token
@@ -635,7 +705,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def predict(request: Request) -> JSONResponse:
         payload = await _read_json(request, config.max_body_bytes)
         x, client_id = parse_images(payload, config.max_batch_images)
-        return JSONResponse(await gateway.predict(x, client_id))
+        return JSONResponse(await gateway.predict(x, client_id, gateway.client_of(request)))
 
     @app.post("/feedback")
     async def feedback(request: Request) -> JSONResponse:
@@ -644,7 +714,8 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
         return JSONResponse(gateway.feedback(payload))
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        gateway.check_metrics(request.headers.get("authorization"))
         if gateway.drift is not None:
             gateway.metrics.set_drift(gateway.drift.report())
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -652,7 +723,12 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         routes = gateway.routes
-        body = {"status": "ok" if gateway.ready_error is None else "unready", **routes.describe()}
+        body: dict[str, Any] = {"status": "ok" if gateway.ready_error is None else "unready"}
+        if not config.expose_variant:  # hiding: which versions serve is for the admin API and /metrics only
+            if gateway.ready_error is not None:
+                body["reason"] = "not ready" if routes.stable is not None else "no model is being served"
+            return JSONResponse(body, status_code=200 if gateway.ready_error is None else 503)
+        body.update(routes.describe())
         body["batching"] = {
             slot.version: {"calls": slot.batcher.stats.calls, "mean_rows": round(slot.batcher.stats.mean_rows, 2)}
             for slot in (routes.stable, routes.canary)

@@ -251,6 +251,10 @@ def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
         versions = served_versions()
         if not versions:
             raise RequestError(503, f"no model is being served ({gateway.ready_error})")
+        if not config.expose_variant:  # hiding: no route may tell which versions serve (no 404/200 oracle)
+            if version is not None:
+                raise RequestError(404, "version-specific routes are disabled on this gateway (MLCD_EXPOSE_VARIANT=false)")
+            return []
         if version is not None and version not in versions:
             raise RequestError(404, f"model version {version} is not being served (serving: {', '.join(versions)})")
         return versions
@@ -303,7 +307,7 @@ def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
         head, tail = split_infer_body(body, request.headers.get(HEADER_LENGTH))
         # The gateway's one JSON parser: one-line 400s, and large headers parsed off the event loop.
         req = parse_infer(await parse_json_body(head), tail, config.max_batch_images)
-        served = await gateway.route(req.x, req.client_id, version)
+        served = await gateway.route(req.x, req.client_id, version, client=gateway.client_of(request))
         content, headers = encode_outputs(req, served, name, gateway.remember(served), config.expose_variant)
         return Response(content, headers=headers)
 
