@@ -436,36 +436,32 @@ def fail_closed_step(decision: Mapping[str, Any], *, run_id: str | None, gateway
 
 
 def control_step(action: str, version: str | None, reason: str, *, actor: str, run_id: str | None,
-                 gateway_url: str | None = None) -> dict[str, Any]:
+                 gateway_url: str | None = None, dry_run: bool = False) -> dict[str, Any]:
     """``mlcd_control``'s one task: rollback / promote / pause / resume by hand, recorded with who asked."""
     from mlflow.exceptions import MlflowException
 
     from mlcd.registry import RegistryError
     from mlcd.registry.errors import RegistryUnavailableError
-    from mlcd.rollout.actions import default_version, promote, rollback, set_paused
+    from mlcd.rollout.actions import manual
 
     if not str(reason or "").strip():
         raise AirflowException("a reason is required")
     registry, router = _registry_and_router(gateway_url)
     try:
-        target = str(version) if version not in (None, "", "None") else default_version(registry, action)
-        if action == "rollback":
-            out = rollback(registry, router, target, f"manual: {reason}", {"manual": True, "asked_by": actor},
-                           actor, run_id).as_dict()
-        elif action == "promote":
-            out = promote(registry, router, target, f"manual: {reason}", actor, run_id)
-        elif action in ("pause", "resume"):
-            out = set_paused(registry, target, action == "pause", reason, actor, run_id)
-        else:
-            raise AirflowException(f"unknown action {action!r} (rollback, promote, pause, resume)")
+        # The same implementation as `mlcd rollback|promote|pause|resume` (explicit version, dry run, who asked).
+        out = manual(action, registry, router, version, reason, actor, run_id, dry_run=dry_run)
     except RegistryUnavailableError:
         raise  # the server is down or restarting: a retry may well succeed
     except (RegistryError, MlflowException, ValueError) as err:
         from airflow.sdk.exceptions import AirflowFailException
 
-        # A refused move (wrong state, stale alias) will be refused again: fail without retries.
+        # A refused move (wrong state, stale alias, no version) will be refused again: fail without retries.
         raise AirflowFailException(str(err)) from None
-    return {"action": action, "actor": actor, **out}
+    if out.get("dry_run"):
+        import logging
+
+        logging.getLogger(__name__).info("dry run, nothing changed: %s", out["plan"])
+    return out
 
 
 def triggering_user(dag_run: Any) -> str:
