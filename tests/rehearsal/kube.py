@@ -58,8 +58,8 @@ from tests.rehearsal.services import (
 
 NAMESPACE = "mlcd"
 ROUTE = "mlcd-gateway"
-DEPLOYMENTS = {"mlcd-gateway-stable": "stable", "mlcd-gateway-canary": "canary"}
-SERVICES = {"mlcd-gateway-stable": "mlcd-gateway-stable", "mlcd-gateway-canary": "mlcd-gateway-canary"}  # → Deployment
+DEPLOYMENTS = {"mlcd-gateway-stable": "stable", "mlcd-gateway-canary": "canary", "mlcd-gateway-holdback": "holdback"}
+SERVICES = {name: name for name in DEPLOYMENTS}  # Service -> the Deployment behind it (same names)
 SERVICE_PORT = 8000
 ROUTE_PATH = f"/apis/gateway.networking.k8s.io/v1/namespaces/{NAMESPACE}/httproutes/{ROUTE}"
 DEPLOYMENT_PREFIX = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/"
@@ -386,7 +386,8 @@ class ServingCluster:
         """Record a route that gives weight to a Service with no ready pod serving the version it names."""
         annotations = self.route["metadata"].get("annotations") or {}
         names = {"mlcd-gateway-stable": annotations.get("mlcd.io/stable-version"),
-                 "mlcd-gateway-canary": annotations.get("mlcd.io/canary-version")}
+                 "mlcd-gateway-canary": annotations.get("mlcd.io/canary-version"),
+                 "mlcd-gateway-holdback": annotations.get("mlcd.io/holdback-version")}
         for ref in self.route["spec"]["rules"][0]["backendRefs"]:
             if int(ref.get("weight", 1)) <= 0:
                 continue

@@ -239,6 +239,7 @@ def test_rollout_role_grants_exactly_the_router_calls() -> None:
     router = KubernetesHTTPRouteRouter(api)
     router.get_routes()
     router.set_routes("1", "2", 5)
+    router.set_routes("2", None, 0, holdback="1", holdback_weight=5)  # promotion with the previous champion held
     router.set_routes("2", None, 0)
     needed: dict[tuple[str, str], set[str]] = {}
     names: dict[tuple[str, str], set[str]] = {}

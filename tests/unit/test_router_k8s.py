@@ -176,7 +176,8 @@ def route_patch(
 ) -> dict[str, Any]:
     return {
         "metadata": {
-            "annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary},
+            "annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary,
+                            "mlcd.io/holdback-version": None},  # null: no holdback (removed by the merge patch)
             "resourceVersion": rv,
         },
         "spec": {"rules": [{"matches": [dict(m) for m in PUBLIC_MATCHES], "backendRefs": [
@@ -360,3 +361,43 @@ def test_waiting_times_out_on_the_routers_clock_and_leaves_the_route() -> None:
         router.set_routes("1", "2", 0)
     assert now[0] == 30 and [p[0] for p in api.patches()] == [CANARY_DEPLOY]  # the route was never patched
     assert router.get_routes() == RouteStatus("1", None, 0)
+
+
+HOLDBACK_DEPLOY = "/apis/apps/v1/namespaces/mlcd/deployments/mlcd-gateway-holdback"
+
+
+def test_a_promotion_with_a_holdback_keeps_the_previous_champion_as_a_third_weighted_backend() -> None:
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    router.set_routes("1", "2", 95)
+    api.calls.clear()
+    status = router.set_routes("2", None, 0, holdback="1", holdback_weight=5)
+    assert status == RouteStatus("2", None, 0, holdback="1", holdback_weight=5)
+    patches = api.patches()
+    assert [p[0] for p in patches] == [STABLE_DEPLOY, HOLDBACK_DEPLOY, ROUTE_PATH]
+    assert patches[1][1] == deploy_patch("1")
+    body = patches[2][1]
+    assert body["metadata"]["annotations"]["mlcd.io/holdback-version"] == "1"
+    assert body["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "mlcd-gateway-stable", "port": 8000, "weight": 95},
+        {"name": "mlcd-gateway-canary", "port": 8000, "weight": 0},
+        {"name": "mlcd-gateway-holdback", "port": 8000, "weight": 5},
+    ]
+    jsonschema.validate(api.route, HTTPROUTE_V1_SCHEMA)
+    # The bake ends: the holdback's weight goes to 0 and its backend and annotation leave the route.
+    released = router.set_routes("2", None, 0)
+    assert released == RouteStatus("2", None, 0) and released.holdback is None
+    assert "mlcd.io/holdback-version" not in api.route["metadata"]["annotations"]
+    assert [ref["name"] for ref in api.route["spec"]["rules"][0]["backendRefs"]] == [
+        "mlcd-gateway-stable", "mlcd-gateway-canary"]
+
+
+@pytest.mark.parametrize(("canary", "weight", "held", "why"), [
+    ("3", 96, 5, "exceed 100"), (None, 0, 101, "holdback_weight"), (None, 0, -1, "holdback_weight")])
+def test_a_holdback_that_is_not_a_split_of_the_traffic_is_refused_before_anything_is_sent(
+        canary: str | None, weight: int, held: int, why: str) -> None:
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    with pytest.raises(ValueError, match=why):
+        router.set_routes("2", canary, weight, holdback="1", holdback_weight=held)
+    assert api.patches() == []

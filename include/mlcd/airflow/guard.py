@@ -368,10 +368,12 @@ class CanaryHealthSensor(BaseOperator):
             return dict(event["result"])
         if reason in (GuardReason.BAKE_COMPLETE, GuardReason.NO_CANARY, GuardReason.VERSION_RETIRED):
             self.log.info("healthy: %s", message)
-            return dict(event["result"])
+            return release_step(dict(event["result"]), reason, run_id=str(context.get("run_id") or ""),
+                                gateway_url=self.gateway_url)
         if reason is GuardReason.BAKE_UNVERIFIED:
             self.log.warning("UNVERIFIED (not rolled back, not verified healthy): %s", message)
-            return dict(event["result"])
+            return release_step(dict(event["result"]), reason, run_id=str(context.get("run_id") or ""),
+                                gateway_url=self.gateway_url)
         if reason is GuardReason.METRICS_BLIND:
             self.log.warning("FAIL CLOSED: %s", message)
             return fail_closed_step(dict(event["result"]), run_id=str(context.get("run_id") or ""),
@@ -420,6 +422,29 @@ def rollback_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_ur
         + f"; 100% of traffic on version {result.restored}. Reason: {result.reason}"
     )
     return out
+
+
+def release_step(decision: Mapping[str, Any], reason: GuardReason, *, run_id: str | None,
+                 gateway_url: str | None = None, actor: str = "airflow:mlcd_guard") -> dict[str, Any]:
+    """The bake is over: the previous champion's holdback goes to 0 (:func:`mlcd.rollout.holdback.release`).
+
+    Only a bake that ended (complete or unverified) releases; a release that cannot move traffic is logged and
+    reported in the result (the holdback keeps its small share until the next route change), never a breach.
+    """
+    if reason not in (GuardReason.BAKE_COMPLETE, GuardReason.BAKE_UNVERIFIED) or not decision.get("version"):
+        return dict(decision)
+    import logging
+
+    from mlcd.rollout.holdback import release
+
+    try:
+        registry, router = _registry_and_router(gateway_url)
+        done = release(router, registry, str(decision["version"]), f"guard: {reason.value}", actor, run_id)
+        out = done.as_dict()
+    except Exception as exc:  # noqa: BLE001 - best effort: the bake's verdict stands; the record says what failed
+        logging.getLogger(__name__).warning("holdback of version %s not released: %s", decision.get("version"), exc)
+        out = {"released": False, "detail": f"not released: {type(exc).__name__}: {exc}"}
+    return {**dict(decision), "holdback_release": out}
 
 
 def fail_closed_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_url: str | None = None,
@@ -490,12 +515,17 @@ def triggering_user(dag_run: Any) -> str:
 def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -> dict[str, Any]:
     """Succeed (so the task's ``mlcd_drift`` outlet emits an Asset event) only when live inputs drifted.
 
-    Skipped when the window did not drift, when the gateway exports no drift gauges, or when a signal was
-    already sent within ``cooldown_s`` (one drifted window must not start a retrain every few minutes).
+    Skipped when the window did not drift, when the gateway exports no drift gauges, or when a signal sent
+    within ``cooldown_s`` still holds (one drifted window must not start a retrain every few minutes); a signal
+    whose retrain produced no champion (rejected, rolled back, nothing registered) no longer holds
+    (:func:`mlcd.guard.signals.drift_signal`; the decision and its reason are kept for the page).
     """
+    import logging
+
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mlcd.guard.signals import read_drift, should_signal
+    from mlcd.airflow.hooks import MlflowHook
+    from mlcd.guard.signals import drift_signal, read_drift, registry_versions
     from mlcd.settings import get_settings
 
     s = get_settings()
@@ -508,6 +538,15 @@ def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -
         raise AirflowSkipException(f"gateway {url} exports no drift gauges (MLCD_DRIFT=off?)")
     if not status.drifted:
         raise AirflowSkipException(f"no input drift: {status.as_dict()}")
-    if not should_signal(cooldown_s):  # a compare-and-set row in the ledger's database: one signal per cooldown
-        raise AirflowSkipException(f"drifted, but a retrain was already signalled within {cooldown_s:.0f}s")
-    return status.as_dict()
+    versions: list[tuple[int, str]] | None
+    try:
+        versions = registry_versions(s.model_name, MlflowHook().config.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - outcome unknown: the plain cooldown holds, nothing is released
+        logging.getLogger(__name__).warning("registry unreadable (%s: %s): the drift cooldown is not released",
+                                            type(exc).__name__, exc)
+        versions = None
+    signalled, hold, reason = drift_signal(cooldown_s, status.as_dict(), versions)
+    if not signalled:  # a compare-and-set row in the ledger's database: one signal per cooldown
+        raise AirflowSkipException(f"drifted, but the cooldown holds ({hold.value}): {reason}")
+    logging.getLogger(__name__).info("drift signalled (%s): %s", hold.value, reason)
+    return {**status.as_dict(), "cooldown": hold.value, "why": reason}

@@ -45,16 +45,23 @@ class RouteStatus:
     canary: str | None
     canary_weight: int
     generation: Generation | None = field(default=None, compare=False)
+    # The previous champion kept on a small share after a promotion: the bake's concurrent control (percent of all
+    # traffic, like ``canary_weight``; stable gets ``100 - canary_weight - holdback_weight``).
+    holdback: str | None = None
+    holdback_weight: int = 0
 
 
 @runtime_checkable
 class Router(Protocol):
     def set_routes(
-        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None
+        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None,
+        *, holdback: str | None = None, holdback_weight: int = 0,
     ) -> RouteStatus:
         """Serve ``stable`` and, at ``canary_weight`` percent, ``canary`` (``None``: stable only).
 
         With ``expected_generation``, only if the routes are still at that generation (:class:`RouteConflict`).
+        ``holdback`` at ``holdback_weight`` percent is the previous champion kept as the bake's control; a call
+        without it releases any holdback (every rollback and manual move serves without one).
         """
         ...
 
@@ -102,6 +109,17 @@ def _check_weight(canary: str | None, canary_weight: int) -> int:
     if isinstance(canary_weight, bool) or not 0 <= int(canary_weight) <= 100:
         raise ValueError(f"canary_weight must be in 0..100, got {canary_weight!r}")
     return int(canary_weight) if canary is not None else 0
+
+
+def check_holdback(stable: str, canary_weight: int, holdback: str | None, holdback_weight: int) -> int:
+    """The holdback's weight in percent (0 without a holdback version); refuses a split that is not one."""
+    if isinstance(holdback_weight, bool) or not 0 <= int(holdback_weight) <= 100:
+        raise ValueError(f"holdback_weight must be in 0..100, got {holdback_weight!r}")
+    if holdback is None or str(holdback) == str(stable):
+        return 0
+    if canary_weight + int(holdback_weight) > 100:
+        raise ValueError(f"canary_weight {canary_weight} + holdback_weight {holdback_weight} exceed 100")
+    return int(holdback_weight)
 
 
 class LocalGatewayRouter:
@@ -153,18 +171,24 @@ class LocalGatewayRouter:
     @staticmethod
     def _status(body: dict[str, Any]) -> RouteStatus:
         gen = body.get("generation")
+        held = body.get("holdback")
         return RouteStatus(
             body.get("stable"), body.get("canary"), int(body.get("canary_weight", 0)),
-            None if gen is None else int(gen),
+            None if gen is None else int(gen), None if held is None else str(held),
+            int(body.get("holdback_weight", 0)) if held is not None else 0,
         )
 
     def set_routes(
-        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None
+        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None,
+        *, holdback: str | None = None, holdback_weight: int = 0,
     ) -> RouteStatus:
         weight = _check_weight(canary, canary_weight)
+        held = check_holdback(stable, weight, holdback, holdback_weight)
         body: dict[str, Any] = {
             "stable": str(stable), "canary": None if canary is None else str(canary), "canary_weight": weight,
         }
+        if held:  # only sent when used: a gateway without holdback support still takes every other move
+            body.update({"holdback": str(holdback), "holdback_weight": held})
         if expected_generation is not None:
             body["expected_generation"] = int(expected_generation)  # the gateway compares and sets under its lock
         return self._status(self._call("POST", "/admin/routes", body))
@@ -199,6 +223,7 @@ VERSION_ANNOTATION = "mlcd.io/model-version"
 ROLLOUT_TIMEOUT_S = 300.0
 STABLE_ANNOTATION = "mlcd.io/stable-version"
 CANARY_ANNOTATION = "mlcd.io/canary-version"
+HOLDBACK_ANNOTATION = "mlcd.io/holdback-version"
 
 
 class KubernetesHTTPRouteRouter:
@@ -238,6 +263,8 @@ class KubernetesHTTPRouteRouter:
         stable_deployment: str = "mlcd-gateway-stable",
         canary_deployment: str = "mlcd-gateway-canary",
         container: str = "gateway",
+        holdback_service: str = "mlcd-gateway-holdback",
+        holdback_deployment: str = "mlcd-gateway-holdback",
         model_name: str = "mnist-cnn",
         rollout_timeout_s: float = ROLLOUT_TIMEOUT_S,
         poll_interval_s: float = 1.0,
@@ -253,6 +280,8 @@ class KubernetesHTTPRouteRouter:
         self.stable_deployment = stable_deployment
         self.canary_deployment = canary_deployment
         self.container = container
+        self.holdback_service = holdback_service
+        self.holdback_deployment = holdback_deployment
         self.model_name = model_name
         self.rollout_timeout_s = float(rollout_timeout_s)
         self.poll_interval_s = float(poll_interval_s)
@@ -267,15 +296,22 @@ class KubernetesHTTPRouteRouter:
         return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
 
     def route_patch(
-        self, stable: str, canary: str | None, canary_weight: int, resource_version: str | None = None
+        self, stable: str, canary: str | None, canary_weight: int, resource_version: str | None = None,
+        holdback: str | None = None, holdback_weight: int = 0,
     ) -> dict[str, Any]:
-        """The JSON merge patch that sets both weights (and records the versions as annotations).
+        """The JSON merge patch that sets the weights (and records the versions as annotations).
 
         With ``resource_version`` the API server applies it only if the route is still at that version (409
         Conflict otherwise): the compare-and-set that keeps a stale canary step from undoing a rollback.
+        A holdback (the previous champion's Deployment) is a third weighted backend, present only while it has
+        weight: a route that names a Service nobody created would not resolve.
         """
         weight = _check_weight(canary, canary_weight)
-        metadata: dict[str, Any] = {"annotations": {STABLE_ANNOTATION: str(stable), CANARY_ANNOTATION: canary}}
+        held = check_holdback(stable, weight, holdback, holdback_weight)
+        metadata: dict[str, Any] = {"annotations": {
+            STABLE_ANNOTATION: str(stable), CANARY_ANNOTATION: canary,
+            HOLDBACK_ANNOTATION: str(holdback) if held else None,  # null removes it in a merge patch
+        }}
         if resource_version is not None:
             metadata["resourceVersion"] = str(resource_version)
         return {
@@ -287,8 +323,9 @@ class KubernetesHTTPRouteRouter:
                         # first weight change would open every path (admin, metrics) to the public listener.
                         "matches": [dict(m) for m in PUBLIC_MATCHES],
                         "backendRefs": [
-                            {"name": self.stable_service, "port": self.port, "weight": 100 - weight},
+                            {"name": self.stable_service, "port": self.port, "weight": 100 - weight - held},
                             {"name": self.canary_service, "port": self.port, "weight": weight},
+                            *([{"name": self.holdback_service, "port": self.port, "weight": held}] if held else []),
                         ]
                     },
                     self.feedback_rule(canary),
@@ -322,7 +359,8 @@ class KubernetesHTTPRouteRouter:
         }
 
     def set_routes(
-        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None
+        self, stable: str, canary: str | None, canary_weight: int, expected_generation: Generation | None = None,
+        *, holdback: str | None = None, holdback_weight: int = 0,
     ) -> RouteStatus:
         """Pin changed versions into their Deployments, then move the weights on the HTTPRoute.
 
@@ -331,7 +369,7 @@ class KubernetesHTTPRouteRouter:
         raised as :class:`RouteConflict`. A pinned Deployment (and a canary given weight) must be serving its
         version first (:meth:`wait_rollout`), else :class:`RolloutNotReady` and the route is left as it was.
         """
-        self.route_patch(stable, canary, canary_weight)  # validates before anything is sent
+        self.route_patch(stable, canary, canary_weight, None, holdback, holdback_weight)  # validates first
         current = self.get_routes()
         if expected_generation is not None and str(expected_generation) != str(current.generation):
             raise RouteConflict(
@@ -340,7 +378,7 @@ class KubernetesHTTPRouteRouter:
                 expected=expected_generation, current=current.generation,
             )
         fence = None if current.generation is None else str(current.generation)
-        patch = self.route_patch(stable, canary, canary_weight, fence)
+        patch = self.route_patch(stable, canary, canary_weight, fence, holdback, holdback_weight)
         pinned: list[tuple[str, str, str, int | None]] = []  # (deployment, service, version, generation)
         if current.stable != str(stable):
             pinned.append((self.stable_deployment, self.stable_service, str(stable),
@@ -351,6 +389,10 @@ class KubernetesHTTPRouteRouter:
         elif canary is not None and _check_weight(canary, canary_weight) > 0:
             # Same canary, more weight: its pods may still be starting (pinned by the previous step at 0 %).
             pinned.append((self.canary_deployment, self.canary_service, str(canary), None))
+        if check_holdback(stable, _check_weight(canary, canary_weight), holdback, holdback_weight) \
+                and current.holdback != str(holdback):
+            pinned.append((self.holdback_deployment, self.holdback_service, str(holdback),
+                           self._pin(self.holdback_deployment, str(holdback))))
         for deployment, service, version, generation in pinned:
             self.wait_rollout(deployment, service, version, generation)
         answer = self.api("PATCH", self.route_path, patch, MERGE_PATCH)
@@ -418,18 +460,21 @@ class KubernetesHTTPRouteRouter:
 
     def _status(self, route: dict[str, Any]) -> RouteStatus:
         annotations = (route.get("metadata") or {}).get("annotations") or {}
-        weights = {self.stable_service: 0, self.canary_service: 0}
+        weights = {self.stable_service: 0, self.canary_service: 0, self.holdback_service: 0}
         for rule in (route.get("spec") or {}).get("rules") or []:
             if rule.get("matches") == [dict(m) for m in FEEDBACK_MATCHES]:
                 continue  # labels' rule: not the traffic split
             for ref in rule.get("backendRefs") or []:
                 if ref.get("name") in weights:
                     weights[ref["name"]] = int(ref.get("weight", 1))
-        total = weights[self.stable_service] + weights[self.canary_service]
+        total = sum(weights.values())
         canary = annotations.get(CANARY_ANNOTATION)
+        held = annotations.get(HOLDBACK_ANNOTATION)
         pct = round(100 * weights[self.canary_service] / total) if total and canary else 0
+        held_pct = round(100 * weights[self.holdback_service] / total) if total and held else 0
         rv = (route.get("metadata") or {}).get("resourceVersion")
-        return RouteStatus(annotations.get(STABLE_ANNOTATION), canary, pct, None if rv is None else str(rv))
+        return RouteStatus(annotations.get(STABLE_ANNOTATION), canary, pct, None if rv is None else str(rv),
+                           held if held_pct else None, held_pct)
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,8 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         # Prometheus sums each variant's pods by this label: a typo would hide a canary from the analysis.
-        if self.pinned_variant not in ("stable", "canary"):
-            raise ValueError(f"MLCD_SERVE_VARIANT must be stable or canary, got {self.pinned_variant!r}")
+        if self.pinned_variant not in ("stable", "canary", "holdback"):  # holdback: the previous champion's pods
+            raise ValueError(f"MLCD_SERVE_VARIANT must be stable, canary or holdback, got {self.pinned_variant!r}")
         parse_networks(self.evidence_exempt + self.trusted_proxies)  # a typo fails at start, naming it
         self.share_bound()
 
