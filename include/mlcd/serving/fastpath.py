@@ -67,12 +67,16 @@ class V2InferFastPath:
         if target is None:
             await self.app(scope, receive, send)
             return
+        from mlcd.serving.hardening import content_type_refusal
         from mlcd.serving.v2 import HEADER_LENGTH, check_encoding, check_model, infer_body
 
         name, version = target
         headers = _headers(scope)
         try:
             check_model(self.gateway, name, version)
+            refusal = content_type_refusal(headers, binary_extension=True)  # as the FastAPI route (#23.5)
+            if refusal is not None:
+                raise RequestError(*refusal)
             check_encoding(headers.get("content-encoding"))
             body = await _read_bounded(receive, headers.get("content-length"), self.gateway.config.max_body_bytes)
             content, out_headers = await infer_body(self.gateway, name, version, body,
@@ -119,11 +123,23 @@ async def _read_bounded(receive: Receive, declared: str | None, limit: int) -> b
                 raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
         except ValueError:
             raise RequestError(400, "invalid Content-Length header") from None
+    import asyncio
+    import logging
+
+    from mlcd.serving.hardening import BODY_TIMEOUT_S
+
     chunks: list[bytes] = []
     size = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_TIMEOUT_S  # a body trickled byte by byte must not hold a slot forever
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise RequestError(408, f"body not received within {BODY_TIMEOUT_S:.0f}s") from None
         if message["type"] == "http.disconnect":
+            logging.getLogger(__name__).info("client hung up after %d bytes of its request body", size)
             raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)

@@ -334,6 +334,11 @@ def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
     async def infer(request: Request, name: str, version: str | None) -> Response:
         # Only what the fast path (mlcd.serving.fastpath) does not take comes here: keep the two in step.
         check(name, version)
+        from mlcd.serving.hardening import content_type_refusal
+
+        refusal = content_type_refusal(request.headers, binary_extension=True)
+        if refusal is not None:  # a web page's simple POST (text/plain, a form, an untyped Blob) never reaches a model
+            raise RequestError(*refusal)
         check_encoding(request.headers.get("content-encoding"))
         body = await read_bounded(request, config.max_body_bytes)
         content, headers = await infer_body(gateway, name, version, body, request.headers.get(HEADER_LENGTH),
