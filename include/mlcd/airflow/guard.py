@@ -531,7 +531,7 @@ def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -
     s = get_settings()
     url = gateway_url or s.gateway_url
     try:
-        status = read_drift(url)
+        status = read_drift(url, token=s.metrics_token or s.admin_token)
     except OSError as exc:
         raise AirflowException(f"gateway {url} unreadable: {exc}") from None
     if status is None:
