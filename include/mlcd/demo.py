@@ -394,9 +394,11 @@ def run_demo() -> int:
 
         # Turn 2 ---------------------------------------------------------------------------------------
         progress("TURN 2: live traffic starts; a second batch lands; the new model is canaried and promoted")
+        from mlcd.envroles import Role, env_for
+
         traffic = subprocess.Popen(
             [sys.executable, "-m", "mlcd.cli", "traffic", "--url", urls["gateway"], "--rate", str(plan.traffic_rate),
-             "--duration", "900", "--feedback"],
+             "--duration", "900", "--feedback"], env=env_for(Role.TRAFFIC, os.environ),  # the feedback token only
             stdout=open(settings.logs_dir / "traffic.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         story.land(batches["second"])

@@ -482,12 +482,17 @@ def _not_listening(exc: BaseException) -> bool:
 def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -> dict[str, Any]:
     """Succeed (so the task's ``mlcd_drift`` outlet emits an Asset event) only when live inputs drifted.
 
-    Skipped when the window did not drift, when the gateway exports no drift gauges, or when a signal was
-    already sent within ``cooldown_s`` (one drifted window must not start a retrain every few minutes).
+    Skipped when the window did not drift, when the gateway exports no drift gauges, or when a signal sent
+    within ``cooldown_s`` still holds (one drifted window must not start a retrain every few minutes); a signal
+    whose retrain produced no champion (rejected, rolled back, nothing registered) no longer holds
+    (:func:`mlcd.guard.signals.drift_signal`; the decision and its reason are kept for the page).
     """
+    import logging
+
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mlcd.guard.signals import read_drift, should_signal
+    from mlcd.airflow.hooks import MlflowHook
+    from mlcd.guard.signals import drift_signal, read_drift, registry_versions
     from mlcd.settings import get_settings
 
     s = get_settings()
@@ -504,6 +509,15 @@ def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -
         raise AirflowSkipException(f"gateway {url} exports no drift gauges (MLCD_DRIFT=off?)")
     if not status.drifted:
         raise AirflowSkipException(f"no input drift: {status.as_dict()}")
-    if not should_signal(cooldown_s):  # a compare-and-set row in the ledger's database: one signal per cooldown
-        raise AirflowSkipException(f"drifted, but a retrain was already signalled within {cooldown_s:.0f}s")
-    return status.as_dict()
+    versions: list[tuple[int, str]] | None
+    try:
+        versions = registry_versions(s.model_name, MlflowHook().config.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - outcome unknown: the plain cooldown holds, nothing is released
+        logging.getLogger(__name__).warning("registry unreadable (%s: %s): the drift cooldown is not released",
+                                            type(exc).__name__, exc)
+        versions = None
+    signalled, hold, reason = drift_signal(cooldown_s, status.as_dict(), versions)
+    if not signalled:  # a compare-and-set row in the ledger's database: one signal per cooldown
+        raise AirflowSkipException(f"drifted, but the cooldown holds ({hold.value}): {reason}")
+    logging.getLogger(__name__).info("drift signalled (%s): %s", hold.value, reason)
+    return {**status.as_dict(), "cooldown": hold.value, "why": reason}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import os
 import random
@@ -31,7 +30,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mlcd.serving import fastjson
 from mlcd.serving.config import GatewayConfig
+from mlcd.serving.driftfeed import DriftFeed
 from mlcd.serving.evidence import Unrandomised, sticky_key
 from mlcd.serving.evidence import sticky_bucket as _keyed_bucket
 from mlcd.serving.metrics import GatewayMetrics
@@ -170,6 +171,7 @@ class Gateway:
             else secrets.token_bytes(32)
         self._retiring: set[asyncio.Task[None]] = set()
         self.drift: Any = None  # a mlcd.guard.drift.DriftMonitor once started (config.drift)
+        self._drift_feed: DriftFeed | None = None
         # Evidence (mlcd.serving.evidence): keyed sticky buckets; per-client bounds on evidence and drift.
         self._sticky_key = sticky_key(config.gateway_secret, _PROCESS_STICKY_KEY)
         self.evidence_bound = config.share_bound()
@@ -341,10 +343,11 @@ class Gateway:
                 or of the drift window; ``None`` is one anonymous client.
         """
         if self.drift is not None and self.drift_bound.admit(client or "unknown", len(x)):
-            try:
-                self.drift.update(x)  # inputs drift whatever the model answers: scored before the model call
-            except ValueError as exc:
-                log.warning("drift scoring failed: %s", exc)
+            # Inputs drift whatever the model answers: queued before the model call, scored with the rest of
+            # this event-loop turn's requests in one call (mlcd.serving.driftfeed: one image costs as much as 32).
+            if self._drift_feed is None or self._drift_feed.monitor is not self.drift:
+                self._drift_feed = DriftFeed(self.drift)
+            self._drift_feed.add(x)
         routes = self.routes  # one read: this request sees one consistent set of routes
         stable, canary = routes.stable, routes.canary
         if stable is None:
@@ -611,7 +614,7 @@ async def _parse_off_loop(raw: bytes) -> Any:
 def _parse_json(raw: bytes) -> Any:
     """``json.loads`` with every failure as a one-line 400 (syntax, encoding, nesting too deep)."""
     try:
-        return json.loads(raw)
+        return fastjson.loads(raw)  # msgspec on the happy path; json.loads decides (and words) every refusal
     except RecursionError:
         raise RequestError(400, "body is not acceptable JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -627,20 +630,33 @@ async def read_bounded(request: Request, limit: int) -> bytes:
                 raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
         except ValueError:
             raise RequestError(400, "invalid Content-Length header") from None
+    from starlette.requests import ClientDisconnect
+
+    from mlcd.serving.hardening import BODY_TIMEOUT_S
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled byte by byte must not hold a slot forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"body not received within {BODY_TIMEOUT_S:.0f}s") from None
+    except ClientDisconnect:  # the client hung up mid-upload: one line, no traceback
+        log.info("client hung up after %d bytes of its request body", size)
+        raise RequestError(400, "client disconnected before the body was complete") from None
     return b"".join(chunks)
 
 
 async def _read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing oversized bodies before reading them whole; parse errors are a one-line 400."""
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise RequestError(415, f"content type must be application/json, got {ctype}")
+    from mlcd.serving.hardening import content_type_refusal
+
+    refusal = content_type_refusal(request.headers)  # a web page's simple POST never reaches a model
+    if refusal is not None:
+        raise RequestError(*refusal)
     return await parse_json_body(await read_bounded(request, limit))
 
 
