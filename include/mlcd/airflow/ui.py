@@ -20,8 +20,7 @@ URL_PREFIX = "/mlcd"
 def create_app() -> Any:
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi import Depends, FastAPI
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from fastapi.responses import PlainTextResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.staticfiles import StaticFiles
