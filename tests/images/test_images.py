@@ -161,3 +161,29 @@ def test_gateway_image_serves_a_registered_model(built_images: dict[str, float],
             assert b"mlcd_" in resp.read()
     finally:
         pod.stop()
+
+
+def test_airflow_image_api_server_becomes_healthy(built_images: dict[str, float], tmp_path: Path) -> None:
+    """The api-server of the airflow image, on its own SQLite in /tmp, healthy by the image's HEALTHCHECK."""
+    port = free_port()
+    # [api] host/port from the environment: the HEALTHCHECK reads the same AIRFLOW__API__PORT.
+    env = {**CPU_BOUND_ENV, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:////tmp/airflow.db",
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__API__WORKERS": "1",
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
+    container = Container(unique_name("images-airflow-api"), IMAGES["airflow"],
+                          ["-c", "airflow db migrate >/dev/null && exec airflow api-server"], env,
+                          WRITABLE["airflow"], image_user("airflow"), tmp_path / "airflow.log", entrypoint="bash")
+    start = time.monotonic()
+    container.start()
+    try:
+        healthy_s = None
+        while time.monotonic() < start + 300 and container.alive():
+            if podman("healthcheck", "run", container.name, check=False, timeout=60).returncode == 0:
+                healthy_s = time.monotonic() - start
+                break
+            time.sleep(1)
+        assert healthy_s is not None, container.logs()[-3000:]
+        print(f"airflow image: cold start (db migrate + api-server) to healthy {healthy_s:.1f}s")
+    finally:
+        container.stop()

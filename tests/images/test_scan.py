@@ -51,6 +51,7 @@ def audit(frozen: list[str], workdir: Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("role", ["gateway", "trainer", "airflow"])
 def test_image_has_no_fixable_vulnerability_in_what_it_pins(role: str, built_images: dict[str, float],
                                                             tmp_path: Path) -> None:
+    """pip-audit of the image's own ``pip freeze`` (what it runs, not what requirements.txt says)."""
     frozen = [line for line in run_in(role, ["pip", "freeze", "--disable-pip-version-check"], writable=[]).splitlines()
               if "==" in line and not line.lower().startswith("mlcd==")]  # mlcd is not on PyPI: nothing to look up
     assert len(frozen) > 20, frozen
@@ -80,3 +81,10 @@ def test_image_has_no_fixable_vulnerability_in_what_it_pins(role: str, built_ima
     for finding in reported:
         warnings.warn(f"{role} image: {finding} (transitive or unfixed: reported, not failed)", stacklevel=1)
     assert not failing, f"{role} image: fixable vulnerabilities in packages it pins: {failing}"
+
+
+def test_the_scan_sees_a_known_vulnerability(tmp_path: Path) -> None:
+    """The scanner is live (not a silent no-op): an old pin with a published, fixed advisory is reported."""
+    packages = audit(["requests==2.19.0"], tmp_path)  # CVE-2018-18074, fixed in 2.20.0
+    vulns = [v for p in packages for v in p.get("vulns", [])]
+    assert any(v.get("fix_versions") for v in vulns), packages

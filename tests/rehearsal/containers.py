@@ -101,6 +101,7 @@ class Container:
     empty_dirs: Sequence[str]
     user: str
     log: Path
+    entrypoint: str | None = None  # replaces the image's ENTRYPOINT (e.g. "bash" for a shell command)
     proc: Proc | None = None
     keep: bool = False  # leave the stopped container for `podman diff` / `podman logs` (removed by remove())
     started_at: float = field(default=0.0)
@@ -113,6 +114,8 @@ class Container:
             argv.append("--rm")
         for path in self.empty_dirs:
             argv += ["--tmpfs", f"{path}:rw,mode=1777,exec"]
+        if self.entrypoint is not None:
+            argv += ["--entrypoint", self.entrypoint]
         for key in self.env:
             argv += ["-e", key]  # the value comes from this client's environment: it never shows in `ps`
         argv.append(self.image)
