@@ -10,10 +10,12 @@ ROLES = ("gateway", "trainer", "airflow")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The whole directory is one layer: marker `images` (pyproject), in make test's side process.
+    # The whole directory is one layer: marker `images` (pyproject), in make test's side process. The first test
+    # to ask for the images pays for their build: a cold one (empty wheelhouse, no layers) takes ~20 min here.
     for item in items:
         if "tests/images/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.images)
+            item.add_marker(pytest.mark.timeout(2700, method="signal"))
 
 
 @pytest.fixture(scope="session")
