@@ -6,6 +6,7 @@ a registered model from a real MLflow server, healthy by its own HEALTHCHECK.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import urllib.request
 from pathlib import Path
@@ -28,7 +29,8 @@ from tests.rehearsal.services import free_port
 TEST_TOOLS = {"pytest", "mypy", "ruff", "moto", "pip-audit"}
 FORBIDDEN = {
     "gateway": TEST_TOOLS | {"apache-airflow", "apache-airflow-core", "great-expectations", "mlflow", "celery"},
-    "trainer": TEST_TOOLS | {"apache-airflow", "apache-airflow-core", "great-expectations", "fastapi", "celery"},
+    # (FastAPI and uvicorn come with mlflow-skinny, so they are not forbidden here.)
+    "trainer": TEST_TOOLS | {"apache-airflow", "apache-airflow-core", "great-expectations", "mlflow", "celery"},
     "airflow": TEST_TOOLS,
 }
 REQUIRED = {
@@ -59,8 +61,10 @@ def run_in(role: str, command: list[str], writable: list[str] | None = None, use
            timeout: float = 180) -> str:
     """Run ``command`` in the role's image on a read-only root; returns its output (fails on a non-zero exit)."""
     tmp = Path(f"/tmp/mlcd-images-{unique_name(role)}.log")
-    container = Container(unique_name(f"images-{role}"), IMAGES[role], command, CPU_BOUND_ENV,
-                          writable if writable is not None else WRITABLE[role], user or image_user(role), tmp)
+    # The command replaces the ENTRYPOINT too (the airflow image's is `airflow`).
+    container = Container(unique_name(f"images-{role}"), IMAGES[role], command[1:], CPU_BOUND_ENV,
+                          writable if writable is not None else WRITABLE[role], user or image_user(role), tmp,
+                          entrypoint=command[0])
     try:
         code = container.start().wait(timeout)
         out = container.logs()
@@ -77,14 +81,15 @@ def image_user(role: str) -> str:
 
 @pytest.mark.parametrize("role", ["gateway", "trainer", "airflow"])
 def test_image_metadata(role: str, built_images: dict[str, float]) -> None:
-    config = inspect(IMAGES[role])["Config"]
+    info = inspect(IMAGES[role])
+    config = info["Config"]
     user = str(config.get("User") or "")
     assert user and user.split(":")[0] not in ("0", "root"), f"{role} runs as {user!r}"
     labels = config.get("Labels") or {}
     missing = [k for k in OCI_LABELS if not labels.get(f"org.opencontainers.image.{k}")]
     assert not missing, f"{role}: labels missing {missing}"
     assert labels["org.opencontainers.image.title"] == f"mlcd-{role}"
-    health = config.get("Healthcheck")
+    health = info.get("Healthcheck") or config.get("Healthcheck")  # podman keeps it beside Config
     if role in ("gateway", "airflow"):  # the roles that serve
         assert health and health.get("Test") and health["Test"][0] != "NONE", f"{role}: no HEALTHCHECK"
     assert set(config.get("Volumes") or {}) == set(WRITABLE[role]), "the declared writable paths"
@@ -169,7 +174,8 @@ def test_airflow_image_api_server_becomes_healthy(built_images: dict[str, float]
     # [api] host/port from the environment: the HEALTHCHECK reads the same AIRFLOW__API__PORT.
     env = {**CPU_BOUND_ENV, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:////tmp/airflow.db",
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__API__WORKERS": "1",
+           "AIRFLOW__API__WORKERS": "1", "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(16),
+           "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(16),  # from a Secret, as the chart and compose give them
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"}
     container = Container(unique_name("images-airflow-api"), IMAGES["airflow"],
                           ["-c", "airflow db migrate >/dev/null && exec airflow api-server"], env,

@@ -30,21 +30,78 @@ from tests.images.test_images import canonical, run_in
 # vulnerability id -> why it is accepted (none today).
 ACCEPTED: dict[str, str] = {}
 PIP_AUDIT = Path(sys.executable).with_name("pip-audit")
+AUDIT_CACHE = Path.home() / ".cache" / "mlcd" / "pip-audit"
 
 
-def audit(frozen: list[str], workdir: Path) -> list[dict[str, Any]]:
-    """pip-audit of exact pins (no resolution, no pip): one dict per package with its ``vulns``."""
+def _pip_audit(reqs: Path, service: str) -> list[dict[str, Any]]:
+    done = subprocess.run([str(PIP_AUDIT), "-r", str(reqs), "--no-deps", "--disable-pip", "--format", "json",
+                           "--vulnerability-service", service, "--progress-spinner", "off",
+                           "--cache-dir", str(AUDIT_CACHE)], capture_output=True, text=True, timeout=900)
+    # Exit 1 means "vulnerabilities found" (the JSON is on stdout); no JSON at all is a failure to audit.
+    try:
+        return list(json.loads(done.stdout).get("dependencies", []))
+    except ValueError:
+        return [{"name": "*", "skip_reason": f"pip-audit -s {service} exit {done.returncode}: {done.stderr[-300:]}"}]
+
+
+def _safety_db_file() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("safety_db")
+    assert spec and spec.submodule_search_locations, "safety-db is not installed (requirements.txt pins it)"
+    return Path(next(iter(spec.submodule_search_locations))) / "insecure_full.json"
+
+
+def _offline_advisories(frozen: list[str]) -> list[dict[str, Any]]:
+    """The same shape as pip-audit's JSON, from the advisory file of the ``safety-db`` package (PyPI).
+
+    A vulnerable range with an upper bound (``<2.20.0``) means a fixed release exists: that bound is its fix.
+    Read as a file: the package's own ``__init__`` opens its data by a relative path and fails on import.
+    """
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    data = json.loads(_safety_db_file().read_text())
+    index = {canonical(name): entries for name, entries in data.items() if not name.startswith("$")}
+    out: list[dict[str, Any]] = []
+    for line in frozen:
+        name, _, version = line.partition("==")
+        vulns = []
+        for entry in index.get(canonical(name), []):
+            for rng in entry.get("specs", []):
+                try:
+                    hit = Version(version) in SpecifierSet(rng)
+                except (InvalidVersion, ValueError):
+                    continue
+                if hit:
+                    # "<2.20.0": fixed in 2.20.0; "<=2.19.1": fixed in the first release after 2.19.1.
+                    bounds = [part.strip() for part in rng.split(",") if part.strip().startswith("<")]
+                    fixes = [f">{b[2:]}" if b.startswith("<=") else b[1:] for b in bounds]
+                    vulns.append({"id": entry.get("cve") or entry["id"], "fix_versions": fixes})
+                    break
+        out.append({"name": name, "version": version, "vulns": vulns})
+    return out
+
+
+def audit(frozen: list[str], workdir: Path) -> tuple[str, list[dict[str, Any]]]:
+    """Known vulnerabilities of exact pins: ``(source, [{name, version, vulns: [{id, fix_versions}]}])``.
+
+    pip-audit asks PyPI's advisory API, then OSV; a machine that reaches neither (this one reaches PyPI's package
+    index only) falls back to the ``safety-db`` advisory file, whose date the source names: a stale source is
+    reported as such, never taken for a clean bill.
+    """
     reqs = workdir / "frozen.txt"
     reqs.write_text("".join(f"{line}\n" for line in frozen))
-    done = subprocess.run([str(PIP_AUDIT), "-r", str(reqs), "--no-deps", "--disable-pip", "--format", "json",
-                           "--progress-spinner", "off", "--cache-dir", str(Path.home() / ".cache" / "mlcd" / "pip-audit")],
-                          capture_output=True, text=True, timeout=900)
-    # Exit 1 means "vulnerabilities found" (the JSON is on stdout); anything else without JSON is a failure to audit.
-    try:
-        report = json.loads(done.stdout)
-    except ValueError:
-        raise AssertionError(f"pip-audit could not audit (exit {done.returncode}): {done.stderr.strip()[-2000:]}") from None
-    return list(report.get("dependencies", []))
+    for service in ("pypi", "osv"):
+        packages = _pip_audit(reqs, service)
+        audited = [p for p in packages if "skip_reason" not in p]
+        if len(audited) >= 0.9 * len(frozen):
+            return f"pip-audit -s {service}", packages
+    import datetime
+
+    meta = json.loads(_safety_db_file().read_text())["$meta"]
+    day = datetime.datetime.fromtimestamp(meta["timestamp"], datetime.UTC).date()
+    return f"safety-db advisories of {day} (pip-audit's services unreachable here)", _offline_advisories(frozen)
 
 
 @pytest.mark.timeout(1200)
@@ -61,8 +118,8 @@ def test_image_has_no_fixable_vulnerability_in_what_it_pins(role: str, built_ima
     own.discard("mlcd")
     assert own, declared
 
-    packages = audit(frozen, tmp_path)
-    assert len(packages) >= len(frozen) * 0.9, "pip-audit skipped most packages"
+    source, packages = audit(frozen, tmp_path)
+    assert len([p for p in packages if "skip_reason" not in p]) >= len(frozen) * 0.9, (source, packages[:5])
     failing, reported = [], []
     for package in packages:
         for vuln in package.get("vulns", []):
@@ -76,8 +133,11 @@ def test_image_has_no_fixable_vulnerability_in_what_it_pins(role: str, built_ima
                 reported.append(finding)
     out = Path(os.environ.get("MLCD_HOME", tmp_path)) / "images" / f"audit-{role}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"role": role, "packages": len(packages), "failing": failing, "reported": reported},
-                              indent=1))
+    out.write_text(json.dumps({"role": role, "source": source, "packages": len(packages), "failing": failing,
+                               "reported": reported}, indent=1))
+    print(f"{role} image: {len(packages)} packages audited by {source}: {len(failing)} failing, {len(reported)} reported")
+    if not source.startswith("pip-audit"):
+        warnings.warn(f"{role} image audited by {source}: stale advisory data", stacklevel=1)
     for finding in reported:
         warnings.warn(f"{role} image: {finding} (transitive or unfixed: reported, not failed)", stacklevel=1)
     assert not failing, f"{role} image: fixable vulnerabilities in packages it pins: {failing}"
@@ -85,6 +145,7 @@ def test_image_has_no_fixable_vulnerability_in_what_it_pins(role: str, built_ima
 
 def test_the_scan_sees_a_known_vulnerability(tmp_path: Path) -> None:
     """The scanner is live (not a silent no-op): an old pin with a published, fixed advisory is reported."""
-    packages = audit(["requests==2.19.0"], tmp_path)  # CVE-2018-18074, fixed in 2.20.0
+    source, packages = audit(["requests==2.19.0"], tmp_path)  # CVE-2018-18074, fixed in 2.20.0
     vulns = [v for p in packages for v in p.get("vulns", [])]
-    assert any(v.get("fix_versions") for v in vulns), packages
+    assert any(v["id"] in ("CVE-2018-18074", "PYSEC-2018-28", "GHSA-x84v-xcm2-53pg") and v.get("fix_versions")
+               for v in vulns), (source, packages)

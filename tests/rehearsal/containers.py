@@ -113,7 +113,9 @@ class Container:
         if not self.keep:
             argv.append("--rm")
         for path in self.empty_dirs:
-            argv += ["--tmpfs", f"{path}:rw,mode=1777,exec"]
+            # U: owned by the container's user, as an emptyDir is writable by the pod's (podman leaves a tmpfs
+            # over a folder of the image root-owned 0755 otherwise, whatever mode= says).
+            argv += ["--tmpfs", f"{path}:rw,U,mode=1777"]
         if self.entrypoint is not None:
             argv += ["--entrypoint", self.entrypoint]
         for key in self.env:
