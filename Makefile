@@ -64,6 +64,7 @@ test-images: venv
 	$(BIN)/python -m pytest -q -m images tests/images
 
 bench: venv
+	@command -v wrk >/dev/null || echo "make bench: WARNING wrk is not installed (Debian: apt-get install wrk); bench/serving.py falls back to Python client threads that share the cores with the servers"
 	$(BIN)/python bench/validation.py
 	@for b in training serving rollback; do \
 	  if [ -f bench/$$b.py ]; then $(BIN)/python bench/$$b.py || exit 1; fi; done

@@ -1,21 +1,16 @@
-"""Airflow plugin: an "mlcd" entry in the Airflow UI's navigation showing rollout state, verdicts and rollbacks."""
+"""This repository's plugins folder: the mlcd UI plugin, for an install whose metadata lacks its entry point.
+
+The plugin ships in the package (:mod:`mlcd.airflow.plugin`) and an installed mlcd registers it through the
+``airflow.plugins`` entry point, so a user's Airflow needs no copy of this file. It only exposes the class when that
+entry point is missing (an editable install older than the entry point): Airflow refuses a second plugin of the same
+name with an "already registered" import error, so it must never be offered twice.
+"""
 
 from __future__ import annotations
 
-from airflow.plugins_manager import AirflowPlugin
+from importlib.metadata import entry_points
 
-from mlcd.airflow.ui import URL_PREFIX, create_app
+if not any(ep.value.startswith("mlcd.") for ep in entry_points(group="airflow.plugins")):
+    from mlcd.airflow.plugin import MlcdPlugin
 
-
-class MlcdPlugin(AirflowPlugin):
-    name = "mlcd"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "mlcd"}]
-    external_views = [
-        {
-            "name": "mlcd rollouts",
-            "href": URL_PREFIX.lstrip("/") + "/",
-            "url_route": "mlcd",
-            "destination": "nav",
-            "category": "browse",
-        }
-    ]
+    __all__ = ["MlcdPlugin"]

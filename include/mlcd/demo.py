@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from mlcd.homestate import ADMIN_TOKEN_FILE, FEEDBACK_TOKEN_FILE, forget_platform, record_platform, save_settings
 from mlcd.overview import format_number
 from mlcd.settings import Settings, get_settings
 
@@ -298,6 +299,20 @@ class Story:
         table(title, ["when", "what", "by", "why"], rows, width=110)
 
 
+# What the demo sets for its state and saves with it (mlcd.homestate.SAVED_KEYS).
+DEMO_SAVED_KEYS = ("MLCD_CANARY_SPEC", "MLCD_GUARD_BAKE_S", "MLCD_RETRAIN_DEFAULTS", "MLCD_GUARD_THRESHOLDS",
+                   "MLCD_DATA")
+
+
+def _run_secret(home: Path, name: str) -> str:
+    """A secret of this state under ``run/`` (mode 600 from its first byte), created once, then reused."""
+    from mlcd.platform import write_private
+
+    path = home / "run" / name
+    write_private(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 def _prepare_home(base: Settings) -> Path:
     """A fresh demo home; the previous demo's state is kept aside, never deleted in place."""
     home = base.home / "demo"
@@ -322,32 +337,38 @@ def run_demo() -> int:
     os.environ.update({
         "MLCD_HOME": str(home),
         "AIRFLOW_HOME": str(home / "airflow"),
-        "MLCD_ADMIN_TOKEN": secrets.token_urlsafe(24),
-        "MLCD_FEEDBACK_TOKEN": secrets.token_urlsafe(24),  # the demo's traffic labels its own predictions
-        "MLCD_GATEWAY_SECRET": secrets.token_urlsafe(32),
+        # Kept under run/ (mode 600) as `make up` keeps them, so a second shell with only MLCD_HOME (`mlcd
+        # rollback` during or after the demo) finds the admin token, and `make up` on this state reuses them.
+        "MLCD_ADMIN_TOKEN": _run_secret(home, ADMIN_TOKEN_FILE),
+        "MLCD_FEEDBACK_TOKEN": _run_secret(home, FEEDBACK_TOKEN_FILE),  # the demo's traffic labels its predictions
+        "MLCD_GATEWAY_SECRET": _run_secret(home, "gateway_secret"),
         "MLCD_CANARY_SPEC": json.dumps(plan.canary_spec),
         "MLCD_GUARD_BAKE_S": str(plan.bake_s),
         "MLCD_RETRAIN_DEFAULTS": json.dumps(plan.retrain_defaults),
-        # The small dataset's models (~650 training images) differ among themselves by a predicted-class distance
-        # of about 0.1, the guard's default floor: a good new champion was rolled back in its bake. 0.2 still
-        # catches a one-class model (distance ~0.9).
-        "MLCD_GUARD_THRESHOLDS": json.dumps({"min_class_shift": 0.2} if plan.retrain_defaults else {}),
+        # The same guard thresholds on every dataset (no special case): the bake compares the new champion with
+        # the previous one held back on the same traffic, and the class floor is a null on the distance itself
+        # (its lower confidence bound must clear it), so small weak models' noisy distances no longer fail it.
+        "MLCD_GUARD_THRESHOLDS": json.dumps({}),
     })
     if ref.origin in ("data/mnist.npz", "Keras cache"):
         # The platform's processes (traffic, guard, drift) look the data up again: pin them to this very file.
         os.environ["MLCD_DATA"] = ref.source
     for var in ("MLCD_LANDING_URI", "MLFLOW_TRACKING_URI"):
         os.environ.pop(var, None)
+    # The settings this state is run with live beside it: `MLCD_HOME=<home> make up` re-applies them, so the
+    # trigger form and the guard keep the demo's gate, spec and bake instead of the deployment defaults.
+    saved = save_settings(home, {k: os.environ.get(k, "") for k in DEMO_SAVED_KEYS})
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
     os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports.mlflow}"
     os.environ["MLCD_GATEWAY_URL"] = f"http://127.0.0.1:{ports.gateway}"
-    progress(f"state under {home}; reference data: {plan.dataset}")
+    progress(f"state under {home}; reference data: {plan.dataset}; its settings: {saved}")
     table("demo plan (derived from the reference data)", ["what", "value"], plan.rows(), width=120)
     traffic: subprocess.Popen[bytes] | None = None
     try:
         with step("starting Airflow (api-server, scheduler, dag-processor, triggerer), MLflow and the gateway"):
             urls = up(settings, ports)
+        record_platform(home, urls)  # another shell with only MLCD_HOME finds this platform while it runs
         api = PatientApi(AirflowApi(urls["airflow"], "admin", airflow_password(settings) or ""))
         story = Story(settings, api, urls)
         progress(f"Airflow UI {urls['airflow']} (login {urls['login']}) · MLflow {urls['mlflow']} · "
@@ -373,9 +394,11 @@ def run_demo() -> int:
 
         # Turn 2 ---------------------------------------------------------------------------------------
         progress("TURN 2: live traffic starts; a second batch lands; the new model is canaried and promoted")
+        from mlcd.envroles import Role, env_for
+
         traffic = subprocess.Popen(
             [sys.executable, "-m", "mlcd.cli", "traffic", "--url", urls["gateway"], "--rate", str(plan.traffic_rate),
-             "--duration", "900", "--feedback"],
+             "--duration", "900", "--feedback"], env=env_for(Role.TRAFFIC, os.environ),  # the feedback token only
             stdout=open(settings.logs_dir / "traffic.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )
         story.land(batches["second"])
@@ -425,6 +448,7 @@ def run_demo() -> int:
             traffic.terminate()
         with step("stopping the platform"):
             down(settings)
+            forget_platform(home)
         progress(f"state of this demo: {home}")
         progress(f"look again: MLCD_HOME={home} make up   (Airflow UI with the mlcd page, MLflow UI, gateway)")
         progress(f"  then:     MLCD_HOME={home} .venv/bin/mlcd status   (and mlcd history, mlcd batches)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from datetime import UTC
+from enum import Enum
 from typing import Any
 from urllib.parse import quote
 
@@ -45,7 +46,11 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
         from mlcd.rollout.router import router_from_settings
 
         current = router_from_settings().get_routes()
-        return {"stable": current.stable, "canary": current.canary, "canary_weight": current.canary_weight}
+        out = {"stable": current.stable, "canary": current.canary, "canary_weight": current.canary_weight}
+        holdback = getattr(current, "holdback", None)  # the guard's control variant, where the router has one
+        if holdback:
+            out["holdback"] = holdback
+        return out
 
     def quarantine() -> list[dict[str, Any]]:
         from mlcd.data.ledger import QUARANTINED, Ledger
@@ -54,6 +59,12 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
             {"name": r.name, "batch_hash": r.batch_hash, "reason": r.reason, "decided_at": r.decided_at}
             for r in Ledger(settings.ledger_path).list(QUARANTINED)
         ]
+
+    def drift() -> dict[str, Any] | None:
+        from mlcd.guard.signals import read_drift
+
+        status = read_drift(settings.gateway_url)
+        return status.as_dict() if status is not None else None
 
     reg = _section(registry)
 
@@ -70,10 +81,137 @@ def collect_overview(settings: Settings | None = None, tracking_uri: str | None 
         "routes": _section(routes),
         "quarantine": _section(quarantine),
         "details": _section(details),
+        "drift": _section(drift),
     }
+    out["header"] = page_status(out, settings.guard_bake_s)
     if reg["ok"]:
         reg["data"].pop("full_history", None)
     return out
+
+
+class PageState(str, Enum):
+    """The rollout's overall state, in Argo Rollouts' words (what the header shows first)."""
+
+    HEALTHY = "healthy"  # a champion serves alone; nothing needs a person
+    PROGRESSING = "progressing"  # a canary is moving through its steps (or no champion yet: the first run makes one)
+    PAUSED = "paused"  # a canary holds its weight (mlcd pause, or failed closed) until resumed
+    DEGRADED = "degraded"  # something needs a person: a source unreadable, registry and serving disagree, drift
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _since_s(t: Any, now: float) -> float | None:
+    start = _epoch_s(t) if t else None
+    return now - start if start is not None else None
+
+
+def page_status(data: dict[str, Any], bake_s: float = 300.0, now: float | None = None) -> dict[str, Any]:
+    """The header: overall state, current step and weight, drift, bake result, as-of time, and what needs a person
+    (each attention item is ``{"level": "error"|"warn", "text"}``, errors first). Pure: reads ``collect_overview``'s
+    sections only, so each rule is tested without servers."""
+    import time
+    from datetime import datetime
+
+    now = time.time() if now is None else now
+    attention: list[dict[str, str]] = []
+    reg, routes, drift = data["registry"], data["routes"], data.get("drift") or {"ok": False, "error": "not read"}
+    out: dict[str, Any] = {"as_of": datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                           "step": None, "weight": None, "drift": None, "bake": None, "holdback": None,
+                           "champion": None, "canary": None}
+    if not reg["ok"]:
+        attention.append({"level": "error", "text": f"registry unreadable: {reg['error']}"})
+    if not routes["ok"]:
+        attention.append({"level": "error", "text": f"gateway unreadable: {routes['error']}"})
+    quarantine = data.get("quarantine") or {"ok": True, "data": []}
+    if quarantine["ok"] and quarantine["data"]:
+        newest = quarantine["data"][-1]
+        attention.append({"level": "warn", "text": f"{len(quarantine['data'])} batch(es) quarantined; newest "
+                                                   f"{newest['name']}: {newest.get('reason') or 'no reason'}"})
+    paused = False
+    if reg["ok"]:
+        status = reg["data"]["status"]
+        history = reg["data"].get("full_history") or reg["data"].get("history") or []
+        aliases = status["aliases"]
+        champion, canary = aliases.get("champion"), aliases.get("canary")
+        out["champion"], out["canary"] = champion, canary
+        for problem in status.get("problems") or []:
+            attention.append({"level": "error", "text": f"registry: {problem} (mlcd reconcile repairs it)"})
+        if canary:
+            own = [h for h in history if str(h.get("version")) == str(canary)]
+            steps = [h for h in own if h.get("event") == "canary_step"]
+            if steps:
+                d = steps[-1].get("d") or {}
+                out["step"] = (f"window {len(steps)} at {d.get('weight')}%: {d.get('outcome')} -> "
+                               f"{d.get('action') or ''}").rstrip(" ->")
+            else:
+                out["step"] = "canary started; no analysis window finished yet"
+            marks = [h.get("event") for h in own if h.get("event") in ("paused", "resumed")]
+            paused = bool(marks) and marks[-1] == "paused"
+        elif champion:
+            promoted = [h for h in history if str(h.get("version")) == str(champion) and h.get("to") == "champion"]
+            age = _since_s(promoted[-1].get("t"), now) if promoted else None
+            if age is not None and age < bake_s:
+                out["bake"] = f"version {champion} in its bake: {bake_s - age:.0f} s of {bake_s:.0f} s left"
+            elif age is not None:
+                out["bake"] = f"version {champion} passed: no rollback during its {bake_s:.0f} s bake"
+        backs = [h for h in history if h.get("to") == "rolled_back"]
+        if backs and (_since_s(backs[-1].get("t"), now) or 1e9) < 24 * 3600:
+            b = backs[-1]
+            baked = " in its bake" if b.get("from") == "champion" else ""
+            attention.append({"level": "warn", "text": f"version {b['version']} rolled back{baked} at {b.get('t')} "
+                                                       f"by {b.get('by')}: {b.get('why')}"})
+            if b.get("from") == "champion" and out["bake"] is None:
+                out["bake"] = f"version {b['version']} failed its bake: rolled back"
+    if routes["ok"]:
+        r = routes["data"]
+        out["weight"] = r.get("canary_weight") if r.get("canary") else 0
+        out["holdback"] = r.get("holdback")  # the guard's control variant (previous champion), when served
+        if reg["ok"] and out["champion"] and r.get("stable") and str(r["stable"]) != str(out["champion"]) \
+                and str(r["stable"]) != str(out["canary"]):
+            attention.append({"level": "error", "text": f"serving version {r['stable']} as stable, but the "
+                                                        f"champion alias is version {out['champion']}"})
+    if drift["ok"] and drift["data"] is not None:
+        d = drift["data"]
+        out["drift"] = "drifted" if d.get("drifted") else "no drift"
+        if d.get("drifted"):
+            attention.append({"level": "warn", "text": "live inputs drifted from the training data "
+                                                       "(mlcd_drift_watch starts a retrain, once per cooldown)"})
+    elif drift["ok"]:
+        out["drift"] = "not monitored (the gateway exports no drift gauges)"
+    else:
+        out["drift"] = "unknown (gateway unreadable)"
+    errors = any(a["level"] == "error" for a in attention)
+    if errors or (out["drift"] == "drifted"):
+        state = PageState.DEGRADED
+    elif paused:
+        state = PageState.PAUSED
+    elif out["canary"] or (reg["ok"] and not out["champion"]):
+        state = PageState.PROGRESSING
+    else:
+        state = PageState.HEALTHY
+    out["state"] = state.value
+    out["attention"] = sorted(attention, key=lambda a: a["level"] != "error")
+    return out
+
+
+def _header_html(h: dict[str, Any], refresh_s: int | None) -> str:
+    """The status header: what a person looks at first, then what needs them."""
+    e = html.escape
+    facts = [("step", h.get("step") or "no canary"),
+             ("canary weight", f"{h['weight']}%" if h.get("weight") is not None else "unknown"),
+             ("drift", h.get("drift") or "unknown"), ("bake", h.get("bake") or "none")]
+    if h.get("holdback"):
+        facts.append(("holdback", f"version {h['holdback']}"))
+    items = "".join(f"<div><span class='label'>{e(k)}</span> <span data-fact='{e(k)}'>{e(str(v))}</span></div>"
+                    for k, v in facts)
+    auto = (f"auto-refresh every {refresh_s} s · <a href='?'>stop</a>" if refresh_s
+            else "<a href='?refresh=30'>auto-refresh 30 s</a>")
+    attention = "".join(f"<li class='{e(a['level'])}'>{e(a['text'])}</li>" for a in h.get("attention") or [])
+    return (f"<header id='status' class='status {e(h['state'])}'><div class='state' data-state='{e(h['state'])}'>"
+            f"{e(h['state'])}</div><div class='facts'>{items}</div><div class='muted asof'>as of {e(h['as_of'])} · "
+            f"<a href='?'>refresh</a> · {auto}</div></header>"
+            + (f"<section id='attention'><h2>Needs attention</h2><ul>{attention}</ul></section>" if attention else ""))
 
 
 def version_details(tracking_uri: str, versions: list[dict[str, Any]], history: list[dict[str, Any]],
@@ -169,11 +307,16 @@ def _detail_html(d: dict[str, Any], model_name: str, mlflow: str) -> str:
             f"<div class='row'><div>{curves}</div><div>{confusion_svg(d.get('confusion'))}</div></div></section>")
 
 
-def render_overview(data: dict[str, Any], data_docs_href: str = "data-docs/index.html") -> str:
-    """The page as self-contained HTML (no external CSS/JS: it must render offline)."""
+def render_overview(data: dict[str, Any], data_docs_href: str = "data-docs/index.html",
+                    refresh_s: int | None = None) -> str:
+    """The page as self-contained HTML (no external CSS/JS: it must render offline).
+
+    Ordered by what needs a person first: the status header and attention list, serving, quarantined batches,
+    then the versions, rollbacks and per-version detail."""
     e = html.escape
     mlflow = data["mlflow_url"].rstrip("/")
     parts = [f"<h1>mlcd · {e(data['model_name'])}</h1>"]
+    parts.append(_header_html(data.get("header") or page_status(data), refresh_s))
 
     reg = data["registry"]
     if reg["ok"]:
@@ -194,9 +337,20 @@ def render_overview(data: dict[str, Any], data_docs_href: str = "data-docs/index
     if routes["ok"]:
         r = routes["data"]
         canary = f"version {e(str(r['canary']))} at {r['canary_weight']}%" if r["canary"] else "none"
-        parts.append(f"<p>stable: version {e(str(r['stable']))} · canary: {canary}</p>")
+        holdback = f" · holdback: version {e(str(r['holdback']))}" if r.get("holdback") else ""
+        parts.append(f"<p>stable: version {e(str(r['stable']))} · canary: {canary}{holdback}</p>")
     else:
         parts.append(f"<p class='warn'>gateway unavailable: {e(routes['error'])}</p>")
+
+    quarantine = data["quarantine"]
+    parts.append("<h2 id='quarantine'>Quarantined batches</h2>")
+    if quarantine["ok"]:
+        parts.append(_table(["batch", "hash", "when", "reason"], [
+            [e(q["name"]), e(q["batch_hash"][:12]), e(str(q["decided_at"] or "")), e(str(q["reason"] or ""))]
+            for q in reversed(quarantine["data"])
+        ]))
+    else:
+        parts.append(f"<p class='warn'>ledger unavailable: {e(quarantine['error'])}</p>")
 
     if reg["ok"]:
         versions = reg["data"]["status"]["versions"]
@@ -224,15 +378,6 @@ def render_overview(data: dict[str, Any], data_docs_href: str = "data-docs/index
     elif not details["ok"]:
         parts.append(f"<p class='warn'>version details unavailable: {e(details['error'])}</p>")
 
-    quarantine = data["quarantine"]
-    parts.append("<h2>Quarantined batches</h2>")
-    if quarantine["ok"]:
-        parts.append(_table(["batch", "hash", "when", "reason"], [
-            [e(q["name"]), e(q["batch_hash"][:12]), e(str(q["decided_at"] or "")), e(str(q["reason"] or ""))]
-            for q in reversed(quarantine["data"])
-        ]))
-    else:
-        parts.append(f"<p class='warn'>ledger unavailable: {e(quarantine['error'])}</p>")
     parts.append(f"<p><a href='{e(data_docs_href)}' target='_blank'>Great Expectations Data Docs</a> · "
                  f"<a href='{e(mlflow)}' target='_blank'>MLflow UI</a></p>")
     style = (
@@ -245,8 +390,16 @@ def render_overview(data: dict[str, Any], data_docs_href: str = "data-docs/index
         ".version{border:1px solid #e5e7eb;border-radius:.5rem;padding:.5rem 1rem;margin:.75rem 0}"
         ".row{display:flex;gap:1.5rem;flex-wrap:wrap;align-items:flex-start}.ct{font-size:11px;fill:#374151}"
         ".tick{font-size:9px;fill:#6b7280}.ax{stroke:#d1d5db}"
+        ".status{display:flex;gap:1.5rem;align-items:center;flex-wrap:wrap;border:1px solid #d1d5db;"
+        "border-left:.5rem solid #6b7280;border-radius:.5rem;padding:.6rem 1rem;margin-bottom:1rem}"
+        ".status.healthy{border-left-color:#16a34a}.status.progressing{border-left-color:#2563eb}"
+        ".status.paused{border-left-color:#d97706}.status.degraded{border-left-color:#dc2626}"
+        ".state{font-size:1.3rem;font-weight:700;text-transform:uppercase}.facts{display:flex;gap:1.25rem;"
+        "flex-wrap:wrap;font-size:.9rem}.asof{margin-left:auto}#attention li.error{color:#b91c1c}"
+        "#attention li.warn{color:#b45309}#attention ul{margin:.25rem 0 .5rem}"
     )
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>mlcd</title>"
+    refresh = f"<meta http-equiv='refresh' content='{int(refresh_s)}'>" if refresh_s else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'>{refresh}<title>mlcd</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
@@ -368,7 +521,17 @@ def rollout_chart_svg(series: dict[str, Any], width: int = 760) -> str:
     points, marks = series["points"], series["marks"]
     times = [p["t"] for p in points] + [m["t"] for m in marks]
     if not points:
-        return "<p class='muted'>no analysis windows recorded for this version (not canaried)</p>"
+        started = any(m["to"] == "canary" for m in marks)
+        ended = next((m for m in reversed(marks) if m["to"] in ("rolled_back", "rejected")), None)
+        if started and ended:
+            why = f"{ended['to'].replace('_', ' ')} before its first analysis window finished"
+        elif started:
+            why = "canary started; no analysis window has finished yet"
+        elif ended:
+            why = f"{ended['to'].replace('_', ' ')} without being canaried"
+        else:
+            why = "never served as a canary"
+        return f"<p class='muted nowindows'>no analysis windows for this version: {html.escape(why)}</p>"
     t0, t1 = min(times), max(times)
     left, right, panel_h, gap = 56, width - 12, 90, 26
     x = _scale(t0, t1 if t1 > t0 else t0 + 1, left, right)

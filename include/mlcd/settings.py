@@ -1,4 +1,5 @@
-"""Deploy-wide switches, read once from ``MLCD_*`` environment variables with embedded defaults.
+"""Deploy-wide switches, read once from ``MLCD_*`` environment variables (or ``[mlcd]`` of airflow.cfg) with
+embedded defaults.
 
 Per-task settings are operator arguments and run-time choices are DAG ``Param``s; only what changes
 between a laptop and a cluster lives here. Nothing in this module touches the network or a database.
@@ -6,6 +7,8 @@ between a laptop and a cluster lives here. Nothing in this module touches the ne
 
 from __future__ import annotations
 
+import configparser
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +18,8 @@ from typing import Any
 DEFAULT_MODEL_NAME = "mnist-cnn"
 # mlcd_retrain params whose defaults a deployment may set (MLCD_RETRAIN_DEFAULTS); a trigger's own params still win.
 RETRAIN_DEFAULT_KEYS = ("epochs", "batch_size", "gate")
+# Secrets come from the environment (a Kubernetes Secret, an untracked .env), never from a config file.
+ENV_ONLY_SETTINGS = frozenset({"MLCD_ADMIN_TOKEN", "MLCD_METRICS_TOKEN"})
 
 
 def _project_root() -> Path:
@@ -66,6 +71,9 @@ class Settings:
     # options (MLCD_STORAGE_OPTIONS, a JSON object: endpoint_url, ...). Empty url: file:// + home.
     storage_url: str = ""
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # Bearer token the gateway's /metrics asks for when it is set there (MLCD_METRICS_TOKEN; #23): the metrics
+    # readers send it, else the admin token, which the gateway accepts too.
+    metrics_token: str | None = None
 
     @property
     def storage_root(self) -> Path:
@@ -114,9 +122,7 @@ class Settings:
         env = os.environ.get("MLCD_EXPECTATIONS")
         if env:
             return Path(env)
-        repo = self.project_root / "expectations"
-        if repo.is_dir():
-            return repo
+        # The reviewed suites ship inside the package (include/mlcd/expectations/, package data of the wheel).
         return Path(__file__).parent / "expectations"
 
 
@@ -156,8 +162,48 @@ def parse_retrain_defaults(raw: str | None) -> dict[str, Any]:
 
 
 def _env(name: str, default: str | None = None) -> str | None:
+    """``MLCD_X`` from the environment, else ``x`` of ``[mlcd]`` in Airflow's config, else MLCD_HOME's saved state
+    (:mod:`mlcd.homestate`), else ``default``."""
     value = os.environ.get(name)
+    if value in (None, "") and name.startswith("MLCD_") and name not in ENV_ONLY_SETTINGS:
+        value = airflow_config_option(name[len("MLCD_") :].lower())
+    if value in (None, ""):
+        from mlcd.homestate import fallback  # the settings saved with MLCD_HOME's state (mlcd.homestate)
+
+        value = fallback(name)
     return value if value not in (None, "") else default
+
+
+def airflow_config_option(key: str, section: str = "mlcd") -> str | None:
+    """``key`` of ``[mlcd]`` in Airflow's config: ``AIRFLOW__MLCD__<KEY>``, then the airflow.cfg file; else None.
+
+    The provider declares the section (``mlcd.airflow.provider``), so a deployment may keep its settings in
+    airflow.cfg next to Airflow's own; the ``MLCD_*`` environment still wins. The file is read as INI, without
+    importing Airflow (the core never does): Airflow's ``AIRFLOW_CONFIG``, else ``$AIRFLOW_HOME/airflow.cfg``.
+    An empty value (Airflow writes the section's options with empty defaults) counts as unset.
+    """
+    value = os.environ.get(f"AIRFLOW__{section.upper()}__{key.upper()}")
+    if value:
+        return value
+    home = os.environ.get("AIRFLOW_HOME") or str(Path("~/airflow").expanduser())
+    path = Path(os.environ.get("AIRFLOW_CONFIG") or Path(home) / "airflow.cfg")
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _read_cfg_section(str(path), stat.st_mtime_ns, section).get(key) or None
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cfg_section(path: str, mtime_ns: int, section: str) -> dict[str, str]:
+    # Keyed by mtime: load_settings() reads a dozen options per call, and an edited file is read again.
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())  # configparser's messages span lines; a refusal is one
+        raise ValueError(f"{path}: not a readable airflow.cfg: {reason}") from None
+    return dict(parser[section]) if parser.has_section(section) else {}
 
 
 def load_settings() -> Settings:
@@ -178,6 +224,7 @@ def load_settings() -> Settings:
         router_backend=_env("MLCD_ROUTER_BACKEND", "local"),  # type: ignore[arg-type]
         gateway_url=_env("MLCD_GATEWAY_URL", "http://127.0.0.1:8000"),  # type: ignore[arg-type]
         admin_token=_env("MLCD_ADMIN_TOKEN"),
+        metrics_token=_env("MLCD_METRICS_TOKEN"),
         data_path=_env("MLCD_DATA"),
         canary_spec=_env("MLCD_CANARY_SPEC"),
         guard_bake_s=float(_env("MLCD_GUARD_BAKE_S", "300")),  # type: ignore[arg-type]

@@ -97,7 +97,7 @@ def test_control_dag_rolls_back_by_hand(dagbag, env, mlflow_server, uris, tmp_pa
         run = dag.test(run_conf={"action": "pause", "version": None, "reason": "investigating latency"})
         assert str(run.state) == "success"
         assert ro.registry.get_state(ro.canary).last_event("paused")["by"].startswith("airflow-ui")
-        run = dag.test(run_conf={"action": "rollback", "version": None, "reason": "on-call says no"})
+        run = dag.test(run_conf={"action": "rollback", "version": ro.canary, "reason": "on-call says no"})
         assert str(run.state) == "success"
         assert ro.router.get_routes() == RouteStatus(ro.stable, None, 0)
         record = ro.registry.get_state(ro.canary)

@@ -27,7 +27,7 @@ def test_mlflow_killed_during_a_rollback(drill: Any) -> None:
         env = {"MLFLOW_TRACKING_URI": drill.mlflow.url, "MLCD_MODEL_NAME": drill.name,
                "MLCD_GATEWAY_URL": drill.gateway.url, "MLCD_ADMIN_TOKEN": ADMIN}
         t0 = time.monotonic()
-        out = CliRunner().invoke(cli, ["rollback", "--reason", "drill: canary misbehaves"], env=env)
+        out = CliRunner().invoke(cli, ["rollback", "--version", drill.v2, "--reason", "drill: canary misbehaves"], env=env)
         moved_in = time.monotonic() - t0
         routes = drill.router.get_routes()
         assert (routes.stable, routes.canary) == (drill.v1, None), routes

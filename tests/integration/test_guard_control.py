@@ -36,14 +36,27 @@ def test_cli_rollback_is_recorded_with_who_asked_and_idempotent(mlflow_server: A
     runner = CliRunner()
     with rollout(mlflow_server.url, uris, "cli-rollback", "healthy_b", tmp_path, weight=20) as ro:
         env = _env(ro)
-        missing = runner.invoke(cli, ["rollback"], env=env)
+        missing = runner.invoke(cli, ["rollback", "--version", ro.canary], env=env)
         assert missing.exit_code == 2 and "--reason" in missing.output
         bad = runner.invoke(cli, ["rollback", "--version", "999", "--reason", "x"], env=env)
         assert bad.exit_code == 1 and bad.output.startswith("error: ") and bad.output.count("\n") == 1
 
-        first = runner.invoke(cli, ["rollback", "--reason", "users report wrong digits"], env=env)
+        # No implicit version: a rollback names what it takes out of service.
+        implicit = runner.invoke(cli, ["rollback", "--reason", "x"], env=env)
+        assert implicit.exit_code == 2 and "--version" in implicit.output
+        # --dry-run says what would happen and moves nothing.
+        dry = runner.invoke(cli, ["rollback", "--version", ro.canary, "--reason", "x", "--dry-run"], env=env)
+        assert dry.exit_code == 0, dry.output
+        assert dry.output.startswith("dry run, nothing changed: would send 100% of traffic to version "
+                                     f"{ro.stable}") and f"canary {ro.canary} 20%" in dry.output
+        assert ro.router.get_routes() == RouteStatus(ro.stable, ro.canary, 20)
+        assert ro.registry.get_state(ro.canary).state is RolloutState.CANARY
+
+        first = runner.invoke(cli, ["rollback", "--version", ro.canary, "--reason", "users report wrong digits"],
+                              env=env)
         assert first.exit_code == 0, first.output
-        assert first.output.strip() == f"version {ro.canary} rolled back; traffic on version {ro.stable}"
+        assert first.output.strip() == (f"version {ro.canary} rolled back; traffic on version {ro.stable} "
+                                        f"(asked by cli:{getpass.getuser()})")
         assert ro.router.get_routes() == RouteStatus(ro.stable, None, 0)
         record = ro.registry.get_state(ro.canary)
         last = record.transitions()[-1]
@@ -56,7 +69,7 @@ def test_cli_rollback_is_recorded_with_who_asked_and_idempotent(mlflow_server: A
         assert len(ro.registry.get_state(ro.canary).history) == len(record.history)
 
         # The champion cannot be rolled back without a previous version: one line, exit 1, nothing moved.
-        no_prev = runner.invoke(cli, ["rollback", "--reason", "x"], env=env)
+        no_prev = runner.invoke(cli, ["rollback", "--version", ro.stable, "--reason", "x"], env=env)
         assert no_prev.exit_code == 1 and "no previous version" in no_prev.output
         assert ro.registry.get_state(ro.stable).state is RolloutState.CHAMPION
 
@@ -74,7 +87,7 @@ def test_pause_holds_the_canary_weight_until_resume(mlflow_server: Any, uris: di
         assert p.weight == 10 and ro.router.get_routes().canary_weight == 10
 
         paused = runner.invoke(cli, ["pause", "--reason", "looking at a dashboard"], env=env)
-        assert paused.exit_code == 0 and paused.output.strip() == f"canary {ro.canary} paused"
+        assert paused.exit_code == 0 and paused.output.strip().startswith(f"canary {ro.canary} paused (asked by cli:")
         step = canary.finish_step(p)
         assert step.action is Action.REPEAT and step.progress.outcomes == []  # not judged, not counted
         p = canary.begin_step(step.progress)
@@ -91,7 +104,7 @@ def test_pause_holds_the_canary_weight_until_resume(mlflow_server: Any, uris: di
         assert record.last_event("paused")["by"].startswith("cli:") and record.last_event("resumed")
 
         promoted = runner.invoke(cli, ["promote", "--version", ro.canary, "--reason", "ship it"], env=env)
-        assert promoted.exit_code == 0 and promoted.output.strip() == f"version {ro.canary} is champion"
+        assert promoted.exit_code == 0 and promoted.output.startswith(f"version {ro.canary} is champion (asked by")
         assert ro.router.get_routes() == RouteStatus(ro.canary, None, 0)
         assert ro.registry.aliases() == {"champion": ro.canary, "previous": ro.stable}
         refused = runner.invoke(cli, ["pause", "--version", ro.canary, "--reason", "x"], env=env)

@@ -38,7 +38,8 @@ def test_run_rollout_waits_exactly_one_window_per_step_and_promotes_a_healthy_ca
     p = run_rollout(ro, s["v2"], "walk", sleep=sleep)
     assert p.done and p.result == "promoted to champion after 2 windows"
     assert slept == [3.0, 3.0, 3.0, 1.0] * 2  # three polls and the rest of the 10 s window, at each step
-    assert s["registry"].aliases()["champion"] == s["v2"] and ro.router.routes == RouteStatus(s["v2"], None, 0)
+    assert s["registry"].aliases()["champion"] == s["v2"]
+    assert ro.router.routes == RouteStatus(s["v2"], None, 0, holdback=s["v1"], holdback_weight=5)
     assert s["registry"].get_state(s["v2"]).state is RolloutState.CHAMPION
 
 
@@ -135,11 +136,17 @@ def test_a_manual_promotion_serves_the_version_alone_and_the_default_version_is_
 ) -> None:
     s = setup
     ro, _ = _rollout(s)
-    with pytest.raises(ValueError, match="no canary to promote"):
+    # Moving traffic or the champion names its version; only holding a canary has a default (the canary).
+    with pytest.raises(ValueError, match=r"promote needs an explicit version \(there is no canary\)"):
         default_version(s["registry"], "promote")
-    assert default_version(s["registry"], "rollback") == s["v1"]  # no canary: rollback means the champion
+    with pytest.raises(ValueError, match=r"rollback needs an explicit version \(there is no canary\)"):
+        default_version(s["registry"], "rollback")  # never "the champion" by default
+    with pytest.raises(ValueError, match="no canary to pause"):
+        default_version(s["registry"], "pause")
     ro.start(s["v2"], "manual")
-    assert default_version(s["registry"], "promote") == s["v2"] == default_version(s["registry"], "rollback")
+    assert default_version(s["registry"], "pause") == s["v2"] == default_version(s["registry"], "resume")
+    with pytest.raises(ValueError, match=f"the canary is version {s['v2']}"):
+        default_version(s["registry"], "rollback")
     out = promote(s["registry"], ro.router, s["v2"], "looks fine", "cli:ops")
     assert out == {"version": s["v2"], "state": "champion", "reason": "looks fine"}
     assert ro.router.routes == RouteStatus(s["v2"], None, 0)

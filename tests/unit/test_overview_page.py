@@ -197,3 +197,93 @@ def test_the_canary_step_records_each_variants_mix_as_counts() -> None:
     (point,) = rollout_series([entry])["points"]
     assert point["canary_classes"] == {3: 6, 5: 4} and point["canary_accuracy"] == 0.25
     assert point["stable_accuracy"] is None
+
+
+# --- the status header -------------------------------------------------------------------------------------
+
+NOW = 1_764_080_000.0  # 2025-11-25T14:13:20Z
+
+
+def _iso(offset_s: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(NOW + offset_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _with(data: dict, *, canary: str | None = None, weight: int = 0, history: list | None = None,
+          drift: dict | None = None) -> dict:
+    data["registry"]["data"]["status"]["aliases"]["canary"] = canary
+    data["registry"]["data"]["history"] = history or []
+    data["routes"]["data"] = {"stable": "2", "canary": canary, "canary_weight": weight}
+    data["drift"] = {"ok": True, "data": drift}
+    return data
+
+
+def test_header_says_progressing_with_the_current_window_and_weight() -> None:
+    from mlcd.overview import page_status
+
+    hist = [{"t": _iso(-60), "version": "4", "to": "canary"},
+            {"t": _iso(-30), "version": "4", "event": "canary_step",
+             "d": {"weight": 25, "outcome": "pass", "action": "advance"}}]
+    data = _with(_data(), canary="4", weight=50, history=hist, drift={"drifted": False})
+    data["quarantine"]["data"] = []
+    h = page_status(data, now=NOW)
+    assert (h["state"], h["weight"], h["drift"]) == ("progressing", 50, "no drift")
+    assert h["step"] == "window 1 at 25%: pass -> advance"
+    assert h["as_of"] == "2025-11-25 14:13:20 UTC"
+    # Paused after the step: the header says so (a later resume makes it progressing again).
+    hist.append({"t": _iso(-10), "version": "4", "event": "paused", "d": {"reason": "dashboard"}})
+    assert page_status(data, now=NOW)["state"] == "paused"
+    hist.append({"t": _iso(-5), "version": "4", "event": "resumed", "d": {"reason": "fine"}})
+    assert page_status(data, now=NOW)["state"] == "progressing"
+
+
+def test_header_is_healthy_only_when_nothing_needs_a_person() -> None:
+    from mlcd.overview import page_status
+
+    data = _with(_data(), history=[{"t": _iso(-4000), "version": "2", "from": "canary", "to": "champion"}],
+                 drift={"drifted": False})
+    data["quarantine"]["data"] = []
+    h = page_status(data, bake_s=300, now=NOW)
+    assert h["state"] == "healthy" and h["attention"] == []
+    assert h["bake"] == "version 2 passed: no rollback during its 300 s bake"
+    data["registry"]["data"]["history"] = [{"t": _iso(-100), "version": "2", "from": "canary", "to": "champion"}]
+    assert page_status(data, bake_s=300, now=NOW)["bake"] == "version 2 in its bake: 200 s of 300 s left"
+    # Drift, a disagreement between serving and the registry, an unreadable source: degraded, errors first.
+    data["drift"] = {"ok": True, "data": {"drifted": True}}
+    assert page_status(data, now=NOW)["state"] == "degraded"
+    data["drift"] = {"ok": True, "data": {"drifted": False}}
+    data["routes"]["data"]["stable"] = "1"
+    data["quarantine"]["data"] = [{"name": "b.npz", "batch_hash": "0" * 64, "reason": "inverted", "decided_at": "t"}]
+    h = page_status(data, now=NOW)
+    assert h["state"] == "degraded"
+    assert [a["level"] for a in h["attention"]] == ["error", "warn"]
+    assert "champion alias is version 2" in h["attention"][0]["text"] and "b.npz: inverted" in h["attention"][1]["text"]
+
+
+def test_the_page_puts_the_header_and_the_quarantine_before_the_versions() -> None:
+    from mlcd.overview import page_status
+
+    data = _with(_data(), history=[{"t": _iso(-60), "version": "3", "from": "champion", "to": "rolled_back",
+                                    "by": "airflow:mlcd_guard", "why": "class mix"}], drift=None)
+    data["header"] = page_status(data, now=NOW)
+    page = render_overview(data, refresh_s=30)
+    assert page.index("id='status'") < page.index("id='attention'") < page.index("id='quarantine'") \
+        < page.index("Versions and gate verdicts")
+    assert "data-state='healthy'" in page  # a rollback the guard did and a quarantine are not a fault
+    assert "version 3 rolled back in its bake" in page and "1 batch(es) quarantined" in page
+    assert "<meta http-equiv='refresh' content='30'>" in page and "not monitored" in page
+    assert "<meta http-equiv" not in render_overview(data)
+
+
+def test_a_version_without_windows_says_why() -> None:
+    from mlcd.overview import rollout_chart_svg
+
+    def chart(*marks: str) -> str:
+        return rollout_chart_svg({"points": [], "marks": [{"t": NOW + i, "to": m, "why": "", "by": None}
+                                                          for i, m in enumerate(marks)]})
+
+    assert "rolled back before its first analysis window finished" in chart("canary", "rolled_back")
+    assert "no analysis window has finished yet" in chart("canary")
+    assert "rejected without being canaried" in chart("rejected")
+    assert "never served as a canary" in chart() and "not canaried" not in chart("canary", "rolled_back")

@@ -35,10 +35,11 @@ def create_app() -> Any:
         return collect_overview(tracking_uri=MlflowHook().config.tracking_uri)
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> HTMLResponse:
+    def page(refresh: int | None = None) -> HTMLResponse:
         from mlcd.overview import render_overview
 
-        return HTMLResponse(render_overview(_overview()))
+        # ?refresh=N re-reads the page every N seconds (5 s at least: each read asks MLflow and the gateway).
+        return HTMLResponse(render_overview(_overview(), refresh_s=max(5, refresh) if refresh else None))
 
     @app.get("/api/overview")
     def overview() -> JSONResponse:

@@ -33,11 +33,14 @@ def _fail(err: BaseException) -> None:
 
 
 def _run(action: str, version: str | None, reason: str, tracking_uri: str | None, model_name: str | None,
-         gateway_url: str | None) -> dict[str, Any]:
+         gateway_url: str | None, dry_run: bool = False, yes: bool = True) -> dict[str, Any]:
+    """One manual action through :func:`mlcd.rollout.actions.manual`, the same code ``mlcd_control`` runs."""
+    import sys
+
     from mlflow.exceptions import MlflowException
 
     from mlcd.registry import ModelRegistry, RegistryError
-    from mlcd.rollout.actions import default_version, promote, rollback, set_paused
+    from mlcd.rollout.actions import describe, manual
     from mlcd.rollout.router import RouterError, router_from_settings
 
     if not reason.strip():
@@ -47,16 +50,12 @@ def _run(action: str, version: str | None, reason: str, tracking_uri: str | None
     try:
         registry = ModelRegistry(tracking_uri or s.tracking_uri, model_name or s.model_name)
         router = router_from_settings(gateway_url or s.gateway_url)
-        # A rollback without a version means the canary being served: asked of the router, not of MLflow,
-        # so `mlcd rollback` moves traffic even when the registry is down.
-        served = router.get_routes().canary if action == "rollback" and not version else None
-        target = version or served or default_version(registry, action)
-        if action == "pause" or action == "resume":
-            return set_paused(registry, target, action == "pause", reason, actor)
-        if action == "rollback":
-            return {"actor": actor, **rollback(registry, router, target, f"manual: {reason}",
-                                               {"manual": True, "asked_by": actor}, actor).as_dict()}
-        return {"actor": actor, **promote(registry, router, target, f"manual: {reason}", actor)}
+        if not dry_run and not yes and sys.stdin.isatty():
+            # A person at a terminal sees what will happen before it does (scripts and pipes are not asked).
+            target = version or manual(action, registry, router, None, reason, actor, dry_run=True)["version"]
+            click.confirm(f"{describe(action, registry, router, target)[len('would '):]}\nProceed?",
+                          abort=True, err=True)
+        return manual(action, registry, router, version, reason, actor, dry_run=dry_run)
     except (RegistryError, RouterError, MlflowException, ValueError) as err:
         _fail(err)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -64,9 +63,13 @@ def _run(action: str, version: str | None, reason: str, tracking_uri: str | None
 
 _common = [
     click.option("--reason", required=True, help="Why (recorded in the rollout record)."),
-    click.option("--tracking-uri", default=None, help="MLflow server (default: MLFLOW_TRACKING_URI / settings)."),
+    click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing."),
+    click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation at a terminal."),
+    click.option("--tracking-uri", default=None, help="MLflow server (default: MLFLOW_TRACKING_URI, else the "
+                 "platform `make up` started on MLCD_HOME)."),
     click.option("--model-name", default=None, help="Registered model (default: MLCD_MODEL_NAME)."),
-    click.option("--gateway-url", default=None, help="Gateway admin API (default: MLCD_GATEWAY_URL)."),
+    click.option("--gateway-url", default=None, help="Gateway admin API (default: MLCD_GATEWAY_URL, else the "
+                 "platform on MLCD_HOME; its admin token from MLCD_ADMIN_TOKEN or MLCD_HOME/run/)."),
     click.option("--json", "as_json", is_flag=True, help="Print JSON."),
 ]
 
@@ -78,47 +81,53 @@ def _with_common(fn: Any) -> Any:
 
 
 def _echo(out: dict[str, Any], as_json: bool, line: str) -> None:
-    click.echo(json.dumps(out, indent=2) if as_json else line)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    elif out.get("dry_run"):
+        click.echo(f"dry run, nothing changed: {out['plan']}")
+    else:
+        click.echo(f"{line} (asked by {out['actor']})")
 
 
 @click.command("rollback")
-@click.option("--version", default=None, help="Version to roll back [default: the canary, else the champion].")
+@click.option("--version", required=True, help="Version to roll back (the canary, or a champion in its bake): "
+              "always explicit, so a finished canary is never mistaken for the champion.")
 @_with_common
-def rollback_command(version: str | None, reason: str, tracking_uri: str | None, model_name: str | None,
-                     gateway_url: str | None, as_json: bool) -> None:
+def rollback_command(version: str, reason: str, dry_run: bool, yes: bool, tracking_uri: str | None,
+                     model_name: str | None, gateway_url: str | None, as_json: bool) -> None:
     """Take a version out of service now: 100 % of traffic to stable, aliases back, recorded."""
-    out = _run("rollback", version, reason, tracking_uri, model_name, gateway_url)
+    out = _run("rollback", version, reason, tracking_uri, model_name, gateway_url, dry_run, yes)
     note = " (it was already rolled back)" if out.get("already") else ""
-    _echo(out, as_json, f"version {out['version']} rolled back{note}; traffic on version {out['restored']}")
+    _echo(out, as_json, f"version {out['version']} rolled back{note}; traffic on version {out.get('restored')}")
 
 
 @click.command("promote")
 @click.option("--version", required=True, help="Version to make champion.")
 @_with_common
-def promote_command(version: str, reason: str, tracking_uri: str | None, model_name: str | None,
-                    gateway_url: str | None, as_json: bool) -> None:
+def promote_command(version: str, reason: str, dry_run: bool, yes: bool, tracking_uri: str | None,
+                    model_name: str | None, gateway_url: str | None, as_json: bool) -> None:
     """Make a version champion now (the old champion becomes previous) and serve it alone."""
-    out = _run("promote", version, reason, tracking_uri, model_name, gateway_url)
-    _echo(out, as_json, f"version {out['version']} is {out['state']}")
+    out = _run("promote", version, reason, tracking_uri, model_name, gateway_url, dry_run, yes)
+    _echo(out, as_json, f"version {out['version']} is {out.get('state')}")
 
 
 @click.command("pause")
 @click.option("--version", default=None, help="Canary to pause [default: the canary].")
 @_with_common
-def pause_command(version: str | None, reason: str, tracking_uri: str | None, model_name: str | None,
-                  gateway_url: str | None, as_json: bool) -> None:
+def pause_command(version: str | None, reason: str, dry_run: bool, yes: bool, tracking_uri: str | None,
+                  model_name: str | None, gateway_url: str | None, as_json: bool) -> None:
     """Hold the canary at its current weight (the rollout's next steps wait) until `mlcd resume`."""
-    out = _run("pause", version, reason, tracking_uri, model_name, gateway_url)
+    out = _run("pause", version, reason, tracking_uri, model_name, gateway_url, dry_run, yes)
     _echo(out, as_json, f"canary {out['version']} paused")
 
 
 @click.command("resume")
 @click.option("--version", default=None, help="Canary to resume [default: the canary].")
 @_with_common
-def resume_command(version: str | None, reason: str, tracking_uri: str | None, model_name: str | None,
-                   gateway_url: str | None, as_json: bool) -> None:
+def resume_command(version: str | None, reason: str, dry_run: bool, yes: bool, tracking_uri: str | None,
+                   model_name: str | None, gateway_url: str | None, as_json: bool) -> None:
     """Let a paused canary move on through its steps."""
-    out = _run("resume", version, reason, tracking_uri, model_name, gateway_url)
+    out = _run("resume", version, reason, tracking_uri, model_name, gateway_url, dry_run, yes)
     _echo(out, as_json, f"canary {out['version']} resumed")
 
 
@@ -136,7 +145,13 @@ def _poll_line(result: Any, started: float) -> str:
     checks = "; ".join(
         f"{c.name} {c.outcome.value} (p={c.p_value:.3g}, effect {c.effect:.3g})" if c.effect is not None
         else f"{c.name} {c.outcome.value}" for c in v.checks)
-    return f"{head}: canary {v.canary['requests']} req vs stable {v.stable['requests']}; {checks}"
+    held = getattr(result.state, "holdback", None)
+    if result.state.phase == "bake" and held:  # the control: the previous champion held back on a small share
+        weight = getattr(result.state, "holdback_weight", None) or 0.0
+        return (f"{head}: champion {v.canary['requests']} req vs holdback {held} at {weight:.0%} (all of it "
+                f"{v.stable['requests']} req); {checks}" + (f"; ALERTS {', '.join(v.alerts)}" if v.alerts else ""))
+    return f"{head}: canary {v.canary['requests']} req vs stable {v.stable['requests']}; {checks}" + (
+        f"; ALERTS {', '.join(v.alerts)}" if v.alerts else "")
 
 
 @click.command("watch")
@@ -163,7 +178,6 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
     Exit 0 healthy, 3 rolled back (or would be, with --dry-run), 4 unverified or still undecided at --timeout,
     5 failed closed (metrics unreadable for MLCD_METRICS_BLIND_S: canary at 0 %, rollout paused).
     """
-    import os
     import time
 
     from mlcd.guard.watch import Decision, Guard, GuardConfig, scrape_from_settings, watch
@@ -174,7 +188,7 @@ def watch_command(version: str | None, gateway_url: str | None, poll_interval: f
         overrides = json.loads(thresholds) if thresholds else {}
         if not isinstance(overrides, dict):
             raise ValueError("--thresholds must be a JSON object")
-        bake = bake_s if bake_s is not None else float(os.environ.get("MLCD_GUARD_BAKE_S", "300"))
+        bake = bake_s if bake_s is not None else s.guard_bake_s  # MLCD_GUARD_BAKE_S, or the state's own
         config = GuardConfig(gateway_url or s.gateway_url, version, poll_interval, bake, grace_s,
                              GuardThresholds.from_dict(overrides))
         scrape = scrape_from_settings()  # MLCD_METRICS_PROVIDER: the gateway's /metrics or Prometheus

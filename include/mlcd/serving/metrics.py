@@ -37,8 +37,21 @@ class GatewayMetrics:
         self.rejected = Counter("mlcd_gateway_rejected", "Requests refused with a 4xx", ("status",), registry=r)
         # A 0-1 ratio (Prometheus convention: ratios, not percents); the router API keeps integer percents.
         self.weight = Gauge("mlcd_gateway_canary_weight", "Share of traffic routed to the canary (0-1)", registry=r)
+        self.holdback_weight = Gauge("mlcd_gateway_holdback_weight",
+                                     "Share of traffic routed to the holdback, the previous champion (0-1)", registry=r)
         self.model_info = Gauge("mlcd_gateway_model_info", "1 for each served (variant, version)", labels, registry=r)
         self._feedback_counts: dict[tuple[str, str], list[int]] = {}
+        # Served but not evidence (mlcd.serving.evidence): pinned versions, sticky clients, clients over their
+        # share. The families above stay "randomised traffic only", which is what the analysis reads.
+        why = (*labels, "reason")
+        self.unrandomised_requests = Counter(
+            "mlcd_gateway_unrandomised_requests", "Requests served but not counted as canary evidence", why,
+            registry=r)
+        self.unrandomised_errors = Counter(
+            "mlcd_gateway_unrandomised_errors", "Failed requests not counted as canary evidence", why, registry=r)
+        self.unrandomised_feedback = Counter(
+            "mlcd_gateway_unrandomised_feedback", "Feedback labels on predictions that were not evidence",
+            (*why, "correct"), registry=r)
         # Input drift of live traffic against the training data (set only when the gateway monitors drift).
         self.drift_psi = Gauge("mlcd_gateway_drift_psi", "Population stability index of live inputs vs training",
                                ("feature",), registry=r)
@@ -59,6 +72,11 @@ class GatewayMetrics:
         self.drift_drifted.set(1 if getattr(report, "drifted", False) else 0)
         self.drift_images.set(int(getattr(report, "n_images", 0)))
 
+    def record_unrandomised(self, version: str, variant: str, reason: str, error: bool) -> None:
+        self.unrandomised_requests.labels(version, variant, str(reason)).inc()
+        if error:
+            self.unrandomised_errors.labels(version, variant, str(reason)).inc()
+
     def record_feedback(self, version: str, variant: str, correct: bool) -> None:
         self.feedback.labels(version, variant, "true" if correct else "false").inc()
         counts = self._feedback_counts.setdefault((version, variant), [0, 0])
@@ -73,3 +91,7 @@ class GatewayMetrics:
             if version is not None:
                 self.model_info.labels(version, variant).set(1)
         self.weight.set(canary_weight / 100.0)
+
+    def set_holdback_weight(self, holdback_weight: int) -> None:
+        """The holdback's integer percent, exported as a 0-1 ratio (0 when no control is held back)."""
+        self.holdback_weight.set(holdback_weight / 100.0)
