@@ -479,7 +479,7 @@ def test_prometheus_labels_each_gateway_pod_with_the_variant_and_version_the_rou
     assert targets["version"] == meta("annotation", VERSION_ANNOTATION)
     for deployment in _by_kind("Deployment"):
         template = deployment["spec"]["template"]["metadata"]
-        assert template["labels"]["mlcd.io/variant"] in ("stable", "canary")
+        assert template["labels"]["mlcd.io/variant"] in ("stable", "canary", "holdback")
         assert VERSION_ANNOTATION in template["annotations"]
 
 

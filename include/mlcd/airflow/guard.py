@@ -25,6 +25,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from mlcd.airflow.notifiers import alert_ops_event
 from mlcd.rollout.opsignals import add_listener
 
+HEARTBEAT_S = 10.0  # the guard trigger's heartbeat interval in the ledger (mlcd_guard_last_poll_timestamp_seconds)
+
 # Fail-closed moves and rollbacks reach the alert Connection (mlcd_alerts) from whichever task makes them.
 add_listener(alert_ops_event)
 
@@ -229,6 +231,7 @@ class CanaryHealthTrigger(BaseTrigger):
             state = GuardState.from_dict(await asyncio.to_thread(_newest, self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
+            last_beat = float("-inf")
             while True:
                 try:
                     result = await asyncio.to_thread(guard.poll, state)
@@ -249,9 +252,12 @@ class CanaryHealthTrigger(BaseTrigger):
                 # lets a restarted triggerer continue the same sequential test instead of starting a fresh one.
                 self.state = state.to_dict()
                 await asyncio.to_thread(_save_checkpoint, state)
-                # The heartbeat mlcd_guard_last_poll_timestamp_seconds / mlcd_guard_watching are exported from.
-                await asyncio.to_thread(record_signal, OpsEvent.GUARD_POLL, str(state.version),
-                                        WATCHING if result.decision is Decision.WATCH else result.decision.value)
+                # The heartbeat mlcd_guard_last_poll_timestamp_seconds / mlcd_guard_watching are exported from: at
+                # most one write per HEARTBEAT_S while watching (the alert waits minutes), and the run's decision.
+                if result.decision is not Decision.WATCH or time.monotonic() - last_beat >= HEARTBEAT_S:
+                    last_beat = time.monotonic()
+                    await asyncio.to_thread(record_signal, OpsEvent.GUARD_POLL, str(state.version),
+                                            WATCHING if result.decision is Decision.WATCH else result.decision.value)
                 if result.decision is not Decision.WATCH:
                     status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED,
                               Decision.BLIND: GuardStatus.FAIL_CLOSED}.get(result.decision, GuardStatus.HEALTHY)
@@ -512,6 +518,12 @@ def triggering_user(dag_run: Any) -> str:
 # --- notifier ----------------------------------------------------------------------------------------------
 
 
+def _not_listening(exc: BaseException) -> bool:
+    """A refused connection (nothing listens on the port), also when urllib wraps it in a ``URLError``."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, ConnectionRefusedError) or isinstance(reason, ConnectionRefusedError)
+
+
 def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -> dict[str, Any]:
     """Succeed (so the task's ``mlcd_drift`` outlet emits an Asset event) only when live inputs drifted.
 
@@ -533,6 +545,10 @@ def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -
     try:
         status = read_drift(url, token=s.metrics_token or s.admin_token)
     except OSError as exc:
+        if _not_listening(exc):
+            # Nothing listens yet (the platform is starting, or no model served): no inputs, so no drift to read.
+            # Not a fault of this DAG; a gateway that is down is the page's and the guard's to report.
+            raise AirflowSkipException(f"gateway {url} is not listening (not up yet?): no drift to read") from None
         raise AirflowException(f"gateway {url} unreadable: {exc}") from None
     if status is None:
         raise AirflowSkipException(f"gateway {url} exports no drift gauges (MLCD_DRIFT=off?)")
