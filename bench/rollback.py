@@ -610,6 +610,8 @@ def main() -> None:
     print(f"goals: real one-class median <= 10 s -> "
           f"{'n/a' if med is None else ('MET' if med <= 10 else 'MISSED')}; simulated false rollbacks 0 in every "
           "healthy set -> see the rows above")
+    # Issue #23: an attacker with chosen ids and inputs, against the real gateway and guard (runnable alone too).
+    subprocess.run([sys.executable, str(REPO / "bench" / "adversarial.py"), "--trials", str(args.trials)], check=False)
     print(f"whole bench {time.monotonic() - started:.0f}s")
 
 

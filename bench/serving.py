@@ -19,8 +19,10 @@ it). MLServer's pins (fastapi < 0.116, protobuf < 7) clash with ours, so it runs
 from PyPI on the first run (``MLCD_BENCH_MLSERVER_VENV``, default ``$MLCD_HOME/bench/mlserver-venv``; a few
 minutes once). Last, in the same run, the ceiling: the same model in-process on batches of 32, both as the
 gateway's batcher calls it (one compiled graph, :mod:`mlcd.serving.compiled`) and as a plain eager Keras call,
-with CPU per image, and the gateway's V2 throughput at concurrency 32 as a fraction of each. Bounded: about
-5 minutes on 2 cores.
+with CPU per image, and the gateway's V2 throughput at concurrency 32 as a fraction of each; beside them, the
+HTTP floor: a bare ASGI app (``bench/asgi_floor.py``) under the same uvicorn, reading the same bodies and doing
+nothing, so what HTTP alone costs per request in one Python process is measured in the same run. Bounded: about
+6 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -96,13 +98,15 @@ def train_and_register(tracking_uri: str) -> tuple[str, str]:
     return versions[0], versions[1]
 
 
-def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float = 120.0, proc: subprocess.Popen[bytes] | None = None,
+              method: str = "GET") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{url}: server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            req = urllib.request.Request(url, data=b"{}" if method == "POST" else None, method=method)
+            with urllib.request.urlopen(req, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -126,8 +130,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict[str, float]:
-    """C threads, each with its own keep-alive connection, for ``seconds``; latencies of 200 answers only."""
+def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float,
+                header_lengths: list[str] | None = None, ctype: str = "application/json") -> dict[str, float]:
+    """C threads, each with its own keep-alive connection, for ``seconds``; latencies of 200 answers only.
+
+    The fallback when ``wrk`` is missing (the client then shares the cores with the server)."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     failures = [0] * concurrency
     stop_at = [0.0]
@@ -135,11 +142,13 @@ def closed_loop(port: int, path: str, bodies: list[bytes], concurrency: int, sec
 
     def worker(k: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        headers = {"Content-Type": "application/json"}
         start_evt.wait()
         i = k
         while time.perf_counter() < stop_at[0]:
             body = bodies[i % len(bodies)]
+            headers = {"Content-Type": ctype}
+            if header_lengths and header_lengths[i % len(bodies)]:
+                headers["Inference-Header-Content-Length"] = header_lengths[i % len(bodies)]
             i += concurrency
             t0 = time.perf_counter()
             try:
@@ -242,7 +251,9 @@ def measure(server_pid: int, port: int, path: str, bodies: Path, concurrency: in
         r = run_wrk(port, path, bodies, concurrency, seconds, ctype)
     else:
         t0, c0 = time.perf_counter(), time.process_time()
-        r = closed_loop(port, path, [p.read_bytes() for p in sorted(bodies.glob("b*"))], concurrency, seconds)
+        entries = [line.partition(" ")[::2] for line in (bodies / "manifest").read_text().splitlines()]
+        r = closed_loop(port, path, [(bodies / name).read_bytes() for name, _ in entries], concurrency, seconds,
+                        [hlen for _, hlen in entries], ctype)
         r["elapsed"], r["client_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
     server_cpu = session_cpu_s(server_pid) - cpu0
     busy1, total1 = machine_ticks()
@@ -379,7 +390,14 @@ def v2_comparison(gw: subprocess.Popen[bytes], gw_port: int, tracking_uri: str, 
     framed = [binary_v2_body(img) for img in images]
     bin_bodies = write_bodies(root / "bodies-v2-binary", [b for b, _ in framed], [h for _, h in framed])
     rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
+    floor_port = free_port()
+    # The HTTP floor: a bare ASGI app (bench/asgi_floor.py) under the same uvicorn, reading the same bodies.
+    floor = start([sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parent), "--host",
+                   "127.0.0.1", "--port", str(floor_port), "--log-level", "warning", "--no-access-log",
+                   "asgi_floor:app"], env, root / "floor.log")
+    floors: dict[int, dict[str, float]] = {}
     try:
+        wait_http(f"http://127.0.0.1:{floor_port}/", proc=floor, method="POST")
         try:
             wait_http(f"http://127.0.0.1:{ms_port}/v2/models/{MODEL}/ready", timeout=240, proc=ms)
         except RuntimeError:
@@ -397,7 +415,8 @@ def v2_comparison(gw: subprocess.Popen[bytes], gw_port: int, tracking_uri: str, 
             g = measure(gw.pid, gw_port, path, json_bodies, c, SECONDS_PER_POINT)
             b = measure(gw.pid, gw_port, path, bin_bodies, c, SECONDS_PER_POINT, "application/octet-stream")
             m = measure(ms.pid, ms_port, path, json_bodies, c, SECONDS_PER_POINT)
-            for name, r in (("mlcd gateway", g), ("mlcd gateway binary", b), ("mlserver", m)):
+            f = floors[c] = measure(floor.pid, floor_port, path, json_bodies, c, SECONDS_PER_POINT)
+            for name, r in (("mlcd gateway", g), ("mlcd gateway binary", b), ("mlserver", m), ("http floor", f)):
                 print(row(c, name, r), flush=True)
             rows.append((c, g, b, m))
         print()
@@ -407,6 +426,7 @@ def v2_comparison(gw: subprocess.Popen[bytes], gw_port: int, tracking_uri: str, 
                   f"{g['server_ms'] / m['server_ms']:>16.2f}x")
     finally:
         stop(ms)
+        stop(floor)
     ceil = ceilings(tracking_uri, version, images)
     print()
     for kind, what in (("compiled", "as the gateway calls it (one compiled graph)"),
@@ -426,6 +446,12 @@ def v2_comparison(gw: subprocess.Popen[bytes], gw_port: int, tracking_uri: str, 
               f"the rest HTTP, parsing, routing, metrics), client {r['client_ms']:.3f} ms; others used "
               f"{r['others_pct']:.0f} % of the {cores} cores, so server + client CPU allow at most {bound:.0f} req/s "
               f"on what was left")
+    f = floors[rows[-1][0]]
+    model_ms = ceil["compiled"]["cpu_us"] / 1000
+    print(f"http floor (bench/asgi_floor.py, the same uvicorn, reading the same JSON bodies, no work) at concurrency "
+          f"{rows[-1][0]}: {f['server_ms']:.3f} ms server CPU per request; at the compiled ceiling's {model_ms:.3f} ms "
+          f"of model CPU per image, floor + model + client alone cap a single-image request at "
+          f"{model_ms / (f['server_ms'] + model_ms + f['client_ms']):.0%} of the ceiling's throughput")
 
 
 def routing_decision_us() -> float:

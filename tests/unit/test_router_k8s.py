@@ -18,16 +18,20 @@ import pytest
 import yaml
 
 from mlcd.rollout.router import (
+    FEEDBACK_MATCHES,
     MERGE_PATCH,
     PUBLIC_MATCHES,
     STRATEGIC_MERGE_PATCH,
     KubernetesHTTPRouteRouter,
     LocalGatewayRouter,
+    RolloutNotReady,
     RouteConflict,
     Router,
     RouterError,
     RouteStatus,
+    rollout_check,
 )
+from tests.kubefake import RolledOut
 
 pytestmark = pytest.mark.unit
 
@@ -136,6 +140,7 @@ class RecordingApi:
         self.route.setdefault("metadata", {})["resourceVersion"] = "100"
         self.calls: list[tuple[str, str, Any, str | None]] = []
         self.after_get: Any = None
+        self.cluster = RolledOut()  # Deployments whose rollouts finish at once (the waiting: tests/rehearsal)
 
     def __call__(self, method: str, path: str, body: Any, content_type: str | None) -> dict[str, Any]:
         self.calls.append((method, path, copy.deepcopy(body), content_type))
@@ -148,7 +153,7 @@ class RecordingApi:
                 hook, self.after_get = self.after_get, None
                 hook(self)
             return answer
-        return {"kind": "Deployment"}
+        return self.cluster(method, path, body)
 
     def write(self, body: dict[str, Any]) -> None:
         current = self.route["metadata"]["resourceVersion"]
@@ -178,6 +183,9 @@ def route_patch(
         "spec": {"rules": [{"matches": [dict(m) for m in PUBLIC_MATCHES], "backendRefs": [
             {"name": "mlcd-gateway-stable", "port": 8000, "weight": stable_weight},
             {"name": "mlcd-gateway-canary", "port": 8000, "weight": canary_weight},
+        ]}, {"matches": [dict(m) for m in FEEDBACK_MATCHES], "backendRefs": [
+            {"name": "mlcd-gateway-stable", "port": 8000, "weight": 1},
+            {"name": "mlcd-gateway-canary", "port": 8000, "weight": 0 if canary is None else 1},
         ]}]},
     }
 
@@ -310,6 +318,49 @@ def test_local_router_needs_a_token_and_reports_an_unreachable_gateway() -> None
     router = LocalGatewayRouter(f"http://127.0.0.1:{free_port()}", "t", timeout=2)
     with pytest.raises(RouterError, match="unreachable"):
         router.get_routes()
+
+
+def _deployment(version: str, generation: int = 2, observed: int = 2, replicas: int = 2, updated: int = 2,
+                total: int = 2, available: int = 2, conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"metadata": {"generation": generation},
+            "spec": {"replicas": replicas, "template": {"metadata": {"annotations": {"mlcd.io/model-version": version}}}},
+            "status": {"observedGeneration": observed, "replicas": total, "updatedReplicas": updated,
+                       "availableReplicas": available, "conditions": conditions or []}}
+
+
+@pytest.mark.parametrize(("deployment", "done", "failed", "why"), [
+    (_deployment("2"), True, False, "2 of 2 replicas available"),
+    (_deployment("2", observed=1), False, False, "generation 2 not yet observed"),
+    (_deployment("2", updated=1, total=2, available=2), False, False, "1 of 2 replicas updated"),
+    (_deployment("2", total=3), False, False, "1 old replicas still running"),
+    (_deployment("2", available=1), False, False, "1 of 2 updated replicas available"),
+    (_deployment("3"), False, True, "pinned to version 3"),
+    (_deployment("2", available=1, conditions=[{"type": "Progressing", "status": "False",
+                                                 "reason": "ProgressDeadlineExceeded", "message": "timed out"}]),
+     False, True, "rollout stalled: timed out"),
+])
+def test_a_rollout_is_done_only_when_every_replica_is_updated_and_available(
+        deployment: dict[str, Any], done: bool, failed: bool, why: str) -> None:
+    check = rollout_check(deployment, "2")
+    assert (check.done, check.failed) == (done, failed) and why in check.reason, check
+
+
+def test_the_generation_the_patch_answered_is_the_one_waited_for() -> None:
+    # The controller has observed 2, but the PATCH answered generation 3: the old status says nothing yet.
+    assert not rollout_check(_deployment("2", generation=3, observed=2), "2", generation=3).done
+    assert rollout_check(_deployment("2", generation=3, observed=3), "2", generation=3).done
+
+
+def test_waiting_times_out_on_the_routers_clock_and_leaves_the_route() -> None:
+    api = RecordingApi(load_route())
+    now = [0.0]
+    router = KubernetesHTTPRouteRouter(api, rollout_timeout_s=30, poll_interval_s=5,
+                                       sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    api.cluster.deployment = lambda name: _deployment(api.cluster.pinned.get(name, "?"), available=0)  # type: ignore[method-assign]
+    with pytest.raises(RolloutNotReady, match="not ready after 30s: 0 of 2 updated replicas available"):
+        router.set_routes("1", "2", 0)
+    assert now[0] == 30 and [p[0] for p in api.patches()] == [CANARY_DEPLOY]  # the route was never patched
+    assert router.get_routes() == RouteStatus("1", None, 0)
 
 
 HOLDBACK_DEPLOY = "/apis/apps/v1/namespaces/mlcd/deployments/mlcd-gateway-holdback"

@@ -22,7 +22,12 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from mlcd.airflow.notifiers import alert_ops_event
+from mlcd.rollout.opsignals import add_listener
 from mlcd.rollout.spec import Outcome, RolloutSpec
+
+# Fail-closed moves and rollbacks reach the alert Connection (mlcd_alerts) from whichever task makes them.
+add_listener(alert_ops_event)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -71,7 +76,8 @@ class AnalysisWindowTrigger(BaseTrigger):
             from mlcd.rollout.spec import Outcome
 
             spec = RolloutSpec.from_dict(self.spec)
-            scrape = counters_from_settings()  # MLCD_METRICS_PROVIDER: the gateway's /metrics or Prometheus
+            # Off the triggerer's event loop, as every scrape below: building a provider may read a kubeconfig.
+            scrape = await asyncio.to_thread(counters_from_settings)  # MLCD_METRICS_PROVIDER: /metrics or Prometheus
             while time.time() + spec.poll_interval_s < end:
                 await asyncio.sleep(spec.poll_interval_s)
                 try:

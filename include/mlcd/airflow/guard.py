@@ -22,6 +22,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from mlcd.airflow.notifiers import alert_ops_event
+from mlcd.rollout.opsignals import add_listener
+
+HEARTBEAT_S = 10.0  # the guard trigger's heartbeat interval in the ledger (mlcd_guard_last_poll_timestamp_seconds)
+
+# Fail-closed moves and rollbacks reach the alert Connection (mlcd_alerts) from whichever task makes them.
+add_listener(alert_ops_event)
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -210,14 +218,20 @@ class CanaryHealthTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from mlcd.guard.watch import Decision, Guard, GuardState, scrape_from_settings
+        from mlcd.rollout.opsignals import WATCHING, OpsEvent
+        from mlcd.rollout.opsignals import record as record_signal
 
         try:
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
                                   self.grace_s, self.thresholds, self.blind_s)
-            guard = Guard(config, scrape_from_settings())  # MLCD_METRICS_PROVIDER: gateway or Prometheus
-            state = GuardState.from_dict(_newest(self.state)) if self.state else None
+            # Everything that may block (building the provider reads a kubeconfig, the checkpoint is a SQL row)
+            # runs in a worker thread: the triggerer's one event loop serves every deferred task.
+            scrape = await asyncio.to_thread(scrape_from_settings)  # MLCD_METRICS_PROVIDER: gateway or Prometheus
+            guard = Guard(config, scrape)
+            state = GuardState.from_dict(await asyncio.to_thread(_newest, self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
+            last_beat = float("-inf")
             while True:
                 try:
                     result = await asyncio.to_thread(guard.poll, state)
@@ -237,7 +251,13 @@ class CanaryHealthTrigger(BaseTrigger):
                 # serialize() now returns the state after this poll (evidence, samples, looks), and the checkpoint
                 # lets a restarted triggerer continue the same sequential test instead of starting a fresh one.
                 self.state = state.to_dict()
-                _save_checkpoint(state)
+                await asyncio.to_thread(_save_checkpoint, state)
+                # The heartbeat mlcd_guard_last_poll_timestamp_seconds / mlcd_guard_watching are exported from: at
+                # most one write per HEARTBEAT_S while watching (the alert waits minutes), and the run's decision.
+                if result.decision is not Decision.WATCH or time.monotonic() - last_beat >= HEARTBEAT_S:
+                    last_beat = time.monotonic()
+                    await asyncio.to_thread(record_signal, OpsEvent.GUARD_POLL, str(state.version),
+                                            WATCHING if result.decision is Decision.WATCH else result.decision.value)
                 if result.decision is not Decision.WATCH:
                     status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED,
                               Decision.BLIND: GuardStatus.FAIL_CLOSED}.get(result.decision, GuardStatus.HEALTHY)
@@ -517,7 +537,7 @@ def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -
     s = get_settings()
     url = gateway_url or s.gateway_url
     try:
-        status = read_drift(url)
+        status = read_drift(url, token=s.metrics_token or s.admin_token)
     except OSError as exc:
         raise AirflowException(f"gateway {url} unreadable: {exc}") from None
     if status is None:

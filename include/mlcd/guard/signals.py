@@ -126,11 +126,15 @@ class DriftStatus:
                 "anomaly_share": self.anomaly_share, "n_images": self.n_images}
 
 
-def read_drift(gateway_url: str, timeout: float = 5.0) -> DriftStatus | None:
-    """Read the drift gauges from ``/metrics``; ``None`` when the gateway exports none (drift disabled)."""
+def read_drift(gateway_url: str, timeout: float = 5.0, token: str | None = None) -> DriftStatus | None:
+    """Read the drift gauges from ``/metrics`` (``token``: its bearer token, when the gateway asks for one);
+    ``None`` when the gateway exports none (drift disabled)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{gateway_url.rstrip('/')}/metrics", timeout=timeout) as resp:  # noqa: S310
+    req = urllib.request.Request(f"{gateway_url.rstrip('/')}/metrics")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
         text = resp.read().decode("utf-8")
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):

@@ -141,6 +141,10 @@ def _rollback_record(registry: Registry, router: Router, version: str, reason: s
         router.set_routes(str(restored), None, 0)
         log.warning("version %s: 100%% of traffic back on version %s (%s)", version, restored, reason)
     after = registry.rollback(version, reason, dict(evidence or {}), actor, dag_run_id)
+    from mlcd.rollout import opsignals
+
+    # mlcd_rollbacks_total on the gateways' /metrics, and the alert Connection through the Airflow listener.
+    opsignals.record(opsignals.OpsEvent.ROLLBACK, version, f"{actor}: {reason}")
     registry.set_version_tags(version, {
         TAG_ROLLED_BACK_BY: actor,
         TAG_ROLLED_BACK_AT: now_iso(),

@@ -134,14 +134,18 @@ class GatewayMetrics:
 
     url: str
     timeout: float = 5.0
+    token: str | None = None  # sent as a bearer token: a gateway with MLCD_METRICS_TOKEN protects /metrics (#23)
 
     @property
     def source(self) -> str:
         return f"gateway {self.url.rstrip('/')}/metrics"
 
     def scrape(self) -> Scrape:
+        req = urllib.request.Request(f"{self.url.rstrip('/')}/metrics")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(f"{self.url.rstrip('/')}/metrics", timeout=self.timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 text = resp.read().decode("utf-8")
         except (OSError, ValueError) as exc:  # URLError, refused, timeout, a malformed URL
             raise MetricsUnavailable(f"{self.source} unreadable: {exc}") from exc
@@ -372,7 +376,7 @@ def provider_from_settings(gateway_url: str | None = None) -> MetricsProvider:
 
     s = get_settings()
     if s.metrics_provider == GATEWAY:
-        return GatewayMetrics(gateway_url or s.gateway_url)
+        return GatewayMetrics(gateway_url or s.gateway_url, token=s.metrics_token or s.admin_token)
     if s.metrics_provider != PROMETHEUS:
         raise ValueError(f"unknown MLCD_METRICS_PROVIDER {s.metrics_provider!r} ({' or '.join(PROVIDERS)})")
     if not s.prometheus_url:

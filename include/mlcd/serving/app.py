@@ -8,7 +8,6 @@ failure is counted against the canary and the request is answered by the stable 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -17,7 +16,6 @@ import secrets
 import signal
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,8 +33,10 @@ from mlcd.serving.config import GatewayConfig
 from mlcd.serving.driftfeed import DriftFeed
 from mlcd.serving.evidence import Unrandomised, sticky_key
 from mlcd.serving.evidence import sticky_bucket as _keyed_bucket
+from mlcd.serving.feedback import LabelLedger, LabelRefused, PredictionIds, take_label
 from mlcd.serving.metrics import GatewayMetrics
 from mlcd.serving.models import ModelLoader, ModelSlot, build_slot, mlflow_loader, resolve_alias
+from mlcd.serving.opsmetrics import OpsCollector
 from mlcd.serving.state import RouteState, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -177,13 +177,11 @@ class Gateway:
         self.rng = random.Random()
         self.ready_error: str | None = "starting"
         self._admin_lock = asyncio.Lock()
-        self._feedback: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
-        self._labelled: OrderedDict[str, None] = OrderedDict()  # ids already labelled: a replay is refused
-        # Prediction ids are signed: a label is taken only for an id this gateway (or a replica sharing the
-        # secret) issued. Without a configured secret the key lives and dies with this process, as its ids do.
-        secret = config.gateway_secret
-        self._id_key = hashlib.sha256(b"mlcd-prediction-id:" + secret.encode()).digest() if secret \
-            else secrets.token_bytes(32)
+        # Prediction ids carry what a label needs, signed and encrypted under the replicas' shared secret; the
+        # replay check is a row in the shared ledger database, so any replica (or a restarted one) takes a label
+        # exactly once (mlcd.serving.feedback). Without a configured secret ids die with this process.
+        self.ids = PredictionIds(config.gateway_secret, config.feedback_ttl_s)
+        self.labels = LabelLedger(config.ledger_url)
         self._retiring: set[asyncio.Task[None]] = set()
         self.drift: Any = None  # a mlcd.guard.drift.DriftMonitor once started (config.drift)
         self._drift_feed: DriftFeed | None = None
@@ -191,7 +189,6 @@ class Gateway:
         self._sticky_key = sticky_key(config.gateway_secret, _PROCESS_STICKY_KEY)
         self.evidence_bound = config.share_bound()
         self.drift_bound = config.share_bound()
-        self._unrandomised_ids: OrderedDict[str, Unrandomised] = OrderedDict()
 
     async def start_drift(self) -> None:
         """Build the drift monitor from the served model's snapshot (or the reference data); never fatal."""
@@ -466,16 +463,13 @@ class Gateway:
     def remember(self, served: Served) -> list[str]:
         """Count each image's predicted class and keep a prediction id per image for ``/feedback``."""
         ids = []
+        model = self.config.model_name
         for cls in served.classes.tolist():
-            pid = self.issue_id()
-            self._remember(pid, (served.version, served.variant, cls))
+            # An unrandomised prediction carries why in its id: its label, if one comes, is not evidence either.
+            why = None if served.unrandomised is None else served.unrandomised.value
+            ids.append(self.ids.issue(model, served.version, served.variant, cls, unrandomised=why))
             if served.unrandomised is None:
                 self.metrics.predictions.labels(served.version, served.variant, str(cls)).inc()
-            else:  # its label, if one comes, is not evidence either
-                self._unrandomised_ids[pid] = served.unrandomised
-                if len(self._unrandomised_ids) > self.config.feedback_capacity:
-                    self._unrandomised_ids.popitem(last=False)
-            ids.append(pid)
         return ids
 
     def _answer(self, served: Served) -> dict[str, Any]:
@@ -490,26 +484,6 @@ class Gateway:
         answer["predictions"] = predictions
         return answer
 
-    def issue_id(self) -> str:
-        """A prediction id: 96 random bits and their HMAC-SHA256 (128 bits) under the gateway's key."""
-        nonce = secrets.token_hex(12)
-        return f"{nonce}.{self._mac(nonce)}"
-
-    def _mac(self, nonce: str) -> str:
-        return hmac.new(self._id_key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
-
-    def signed(self, pid: str) -> bool:
-        """True when ``pid`` carries a valid signature of this gateway's key (constant-time compare)."""
-        nonce, dot, mac = pid.partition(".")
-        if not dot or len(nonce) != 24 or len(mac) != 32:
-            return False
-        return hmac.compare_digest(mac.encode(), self._mac(nonce).encode())
-
-    def _remember(self, pid: str, record: tuple[str, str, int]) -> None:
-        self._feedback[pid] = record
-        if len(self._feedback) > self.config.feedback_capacity:
-            self._feedback.popitem(last=False)
-
     def check_feedback(self, authorization: str | None) -> None:
         """``/feedback`` takes its own bearer token (``MLCD_FEEDBACK_TOKEN``), never the admin token."""
         token = self.config.feedback_token
@@ -520,7 +494,10 @@ class Gateway:
             raise RequestError(401, "missing or wrong feedback token (Authorization: Bearer $MLCD_FEEDBACK_TOKEN)")
 
     def feedback(self, payload: Any) -> dict[str, Any]:
-        """Count one label against the prediction it names: only for an id this gateway signed, only once."""
+        """Count one label against the prediction its id names: only a signed, unexpired id, only once anywhere.
+
+        Blocking (one SQL insert): the HTTP handler runs it in a worker thread.
+        """
         if not isinstance(payload, dict):
             raise RequestError(422, "body must be a JSON object with 'prediction_id' and 'label'")
         pid, label = payload.get("prediction_id"), payload.get("label")
@@ -528,27 +505,20 @@ class Gateway:
             raise RequestError(422, "'prediction_id' must be a non-empty string")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
             raise RequestError(422, "'label' must be an integer class in 0..9")
-        if not self.signed(pid):
-            raise RequestError(403, "prediction_id was not issued by this gateway (bad signature)")
-        record = self._feedback.pop(pid, None)
-        if record is None:
-            if pid in self._labelled:
-                raise RequestError(409, "prediction_id already labelled: a label is taken once")
-            raise RequestError(404, "unknown or expired prediction_id")
-        self._labelled[pid] = None
-        if len(self._labelled) > self.config.feedback_capacity:
-            self._labelled.popitem(last=False)
-        version, variant, predicted = record
-        correct = predicted == label
-        reason = self._unrandomised_ids.pop(pid, None)
-        if reason is None:
-            self.metrics.record_feedback(version, variant, correct)
+        try:
+            served = take_label(self.ids, self.labels, self.config.model_name, pid)
+        except LabelRefused as exc:
+            raise RequestError(exc.status, str(exc)) from None
+        correct = served.predicted == label
+        if served.unrandomised is None:
+            self.metrics.record_feedback(served.version, served.variant, correct)
         else:
-            self.metrics.unrandomised_feedback.labels(version, variant, reason.value,
+            self.metrics.unrandomised_feedback.labels(served.version, served.variant,
+                                                      Unrandomised(served.unrandomised).value,
                                                       "true" if correct else "false").inc()
         answer: dict[str, Any] = {"prediction_id": pid, "correct": correct}
         if self.config.expose_variant:
-            answer.update({"version": version, "variant": variant})
+            answer.update({"version": served.version, "variant": served.variant})
         return answer
 
     def client_of(self, request: Request) -> str:
@@ -726,11 +696,14 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.startup()
         await gateway.start_drift()
+        # The platform's rollbacks, fail-closed moves and guard heartbeat, for the alert rules (mlcd.serving.opsmetrics).
+        ops = OpsCollector(config.ledger_url).register(gateway.metrics.registry).start()
         try:
             _parser_pool().submit(int)  # start the parser process now, not on the first large body
         except (RuntimeError, OSError) as exc:
             log.warning("JSON parser process not started (%s); large bodies are parsed in a thread", exc)
         yield
+        ops.stop()
         await gateway.shutdown()
         _drop_parser_pool()
 
@@ -760,7 +733,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def feedback(request: Request) -> JSONResponse:
         gateway.check_feedback(request.headers.get("authorization"))  # before the body is even read
         payload = await _read_json(request, 4096)
-        return JSONResponse(gateway.feedback(payload))
+        return JSONResponse(await asyncio.to_thread(gateway.feedback, payload))  # a SQL insert: off the loop
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
