@@ -22,6 +22,11 @@ help:
 	@echo "make test-images - the images layer only: build, role contents, read-only root, health check, pip-audit"
 	@echo "make bench     - benchmarks, each against a peer in the same run"
 	@echo "make mutation  - mutation score of the safety-critical modules (not part of make test)"
+	@echo "make up        - start Airflow (UI with the mlcd page: Browse -> mlcd rollouts, /mlcd/), MLflow and the gateway on 127.0.0.1"
+	@echo "                 (MLCD_HOME=.mlcd/demo make up: the demo's state, with the settings saved with it)"
+	@echo "make down      - stop what make up started"
+	@echo "make lint      - ruff, then mypy"
+	@echo "make clean     - delete the state under $(MLCD_HOME)"
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
