@@ -137,8 +137,9 @@ class CanaryRolloutOperator(BaseOperator):
             ``MLCD_MODEL_NAME`` (templated).
         actor: recorded as who moved the aliases; the DAG run id is recorded with it.
 
-    Returns (XCom): ``{"version", "result", "outcomes", "weight"}``. Raises ``AirflowException`` with the
-    reason when the guard rolled the version back meanwhile or the canary's own analysis aborted.
+    Returns (XCom): ``{"version", "result", "outcomes", "weight"}``. Skipped (a correct refusal, see
+    :mod:`mlcd.airflow.refusals`) with the reason when the guard rolled the version back meanwhile or the canary's
+    own analysis did; fails when traffic was moved by someone else or the version is no longer a canary.
     """
 
     template_fields: Sequence[str] = ("version", "spec", "skip_canary", "gateway_url", "tracking_uri", "model_name")
@@ -274,6 +275,12 @@ class CanaryRolloutOperator(BaseOperator):
             # Undecided is not a failure: the task says so and is skipped; the version stays eligible.
             self.log.warning("%s", exc)
             return AirflowSkipException(str(exc))
+        if exc.reason in (EndReason.ROLLED_BACK, EndReason.ANALYSIS_FAILED):
+            # A correct refusal (mlcd.airflow.refusals): the version was taken out of service with its evidence.
+            from mlcd.airflow.refusals import Refusal
+
+            self.log.warning("refused (%s): %s", Refusal.ROLLED_BACK.value, exc)
+            return AirflowSkipException(f"refused ({Refusal.ROLLED_BACK.value}): {exc}")
         # Rolled back, refused, failed its analysis, or traffic moved by someone else: retrying cannot help.
         self.log.error("rollout ended (%s): %s", exc.reason.value, exc)
         return AirflowFailException(str(exc))

@@ -518,6 +518,12 @@ def triggering_user(dag_run: Any) -> str:
 # --- notifier ----------------------------------------------------------------------------------------------
 
 
+def _not_listening(exc: BaseException) -> bool:
+    """A refused connection (nothing listens on the port), also when urllib wraps it in a ``URLError``."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, ConnectionRefusedError) or isinstance(reason, ConnectionRefusedError)
+
+
 def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -> dict[str, Any]:
     """Succeed (so the task's ``mlcd_drift`` outlet emits an Asset event) only when live inputs drifted.
 
@@ -539,6 +545,10 @@ def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -
     try:
         status = read_drift(url, token=s.metrics_token or s.admin_token)
     except OSError as exc:
+        if _not_listening(exc):
+            # Nothing listens yet (the platform is starting, or no model served): no inputs, so no drift to read.
+            # Not a fault of this DAG; a gateway that is down is the page's and the guard's to report.
+            raise AirflowSkipException(f"gateway {url} is not listening (not up yet?): no drift to read") from None
         raise AirflowException(f"gateway {url} unreadable: {exc}") from None
     if status is None:
         raise AirflowSkipException(f"gateway {url} exports no drift gauges (MLCD_DRIFT=off?)")
