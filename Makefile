@@ -11,7 +11,7 @@ ifneq ($(wildcard $(SHARED_MNIST)),)
 export MLCD_DATA ?= $(SHARED_MNIST)
 endif
 
-.PHONY: help venv demo test test-fast test-rehearsal test-install bench mutation up down lint clean
+.PHONY: help venv demo test test-fast test-rehearsal test-install images test-images bench mutation up down lint clean
 
 help:
 	@echo "make demo      - set up .venv and run the whole loop on the embedded default (state in $(MLCD_HOME))"
@@ -19,8 +19,15 @@ help:
 	@echo "make test-fast - unit layer only (seconds)"
 	@echo "make test-rehearsal - the cluster rehearsal layer only (Postgres, Redis, Celery, S3, Prometheus on 127.0.0.1)"
 	@echo "make test-install - the wheel installed like a user: fresh venvs per extra, a fresh Airflow (minutes)"
+	@echo "make images   - build the gateway, trainer and airflow images with podman (deploy/docker/build.sh)"
+	@echo "make test-images - the images layer only: build, role contents, read-only root, health check, pip-audit"
 	@echo "make bench     - benchmarks, each against a peer in the same run"
 	@echo "make mutation  - mutation score of the safety-critical modules (not part of make test)"
+	@echo "make up        - start Airflow (UI with the mlcd page: Browse -> mlcd rollouts, /mlcd/), MLflow and the gateway on 127.0.0.1"
+	@echo "                 (MLCD_HOME=.mlcd/demo make up: the demo's state, with the settings saved with it)"
+	@echo "make down      - stop what make up started"
+	@echo "make lint      - ruff, then mypy"
+	@echo "make clean     - delete the state under $(MLCD_HOME)"
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,10 +42,10 @@ demo: venv
 	$(BIN)/mlcd demo
 
 # Two pytest processes side by side (most of the suite waits on servers, schedulers and windows, so 2 cores
-# are mostly idle with one): the cluster rehearsal, fault drills, newcomer demo and unit layer in the background
+# are mostly idle with one): the images, the cluster rehearsal, fault drills, newcomer demo and unit layer in the background
 # (its log printed at the end), every other layer in the foreground. Each process has its own AIRFLOW_HOME,
 # MLCD_HOME and free ports (tests/conftest.py). Every test is in exactly one of the two.
-TEST_SIDE := rehearsal or faults or newcomer or unit
+TEST_SIDE := images or rehearsal or faults or newcomer or unit
 test: venv
 	@mkdir -p $(MLCD_HOME); side_log=$(MLCD_HOME)/test-side.log; \
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "$(TEST_SIDE)" > $$side_log 2>&1 & side=$$!; \
@@ -59,7 +66,15 @@ test-rehearsal: venv
 test-install: venv
 	$(BIN)/python -m pytest -q -m install tests/install
 
+# Podman with a locally made Debian base (deploy/docker/base.sh); .ci/run installs podman, buildah, runc, mmdebstrap.
+images:
+	deploy/docker/build.sh
+
+test-images: venv
+	$(BIN)/python -m pytest -q -m images tests/images
+
 bench: venv
+	@command -v wrk >/dev/null || echo "make bench: WARNING wrk is not installed (Debian: apt-get install wrk); bench/serving.py falls back to Python client threads that share the cores with the servers"
 	$(BIN)/python bench/validation.py
 	@for b in training serving rollback; do \
 	  if [ -f bench/$$b.py ]; then $(BIN)/python bench/$$b.py || exit 1; fi; done

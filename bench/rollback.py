@@ -25,6 +25,7 @@ Usage: ``python bench/rollback.py [--trials 20] [--real 3]`` (``--real 0`` skips
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ MODEL = "bench-rollback"
 POLL_S = 2.0
 STEPS = (5, 25, 50, 100)
 WINDOW_S = 60.0  # the spec's default
-BAKE_S = 60.0
+BAKE_S = 300.0  # mlcd_guard's default
 HOG_AT_S, HOG_FACTOR = 45.0, 3.0  # during the 25 % step
 # Flagger's documented defaults / the values of its examples.
 FLAGGER = {"interval_s": 60.0, "threshold": 5, "step_weight": 10, "max_weight": 50,
@@ -65,49 +67,178 @@ class Trial:
 
 
 # --- part 1: simulated gateways ------------------------------------------------------------------------------
+# A scenario is a canary behaviour plus events that change the simulated world at a moment of the rollout
+# (start, the last step, promotion) after a delay: what users send (the label mix), the load, one version's
+# behaviour. The runner is reusable: bench/adversarial.py (security) can pass its own scenarios to run_sets().
+
+LAST_STEP, PROMOTION, START = "last_step", "promotion", "start"
+RATE = 50.0
+HOLDBACK_PCT = 5
 
 
-def mlcd_trial(canary: str, rate: float, seed: int, hog: bool = False) -> Trial:
-    """One whole rollout + bake on a simulated gateway: the canary step's engine and the guard, both polling."""
+@dataclass
+class Event:
+    at: str  # START / LAST_STEP / PROMOTION
+    delay_s: float
+    apply: Callable[[Any], None]  # mutates the SimGateway
+    onset: bool = False  # the moment a bad scenario turns bad (time to catch is measured from here)
+
+
+@dataclass
+class Scenario:
+    name: str
+    expect: str  # "keep" (healthy: any rollback is false) or "catch"
+    canary: Any  # tests.gatewaysim.Behaviour of version 2
+    rate: float | Callable[[float], float] = RATE
+    events: tuple[Event, ...] = ()
+    feedback_share: float = 0.0
+    flagger: bool = True  # Flagger's analysis sees this (False: it happens after Flagger stops looking)
+
+
+def _shift_mix(factor: float, digit: int = 1) -> Callable[[Any], None]:
+    def apply(gw: Any) -> None:
+        from tests.gatewaysim import MNIST_SHARES
+
+        mix = MNIST_SHARES.copy()
+        mix[digit] *= factor
+        gw.mix = mix / mix.sum()
+    return apply
+
+
+def _break(version: str, **changes: Any) -> Callable[[Any], None]:
+    def apply(gw: Any) -> None:
+        import dataclasses
+
+        gw.models[version] = dataclasses.replace(gw.models[version], **changes)
+    return apply
+
+
+def _both(**changes: Any) -> Callable[[Any], None]:
+    def apply(gw: Any) -> None:
+        _break("1", **changes)(gw)
+        _break("2", **changes)(gw)
+    return apply
+
+
+def _load(factor: float) -> Callable[[Any], None]:
+    def apply(gw: Any) -> None:
+        gw.load = factor
+    return apply
+
+
+def scenarios() -> list[Scenario]:
+    """The issue's scenario classes and today's sets, with this bench's own parameters."""
+    import numpy as np
+
+    from tests.gatewaysim import MNIST_SHARES, ONE_CLASS, Behaviour
+
+    collapsed = MNIST_SHARES.copy()
+    collapsed[1] += collapsed[7]  # digit 7 answered as 1: one class gone, accuracy down by its share
+    collapsed[7] = 0.0
+    rng = np.random.default_rng(7)
+    different = MNIST_SHARES * np.exp(rng.normal(0, 0.06, 10))  # another good model: distance ~0.02
+    different = different / different.sum()
+    return [
+        Scenario("healthy: steady 50 req/s", "keep", Behaviour()),
+        Scenario("healthy: CPU hog x3 mid-rollout", "keep", Behaviour(), events=(Event(START, HOG_AT_S,
+                                                                                       _load(HOG_FACTOR)),)),
+        Scenario("healthy: 2 req/s total", "keep", Behaviour(), rate=2.0),
+        Scenario("healthy: ramp 5 -> 80 req/s", "keep", Behaviour(), rate=lambda t: min(80.0, 5.0 + t * 0.25)),
+        Scenario("healthy: label mix shifts in the bake (1 x2.4)", "keep", Behaviour(), feedback_share=0.3,
+                 events=(Event(PROMOTION, 60.0, _shift_mix(2.4)),), flagger=False),
+        Scenario("healthy: label mix shifts at the 100% step", "keep", Behaviour(), feedback_share=0.3,
+                 events=(Event(LAST_STEP, 0.0, _shift_mix(2.4)),)),
+        Scenario("healthy: different good model, 30% feedback", "keep",
+                 Behaviour(class_shares=different, accuracy=0.975), feedback_share=0.3),
+        Scenario("limit: shared error spike 5% in the bake (both)", "keep", Behaviour(),
+                 events=(Event(PROMOTION, 60.0, _both(error_rate=0.05)),), flagger=False),
+        Scenario("bad: one-class canary, 50 req/s", "catch", Behaviour(class_shares=ONE_CLASS, accuracy=0.1)),
+        Scenario("bad: one-class canary, 2 req/s", "catch", Behaviour(class_shares=ONE_CLASS, accuracy=0.1),
+                 rate=2.0),
+        Scenario("bad: errors 2% vs 0.5%", "catch", Behaviour(error_rate=0.02)),
+        Scenario("bad: 10% errors after promotion", "catch", Behaviour(), flagger=False,
+                 events=(Event(PROMOTION, 30.0, _break("2", error_rate=0.10), onset=True),)),
+        Scenario("bad: accuracy -5 pts, 30% feedback", "catch", Behaviour(accuracy=0.93), feedback_share=0.3),
+        Scenario("bad: digit 7 collapses into 1", "catch", Behaviour(class_shares=collapsed, accuracy=0.88)),
+        Scenario("bad: 2x latency", "catch", Behaviour(median_latency_s=0.008)),
+    ]
+
+
+def _rate(sc: Scenario, t: float) -> float:
+    return sc.rate(t) if callable(sc.rate) else float(sc.rate)
+
+
+class _Timeline:
+    """Fires a scenario's events at their moments; remembers when the bad one began."""
+
+    def __init__(self, sc: Scenario, gw: Any) -> None:
+        self.gw, self.pending = gw, list(sc.events)
+        self.marks: dict[str, float] = {}
+        self.onset: float | None = 0.0 if not any(e.onset for e in sc.events) else None
+
+    def mark(self, at: str, t: float) -> None:
+        self.marks.setdefault(at, t)
+
+    def tick(self, t: float) -> None:
+        self.mark(START, 0.0)
+        for e in list(self.pending):
+            if e.at in self.marks and t >= self.marks[e.at] + e.delay_s:
+                e.apply(self.gw)
+                self.pending.remove(e)
+                if e.onset:
+                    self.onset = t
+
+
+def mlcd_trial(sc: Scenario, seed: int, bake_s: float = BAKE_S) -> Trial:
+    """One whole rollout + bake on a simulated gateway: the canary step's engine and the guard, both polling,
+    with the holdback through the last step and the bake, as the canary task and mlcd_guard run them."""
     from mlcd.guard.watch import Decision, Guard, GuardConfig
     from mlcd.rollout.canary import RolloutProgress, observe, window_outcome
     from mlcd.rollout.metrics import snapshot_to_dict
     from mlcd.rollout.spec import Action, Outcome, RolloutSpec, next_action
-    from tests.gatewaysim import SimGateway, behaviours
+    from tests.gatewaysim import Behaviour, SimGateway
 
-    gw = SimGateway(*behaviours(["healthy", canary]), seed=seed)
-    spec = RolloutSpec(steps=STEPS, analysis_window_s=WINDOW_S, poll_interval_s=POLL_S)
+    gw = SimGateway(Behaviour(), sc.canary, seed=seed)
+    gw.feedback_share = sc.feedback_share
+    tl = _Timeline(sc, gw)
+    spec = RolloutSpec(steps=STEPS, analysis_window_s=WINDOW_S, poll_interval_s=POLL_S, holdback_pct=HOLDBACK_PCT)
     clock = [0.0]
     current: list[Any] = [None]
-    guard = Guard(GuardConfig("sim", poll_interval_s=POLL_S, bake_s=BAKE_S), scrape=lambda _u: current[0],
+    guard = Guard(GuardConfig("sim", poll_interval_s=POLL_S, bake_s=bake_s), scrape=lambda _u: current[0],
                   clock=lambda: clock[0])
     current[0] = gw.scrape_fast()
     g = guard.poll()
     p = RolloutProgress("2", "1")
     step_i, window_t, promoted = 0, 0.0, False
 
-    def set_weight(w: int) -> None:
-        gw.set_routes("1", "2", w)
-        p.weight = w
+    def set_weight(step: int) -> None:
+        gw.set_routes("1", "2", spec.routed_weight(step))
+        p.weight = step
         p.last = snapshot_to_dict(gw.scrape_fast().counters)
+        if step == 100:
+            tl.mark(LAST_STEP, clock[0])
+
+    def caught(by: str, detail: str) -> Trial:
+        onset = tl.onset
+        at = None if onset is None else clock[0] - onset
+        return Trial("rolled_back", at, by, detail[:110])
 
     set_weight(STEPS[0])
     p.window, p.held = {}, 0
-    while clock[0] < 1200:
-        if hog and clock[0] >= HOG_AT_S:
-            gw.load = HOG_FACTOR
-        gw.run(POLL_S, rate)
+    while clock[0] < 2400:
+        tl.tick(clock[0])
+        gw.run(POLL_S, _rate(sc, clock[0]))
         clock[0] += POLL_S
         current[0] = gw.scrape_fast()
         g = guard.poll(g.state)
         if g.decision is Decision.BREACH:
-            return Trial("rolled_back", clock[0], "mlcd_guard", g.reason[:100])
+            return caught("mlcd_guard" + (" (bake)" if promoted else ""), g.reason)
         if g.decision is not Decision.WATCH:
-            return Trial("promoted", None, "", g.reason[:60])
+            return Trial("promoted", None, "", g.reason[:110])
         if promoted:
             continue
         if observe(spec, p, current[0].counters) is Outcome.FAIL:
-            return Trial("rolled_back", clock[0], "canary step", "; ".join(p.verdict["reasons"])[:100])
+            return caught("canary step", "; ".join(p.verdict["reasons"]))
         window_t += POLL_S
         if window_t + 1e-9 < WINDOW_S:
             continue
@@ -117,27 +248,36 @@ def mlcd_trial(canary: str, rate: float, seed: int, hog: bool = False) -> Trial:
         p.held += verdict.outcome is Outcome.INCONCLUSIVE
         action = next_action(spec, p.outcomes, p.held)
         if action is Action.ABORT_FAILED:
-            return Trial("rolled_back", clock[0], "canary step", "; ".join(verdict.reasons)[:100])
+            return caught("canary step", "; ".join(verdict.reasons))
         if action is Action.ABORT_INCONCLUSIVE:
             gw.set_routes("1", None, 0)
             return Trial("undecided", None, "", f"at {p.weight}% after {p.held} windows (not a rollback)")
         if action is Action.ADVANCE:
             step_i += 1
             if step_i == len(STEPS):
-                gw.set_routes("2", None, 0)  # promoted: the guard bakes it
+                # Promoted: the old champion keeps its holdback share; the guard bakes the new one against it.
+                gw.set_routes("2", None, 0, holdback="1", holdback_weight=spec.holdback_pct)
+                tl.mark(PROMOTION, clock[0])
                 promoted = True
             else:
                 set_weight(STEPS[step_i])
                 p.window, p.held = {}, 0
-    return Trial("undecided", None, "", "still running at 1200 s")
+    return Trial("undecided", None, "", "still running at 2400 s")
 
 
-def flagger_trial(canary: str, rate: float, seed: int, hog: bool = False) -> Trial:
-    """Flagger's default analysis, simulated on the same kind of simulated gateway traffic (not Flagger itself)."""
+def flagger_trial(sc: Scenario, seed: int) -> Trial:
+    """Flagger's default analysis, simulated on the same kind of simulated gateway traffic (not Flagger itself).
+
+    Flagger analyses the canary until it reaches ``maxWeight`` and then promotes: what happens later (a bake)
+    is outside its analysis (``n/a``)."""
     from mlcd.rollout.metrics import diff, histogram_quantile
-    from tests.gatewaysim import SimGateway, behaviours
+    from tests.gatewaysim import Behaviour, SimGateway
 
-    gw = SimGateway(*behaviours(["healthy", canary]), seed=seed)
+    if not sc.flagger:
+        return Trial("n/a", None)
+    gw = SimGateway(Behaviour(), sc.canary, seed=seed)
+    gw.feedback_share = sc.feedback_share
+    tl = _Timeline(sc, gw)
     f = FLAGGER
     weight, failed, t = f["step_weight"], 0, 0.0
     gw.set_routes("1", "2", weight)
@@ -145,9 +285,8 @@ def flagger_trial(canary: str, rate: float, seed: int, hog: bool = False) -> Tri
     while True:
         steps = int(f["interval_s"] / POLL_S)
         for _ in range(steps):
-            if hog and t >= HOG_AT_S:
-                gw.load = HOG_FACTOR
-            gw.run(POLL_S, rate)
+            tl.tick(t)
+            gw.run(POLL_S, _rate(sc, t))
             t += POLL_S
         after = gw.scrape_fast().counters.get(("canary", "2"))
         w = diff(before, after)
@@ -165,40 +304,116 @@ def flagger_trial(canary: str, rate: float, seed: int, hog: bool = False) -> Tri
         if weight >= f["max_weight"]:
             return Trial("promoted", None)
         weight += f["step_weight"]
+        if weight >= f["max_weight"]:
+            tl.mark(LAST_STEP, t)
         gw.set_routes("1", "2", weight)
+
+
+def run_sets(sets: list[Scenario], trials: int, seed0: int = 10_000) -> list[tuple[Scenario, list[Trial],
+                                                                                   list[Trial]]]:
+    """Each scenario ``trials`` times through mlcd and the simulated Flagger (the reusable runner)."""
+    rows = []
+    for i_set, sc in enumerate(sets):
+        t0 = time.monotonic()
+        m = [mlcd_trial(sc, seed0 + 100 * i_set + i) for i in range(trials)]
+        fl = [flagger_trial(sc, seed0 + 50_000 + 100 * i_set + i) for i in range(trials)]
+        rows.append((sc, m, fl))
+        print(f"  {sc.name:48s} mlcd: {_counts(m):40s} flagger-sim: {_counts(fl)} ({time.monotonic() - t0:.0f}s)",
+              flush=True)
+        shown = [tr for tr in m if (tr.outcome == "rolled_back") == (sc.expect == "keep")][:2] or m[:1]
+        for tr in shown:
+            print(f"      e.g. mlcd {tr.outcome} {'' if tr.at_s is None else f'{tr.at_s:.0f}s after onset '}"
+                  f"{tr.by}: {tr.detail}", flush=True)
+    return rows
 
 
 def simulated(trials: int) -> list[str]:
     started = time.monotonic()
-    sets = [
-        ("one-class canary, 50 req/s", "one_class", 50.0, False),
-        ("healthy (a) steady 50 req/s", "healthy", 50.0, False),
-        ("healthy (b) CPU hog mid-rollout", "healthy", 50.0, True),
-        ("healthy (c) 2 req/s total", "healthy", 2.0, False),
-        ("one-class canary, 2 req/s", "one_class", 2.0, False),
-    ]
-    rows = []
-    for label, kind, rate, hog in sets:
-        m = [mlcd_trial(kind, rate, 10_000 + i, hog) for i in range(trials)]
-        fl = [flagger_trial(kind, rate, 20_000 + i, hog) for i in range(trials)]
-        rows.append((label, kind, m, fl))
-        print(f"  {label:34s} mlcd: {_counts(m):44s} flagger-sim: {_counts(fl)}", flush=True)
-        for tr in m[:2]:
-            print(f"      e.g. mlcd {tr.outcome} {'' if tr.at_s is None else f'at {tr.at_s:.0f}s '}"
-                  f"{tr.by}: {tr.detail}", flush=True)
-    out = ["", f"{'SIMULATED gateways (real buckets), ' + str(trials) + ' trials each':50s}{'mlcd':>22s}"
-                f"{'Flagger (simulated)':>24s}"]
-    for label, kind, m, fl in rows:
-        if kind == "one_class":
-            out.append(f"{'  ' + label + ': median to 100% stable':50s}{_median(m):>22s}{_median(fl):>24s}")
-            out.append(f"{'    rolled back':50s}{_n(m, 'rolled_back'):>22s}{_n(fl, 'rolled_back'):>24s}")
+    rows = run_sets(scenarios(), trials)
+    out = ["", f"{'SIMULATED gateways (real buckets), ' + str(trials) + ' trials each':52s}{'mlcd':>26s}"
+                f"{'Flagger (simulated)':>22s}"]
+    for sc, m, fl in rows:
+        if sc.expect == "catch":
+            out.append(f"{'  ' + sc.name + ': caught':52s}{_n(m, 'rolled_back'):>26s}{_n(fl, 'rolled_back'):>22s}")
+            out.append(f"{'    median time to catch after onset':52s}{_median(m):>26s}{_median(fl):>22s}")
         else:
-            out.append(f"{'  ' + label + ': false rollbacks':50s}{_n(m, 'rolled_back'):>22s}"
-                       f"{_n(fl, 'rolled_back'):>24s}")
-            out.append(f"{'    promoted / undecided (not rolled back)':50s}"
-                       f"{_n(m, 'promoted') + ' / ' + _n(m, 'undecided'):>22s}"
-                       f"{_n(fl, 'promoted') + ' / ' + _n(fl, 'undecided'):>24s}")
+            out.append(f"{'  ' + sc.name + ': false rollbacks':52s}{_n(m, 'rolled_back'):>26s}"
+                       f"{_n(fl, 'rolled_back'):>22s}")
+            out.append(f"{'    promoted / undecided':52s}"
+                       f"{_n(m, 'promoted') + ' / ' + _n(m, 'undecided'):>26s}"
+                       f"{_n(fl, 'promoted') + ' / ' + _n(fl, 'undecided'):>22s}")
+    keep_ok = all(sum(t.outcome == "rolled_back" for t in m) == 0 for sc, m, _ in rows
+                  if sc.expect == "keep" and sc.name.startswith("healthy"))
+    catch_ok = all(sum(t.outcome == "rolled_back" for t in m) >= math.ceil(0.95 * len(m))
+                   for sc, m, _ in rows if sc.expect == "catch")
+    spike = [m for sc, m, _ in rows if sc.name.startswith("bad: 10% errors after promotion")]
+    spike_s = [t.at_s for t in spike[0] if t.at_s is not None] if spike else []
+    out.append(f"  goals: 0 false rollbacks in every healthy set ('limit:' rows are outside the issue's goals, shown "
+               f"as measured) -> {'MET' if keep_ok else 'MISSED'}; each bad set "
+               f">= 19/20 -> {'MET' if catch_ok else 'MISSED'}; 10% post-promotion spike within 30 s -> "
+               + (f"{'MET' if spike_s and statistics.median(spike_s) <= 30 else 'MISSED'} (median "
+                  f"{statistics.median(spike_s):.0f}s, {sum(x <= 30 for x in spike_s)}/{len(spike_s)} within 30 s, "
+                  f"max {max(spike_s):.0f}s)" if spike_s else "n/a"))
     out.append(f"  simulated part: {time.monotonic() - started:.0f}s")
+    return out
+
+
+# --- type-I study: how often each check's evidence ever exceeds 1/x, against Ville's bound x -------------------
+
+
+def type_one(trials: int, duration_s: float = 600.0) -> list[str]:
+    """Healthy 10-minute watches (canary at 25 %) and 10-minute bakes (holdback 5 %), the label mix and load
+    shifting within them; for each check the share of trials whose evidence ever reached 1/x, for x = 0.05,
+    0.01 and the check's own alpha share (Ville: at most x)."""
+    from mlcd.rollout.analysis import PROCESSES, Analysis, GuardThresholds
+    from mlcd.rollout.metrics import diff
+    from tests.gatewaysim import Behaviour, SimGateway
+
+    started = time.monotonic()
+    t = GuardThresholds()
+    levels = (0.05, 0.01, t.check_alpha)
+    out = ["", f"TYPE-I study: {trials} healthy trials each, {duration_s / 60:.0f} min, polls every {POLL_S:g}s, "
+               f"{RATE:g} req/s, feedback on 30%, label mix shifting (digit 1 x2.4) halfway; share of trials whose "
+               "evidence ever exceeded 1/x (Ville's bound: x)"]
+    for phase in ("watch (canary 25%)", "bake (holdback 5%)"):
+        hits = {name: [0] * len(levels) for name in PROCESSES}
+        for i in range(trials):
+            gw = SimGateway(Behaviour(), Behaviour(), seed=90_000 + i + (0 if phase.startswith("watch") else 5_000))
+            gw.feedback_share = 0.3
+            if phase.startswith("watch"):
+                gw.set_routes("1", "2", 25)
+                key_c, key_s = ("canary", "2"), ("stable", "1")
+                weight, bake = 0.25, False
+            else:
+                gw.set_routes("1", "2", 95)  # the last step first: the control's history
+                for _ in range(30):
+                    gw.run(POLL_S, RATE)
+                gw.set_routes("2", None, 0, holdback="1", holdback_weight=5)
+                key_c, key_s = ("stable", "2"), ("holdback", "1")
+                weight, bake = 0.95, True
+            engine = Analysis(t)
+            if bake:  # the canary phase's counts of the old champion: the two-sample error test's reference
+                snap = gw.scrape_fast().counters
+                engine.update(snap[("canary", "2")], snap[("stable", "1")], 0.95)
+            last = gw.scrape_fast().counters
+            for k in range(int(duration_s / POLL_S)):
+                if k == int(duration_s / POLL_S / 2):
+                    _shift_mix(2.4)(gw)
+                gw.run(POLL_S, RATE)
+                snap = gw.scrape_fast().counters
+                engine.update(diff(last.get(key_c), snap.get(key_c)), diff(last.get(key_s), snap.get(key_s)),
+                              weight, bake=bake)
+                last = snap
+            for name in PROCESSES:
+                top = float(engine.state["max_log_e"][name])
+                for j, x in enumerate(levels):
+                    hits[name][j] += top >= math.log(1 / x)
+        out.append(f"  {phase}: " + "; ".join(
+            f"{name} " + "/".join(f"{h / trials:.2f}" for h in hits[name]) for name in PROCESSES))
+    out.append(f"    (each figure: share >= 1/x for x = {' / '.join(f'{x:.3g}' for x in levels)}; bound: x)")
+    worst = []
+    out.append(f"  type-I part: {time.monotonic() - started:.0f}s")
+    del worst
     return out
 
 
@@ -211,9 +426,11 @@ def _n(ts: list[Trial], outcome: str) -> str:
 
 
 def _median(ts: list[Trial]) -> str:
+    if ts and all(t.outcome == "n/a" for t in ts):
+        return "n/a"
     times = [t.at_s for t in ts if t.at_s is not None]
     if not times:
-        return "never rolled back"
+        return "never"
     return f"{statistics.median(times):.0f} s ({min(times):.0f}-{max(times):.0f})"
 
 
@@ -329,13 +546,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20, help="simulated trials per set")
     ap.add_argument("--real", type=int, default=3, help="real-gateway one-class trials (0 skips the real part)")
+    ap.add_argument("--type1", type=int, default=100, help="healthy trials per phase of the type-I study (0 skips)")
+    ap.add_argument("--only", default="", help="run only the scenarios whose name contains this")
     args = ap.parse_args()
+    if args.only:
+        global scenarios
+        every = scenarios
+        scenarios = lambda: [sc for sc in every() if args.only in sc.name]  # noqa: E731
     started = time.monotonic()
     print("Flagger: simulated from its documented default analysis on the same simulated traffic; Flagger itself "
           "is not run here (no cluster).", flush=True)
     print(f"SIMULATED part: steps {'/'.join(map(str, STEPS))}%, {WINDOW_S:g}s windows, polls every {POLL_S:g}s, "
-          f"bake {BAKE_S:g}s, CPU hog x{HOG_FACTOR:g} from t={HOG_AT_S:g}s", flush=True)
+          f"bake {BAKE_S:g}s, holdback {HOLDBACK_PCT}% (last step and bake), CPU hog x{HOG_FACTOR:g} from "
+          f"t={HOG_AT_S:g}s", flush=True)
     print("\n".join(simulated(args.trials)), flush=True)
+    if args.type1 > 0:
+        print("\n".join(type_one(args.type1)), flush=True)
     med = None
     if args.real > 0:
         try:
@@ -349,6 +575,8 @@ def main() -> None:
     print(f"goals: real one-class median <= 10 s -> "
           f"{'n/a' if med is None else ('MET' if med <= 10 else 'MISSED')}; simulated false rollbacks 0 in every "
           "healthy set -> see the rows above")
+    # Issue #23: an attacker with chosen ids and inputs, against the real gateway and guard (runnable alone too).
+    subprocess.run([sys.executable, str(REPO / "bench" / "adversarial.py"), "--trials", str(args.trials)], check=False)
     print(f"whole bench {time.monotonic() - started:.0f}s")
 
 

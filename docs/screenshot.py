@@ -142,6 +142,14 @@ def take(airflow: str, token: str, out_dir: Path = DOCS) -> dict[str, Any]:
             mix: document.querySelectorAll('svg.chart rect.mix').length,
             scripts: document.querySelectorAll('script[src]').length,
             first: (document.querySelector('section.version') || {}).id || null,
+            state: (document.querySelector('#status .state') || {}).textContent || null,
+            header: Object.fromEntries(Array.from(document.querySelectorAll('#status [data-fact]'),
+                                                  f => [f.dataset.fact, f.textContent])),
+            attention: Array.from(document.querySelectorAll('#attention li'), li => li.textContent),
+            // Where each part starts, in CSS pixels from the top of the page (the window is 900 px high).
+            top: Object.fromEntries(['#status', '#attention', '#quarantine', 'section.version'].map(
+                sel => [sel, document.querySelector(sel) ?
+                        document.querySelector(sel).getBoundingClientRect().top + window.scrollY : null])),
             cells: Array.from(document.querySelectorAll('section.version:first-of-type svg.confusion rect title'),
                               t => t.textContent),
             mlflow_links: Array.from(document.querySelectorAll('section.version:first-of-type a.mlflow'),

@@ -1,9 +1,13 @@
 """A simulated gateway driven through the gateway's REAL metrics (``GatewayMetrics``: the same Prometheus
 histogram buckets, counters and exposition text), so the engine sees exactly what it reads in production.
 
-Traffic is Poisson at ``rate`` requests/s, each request routed to the canary with probability ``weight`` (0–1);
-latencies are log-normal around each variant's median times a load factor shared by both variants (a CPU hog
-slows everything on the machine at once). Used by the unit tests and by ``bench/rollback.py``.
+Traffic is Poisson at ``rate`` requests/s, each request routed to the holdback with probability
+``holdback_weight`` and else to the canary with probability ``weight`` (percent, as the router sets them);
+latencies are log-normal around each variant's median times a load factor shared by every variant (a CPU hog
+slows everything on the machine at once). What users send is shared too: ``mix`` is the label mix of the inputs,
+and each model's predicted classes follow it (its ``class_shares`` are what it predicts on MNIST's own mix), so a
+change in what users send moves every variant's predictions at once. Used by the unit tests and by
+``bench/rollback.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from prometheus_client import generate_latest
 
 from mlcd.guard.watch import Scrape, parse_scrape, scrape_from_families
 from mlcd.rollout.metrics import Snapshot
+from mlcd.rollout.router import RouteStatus
 from mlcd.serving.metrics import GatewayMetrics
 
 # MNIST's label shares: a healthy model's predicted classes follow them closely.
@@ -39,43 +44,77 @@ class Behaviour:
 
 
 class SimGateway:
-    """Stable and canary behind weighted routing, exporting the real gateway metrics."""
+    """Stable, canary and holdback behind weighted routing, exporting the real gateway metrics.
+
+    ``models`` maps each version to its behaviour, so a promotion, a holdback and a rollback simply route
+    versions: the behaviour follows the version (a test changes ``models[v]`` to make a version break later).
+    """
 
     def __init__(self, stable: Behaviour, canary: Behaviour, seed: int, stable_version: str = "1",
                  canary_version: str = "2") -> None:
         self.m = GatewayMetrics()
         self.rng = np.random.default_rng(seed)
-        self.b = {"stable": stable, "canary": canary}
-        self.versions = {"stable": stable_version, "canary": canary_version}
+        self.models = {stable_version: stable, canary_version: canary}
+        self.versions: dict[str, str | None] = {"stable": stable_version, "canary": canary_version,
+                                                "holdback": None}
         self.weight = 0  # percent, as the router sets it
-        self.load = 1.0  # latency multiplier shared by both variants
+        self.holdback_weight = 0  # percent of all traffic on the holdback
+        self.load = 1.0  # latency multiplier shared by every variant
+        self.mix = MNIST_SHARES.copy()  # the label mix of what users send now
         self.canary_on = True
         self.feedback_share = 0.0
-        self.served = {"stable": 0, "canary": 0}
+        self.served = {"stable": 0, "canary": 0, "holdback": 0}
+        self.generation = 0
         self._publish()
 
+    @property
+    def b(self) -> dict[str, Behaviour]:
+        """Each serving variant's behaviour (the behaviour of the version it serves)."""
+        return {variant: self.models[v] for variant, v in self.versions.items() if v is not None}
+
     # -- the router's side ---------------------------------------------------------------------------------
-    def set_routes(self, stable: str, canary: str | None, weight: int) -> None:
-        if stable != self.versions["stable"]:  # promotion: the canary's model now serves as stable
-            self.b["stable"], self.versions["stable"] = self.b["canary"], stable
+    def set_routes(self, stable: str, canary: str | None, weight: int, expected_generation: object = None, *,
+                   holdback: str | None = None, holdback_weight: int = 0) -> RouteStatus:
+        self.versions["stable"] = str(stable)
+        if canary is not None:
+            self.versions["canary"] = str(canary)
         self.canary_on = canary is not None
         self.weight = int(weight) if canary is not None else 0
+        held = holdback is not None and holdback != stable and holdback_weight > 0
+        self.versions["holdback"] = str(holdback) if held else None
+        self.holdback_weight = int(holdback_weight) if held else 0
+        self.generation += 1
         self._publish()
+        return self.get_routes()
+
+    def get_routes(self) -> RouteStatus:
+        return RouteStatus(self.versions["stable"], self.versions["canary"] if self.canary_on else None,
+                           self.weight, self.generation, self.versions["holdback"], self.holdback_weight)
 
     def _publish(self) -> None:
         self.m.set_served({"stable": self.versions["stable"],
-                           "canary": self.versions["canary"] if self.canary_on else None}, self.weight)
+                           "canary": self.versions["canary"] if self.canary_on else None,
+                           "holdback": self.versions["holdback"]}, self.weight)
+        self.m.set_holdback_weight(self.holdback_weight)
 
     # -- traffic -------------------------------------------------------------------------------------------
     def run(self, seconds: float, rate: float) -> None:
         total = int(self.rng.poisson(rate * seconds))
-        n_c = int(self.rng.binomial(total, self.weight / 100.0)) if self.canary_on else 0
-        for variant, n in (("canary", n_c), ("stable", total - n_c)):
+        n_h = int(self.rng.binomial(total, self.holdback_weight / 100.0)) if self.versions["holdback"] else 0
+        n_c = int(self.rng.binomial(total - n_h, self.weight / 100.0)) if self.canary_on else 0
+        for variant, n in (("canary", n_c), ("holdback", n_h), ("stable", total - n_c - n_h)):
             if n:
                 self._serve(variant, n)
 
+    def predicted_shares(self, b: Behaviour) -> np.ndarray:
+        """What ``b`` predicts on today's mix: its MNIST-mix shares, reweighted by how the mix moved."""
+        shares = np.asarray(b.class_shares, dtype=np.float64) * (self.mix / MNIST_SHARES)
+        return shares / shares.sum()
+
     def _serve(self, variant: str, n: int) -> None:
-        b, v, rng, m = self.b[variant], self.versions[variant], self.rng, self.m
+        v = self.versions[variant]
+        assert v is not None
+        b, rng, m = self.models[v], self.rng, self.m
         self.served[variant] += n
         m.requests.labels(v, variant).inc(n)
         errors = int(rng.binomial(n, b.error_rate))
@@ -86,7 +125,7 @@ class SimGateway:
         hist = m.latency.labels(v, variant)
         for x in lat:
             hist.observe(float(x))
-        for cls, k in enumerate(rng.multinomial(ok, b.class_shares)):
+        for cls, k in enumerate(rng.multinomial(ok, self.predicted_shares(b))):
             if k:
                 m.predictions.labels(v, variant, str(cls)).inc(int(k))
         fb = int(rng.binomial(ok, self.feedback_share)) if self.feedback_share else 0

@@ -241,7 +241,9 @@ def load_keras_artifact(local: str | Path) -> Any:
         # safe_mode refuses lambda/bytecode deserialisation; compile=False skips optimizer and loss objects,
         # which prediction does not need.
         return keras.models.load_model(path, safe_mode=True, compile=False)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
+        # Keras raises either for what safe mode refuses (a Lambda's bytecode is a TypeError): both mean this
+        # artifact will never load, an integrity failure that fails the canary, not a transient error.
         raise ArtifactIntegrityError(f"Keras refused the model in safe mode: {' '.join(str(err).split())[:300]}") from None
 
 

@@ -211,7 +211,8 @@ def _header_html(h: dict[str, Any], refresh_s: int | None) -> str:
     return (f"<header id='status' class='status {e(h['state'])}'><div class='state' data-state='{e(h['state'])}'>"
             f"{e(h['state'])}</div><div class='facts'>{items}</div><div class='muted asof'>as of {e(h['as_of'])} · "
             f"<a href='?'>refresh</a> · {auto}</div></header>"
-            + (f"<section id='attention'><h2>Needs attention</h2><ul>{attention}</ul></section>" if attention else ""))
+            # An <aside>, not a <section>: section.version:first-of-type must stay the newest version's detail.
+            + (f"<aside id='attention'><h2>Needs attention</h2><ul>{attention}</ul></aside>" if attention else ""))
 
 
 def version_details(tracking_uri: str, versions: list[dict[str, Any]], history: list[dict[str, Any]],

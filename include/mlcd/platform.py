@@ -95,7 +95,8 @@ def _airflow_passwords_file(run: Path) -> Path:
 
 
 def platform_env(settings: Settings, ports: Ports) -> dict[str, str]:
-    """Environment shared by every service: embedded Airflow config plus loopback URLs and secrets."""
+    """Embedded Airflow config, loopback URLs and every secret; :func:`start` gives each service only the
+    secrets of its role (:func:`mlcd.envroles.env_for`)."""
     env = dict(os.environ)
     env.update(airflow_env(settings))
     run = _private_dir(settings.home / "run")
@@ -116,6 +117,8 @@ def platform_env(settings: Settings, ports: Ports) -> dict[str, str]:
             "MLCD_ADMIN_TOKEN": os.environ.get("MLCD_ADMIN_TOKEN") or _secret(run / "gateway_admin_token"),
             "MLCD_FEEDBACK_TOKEN": os.environ.get("MLCD_FEEDBACK_TOKEN") or _secret(run / "gateway_feedback_token"),
             "MLCD_GATEWAY_SECRET": os.environ.get("MLCD_GATEWAY_SECRET") or _secret(run / "gateway_secret"),
+            # Signed models by default: the trainer signs with it, the gateway refuses what it did not sign.
+            "MLCD_MODEL_SIGNING_KEY": os.environ.get("MLCD_MODEL_SIGNING_KEY") or _secret(run / "model_signing_key"),
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             "PYTHONUNBUFFERED": "1",
         }
@@ -236,9 +239,16 @@ def start(service: Service, settings: Settings, env: dict[str, str]) -> int:
     existing = running_pid(settings, service.name)
     if existing:
         return existing
+    from mlcd.logfiles import rotate
+
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    rotate(settings.logs_dir / f"{service.name}.log")  # bounded: the child owns the file for its whole life
     log = open(settings.logs_dir / f"{service.name}.log", "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT, env={**env, **service.env},
+    from mlcd.envroles import env_for
+
+    # Only the secrets of this service's role (a gateway never holds Airflow's JWT secret, MLflow none of ours).
+    proc = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT,
+                            env=env_for(service.name, {**env, **service.env}),
                             start_new_session=True, cwd=settings.project_root)
     _write_pid_file(settings, service.name, proc.pid)
     return proc.pid

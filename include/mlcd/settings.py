@@ -19,7 +19,7 @@ DEFAULT_MODEL_NAME = "mnist-cnn"
 # mlcd_retrain params whose defaults a deployment may set (MLCD_RETRAIN_DEFAULTS); a trigger's own params still win.
 RETRAIN_DEFAULT_KEYS = ("epochs", "batch_size", "gate")
 # Secrets come from the environment (a Kubernetes Secret, an untracked .env), never from a config file.
-ENV_ONLY_SETTINGS = frozenset({"MLCD_ADMIN_TOKEN"})
+ENV_ONLY_SETTINGS = frozenset({"MLCD_ADMIN_TOKEN", "MLCD_METRICS_TOKEN"})
 
 
 def _project_root() -> Path:
@@ -71,6 +71,9 @@ class Settings:
     # options (MLCD_STORAGE_OPTIONS, a JSON object: endpoint_url, ...). Empty url: file:// + home.
     storage_url: str = ""
     storage_options: dict[str, Any] = field(default_factory=dict)
+    # Bearer token the gateway's /metrics asks for when it is set there (MLCD_METRICS_TOKEN; #23): the metrics
+    # readers send it, else the admin token, which the gateway accepts too.
+    metrics_token: str | None = None
 
     @property
     def storage_root(self) -> Path:
@@ -221,6 +224,7 @@ def load_settings() -> Settings:
         router_backend=_env("MLCD_ROUTER_BACKEND", "local"),  # type: ignore[arg-type]
         gateway_url=_env("MLCD_GATEWAY_URL", "http://127.0.0.1:8000"),  # type: ignore[arg-type]
         admin_token=_env("MLCD_ADMIN_TOKEN"),
+        metrics_token=_env("MLCD_METRICS_TOKEN"),
         data_path=_env("MLCD_DATA"),
         canary_spec=_env("MLCD_CANARY_SPEC"),
         guard_bake_s=float(_env("MLCD_GUARD_BAKE_S", "300")),  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ import pytest
 
 from mlcd.guard.signals import read_drift, reference_cache_path
 from tests.dags.test_asset_events import asset_events, queued_runs
-from tests.modelkit import TOKEN, logged_models, rollout
+from tests.modelkit import TOKEN, logged_models, register, rollout
 
 pytestmark = pytest.mark.dags
 
@@ -39,6 +39,7 @@ def test_drift_gauges_and_the_drift_signal(dagbag, tracking_uri, mlcd_home, mlfl
     with rollout(mlflow_server.url, uris, "drift-dag", "healthy_b", tmp_path, weight=0, drift=True) as ro:
         monkeypatch.setenv("MLCD_GATEWAY_URL", ro.url)
         monkeypatch.setenv("MLCD_ADMIN_TOKEN", TOKEN)
+        monkeypatch.setenv("MLCD_MODEL_NAME", ro.model_name)  # the drift step reads what its retrain produced
         # The reference was fitted from the reference data (no snapshot recorded) and cached under MLCD_HOME.
         assert reference_cache_path(mlcd_home, None).exists()
         text = httpx.get(f"{ro.url}/metrics").text
@@ -70,3 +71,21 @@ def test_drift_gauges_and_the_drift_signal(dagbag, tracking_uri, mlcd_home, mlfl
         again = dag.test()  # still drifted, but within the cooldown: no second retrain
         assert {ti.task_id: str(ti.state) for ti in again.get_task_instances()} == {"check_drift": "skipped"}
         assert asset_events("mlcd_drift", again) == []
+
+        # The retrain it started registered a version and the gate rejected it (issue #23: faked drift then
+        # muted genuine drift for 6 h): the cooldown is released, and the page can say why.
+        from mlcd.guard.signals import CooldownHold, drift_cooldown_status
+
+        status = drift_cooldown_status()
+        assert status is not None and status["state"] == CooldownHold.RETRAINING and not status["signalled"]
+        rejected = register(mlflow_server.url, ro.model_name, uris["broken"])
+        ro.registry.reject(rejected, ["accuracy below the floor"], "tests")
+        _clear_retrain_queue()
+        released = dag.test()
+        assert {ti.task_id: str(ti.state) for ti in released.get_task_instances()} == {"check_drift": "success"}
+        assert queued_runs("mlcd_drift", "mlcd_retrain") == 1
+        status = drift_cooldown_status()
+        assert status is not None and status["state"] == CooldownHold.RELEASED and status["signalled"]
+        assert f"version {rejected}" in status["reason"] and "rejected" in status["reason"]
+        held = dag.test()  # the new signal holds while its own retrain is on its way
+        assert {ti.task_id: str(ti.state) for ti in held.get_task_instances()} == {"check_drift": "skipped"}

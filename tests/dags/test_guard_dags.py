@@ -94,10 +94,18 @@ def test_control_dag_rolls_back_by_hand(dagbag, env, mlflow_server, uris, tmp_pa
     with rollout(mlflow_server.url, uris, "dag-control", "healthy_b", tmp_path, weight=25) as ro:
         _serve(env, ro)
         dag = dagbag.get_dag("mlcd_control")
-        run = dag.test(run_conf={"action": "pause", "version": None, "reason": "investigating latency"})
+        # The form's defaults: a dry run of a pause; nothing is recorded.
+        assert {k: dag.params[k] for k in ("action", "dry_run")} == {"action": "pause", "dry_run": True}
+        run = dag.test(run_conf={"action": "rollback", "version": ro.canary, "reason": "just looking"})
+        assert str(run.state) == "success"
+        assert ro.router.get_routes() == RouteStatus(ro.stable, ro.canary, 25)
+        assert ro.registry.get_state(ro.canary).state is RolloutState.CANARY
+        run = dag.test(run_conf={"action": "pause", "version": None, "reason": "investigating latency",
+                                 "dry_run": False})
         assert str(run.state) == "success"
         assert ro.registry.get_state(ro.canary).last_event("paused")["by"].startswith("airflow-ui")
-        run = dag.test(run_conf={"action": "rollback", "version": ro.canary, "reason": "on-call says no"})
+        run = dag.test(run_conf={"action": "rollback", "version": ro.canary, "reason": "on-call says no",
+                                 "dry_run": False})
         assert str(run.state) == "success"
         assert ro.router.get_routes() == RouteStatus(ro.stable, None, 0)
         record = ro.registry.get_state(ro.canary)

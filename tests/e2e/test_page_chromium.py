@@ -146,6 +146,11 @@ def test_page_shows_the_rollout_chart_in_chromium(platform: dict[str, Any], refe
     urls, model = platform["urls"], platform["settings"].model_name
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", urls["airflow"])  # what a register task on this platform sees
     stable, canary, windows = _demo_rollout(urls, model, reference_data, tmp_path / "snapshots")
+    from mlcd.data.ledger import QUARANTINED, Ledger
+
+    ledger = Ledger(platform["settings"].ledger_path)  # a quarantined batch, as turn 3 of the demo leaves one
+    ledger.see("ab" * 32, "batch-inverted.npz", "landing/batch-inverted.npz", 1000)
+    ledger.decide("ab" * 32, QUARANTINED, reason="images look blank or inverted")
     out = REPO / "docs" if os.environ.get("MLCD_UPDATE_SCREENSHOTS") == "1" else tmp_path
     token = shots.airflow_token(urls["airflow"], platform["home"])
     facts = shots.take(urls["airflow"], token, out)
@@ -153,6 +158,18 @@ def test_page_shows_the_rollout_chart_in_chromium(platform: dict[str, Any], refe
     assert facts["first"] == f"v{canary}"  # the newest version first
     assert windows >= 1 and facts["charts"] >= 1 and facts["verdicts"] == windows  # one dot per window recorded
     assert facts["rollbacks"] == 1 and facts["scripts"] == 0
+
+    # The status header comes first: the state, the canary's weight (none left: 0 %), drift and bake, as of now;
+    # then what needs a person, the rollback and the quarantined batch, all within the first screen and above
+    # the versions.
+    assert facts["state"] in ("healthy", "degraded"), facts["state"]  # degraded only if the gateway saw drift
+    assert facts["header"]["canary weight"] == "0%" and facts["header"]["step"] == "no canary"
+    assert facts["header"]["drift"] and facts["header"]["bake"]
+    assert any(f"version {canary} rolled back" in a for a in facts["attention"]), facts["attention"]
+    assert any("batch-inverted.npz: images look blank or inverted" in a for a in facts["attention"])
+    top = facts["top"]
+    assert top["#status"] < top["#attention"] < top["#quarantine"] < top["section.version"], top
+    assert top["#quarantine"] < 900, top  # in the first screen, not 2,700 px down
 
     # The chart's points are the recorded windows: error rate and p99 per variant, live accuracy where feedback
     # labels came back, and one class-mix bar segment per (window, variant, predicted class).

@@ -45,15 +45,18 @@ class SimRouter:
         return self.routes
 
     def set_routes(self, stable: str, canary: str | None, canary_weight: int,
-                   expected_generation: int | str | None = None) -> RouteStatus:
+                   expected_generation: int | str | None = None, *, holdback: str | None = None,
+                   holdback_weight: int = 0) -> RouteStatus:
         if self.fail:
             raise RouterError("gateway admin API unreachable (simulated)")
         if expected_generation is not None and expected_generation != self.routes.generation:
             raise RouteConflict(f"routes at generation {self.routes.generation}, not {expected_generation}")
         generation = int(self.routes.generation or 0) + 1  # as the gateway counts its moves
-        self.routes = RouteStatus(str(stable), canary, canary_weight if canary else 0, generation)
+        held = holdback is not None and holdback != stable and holdback_weight > 0
+        self.routes = RouteStatus(str(stable), canary, canary_weight if canary else 0, generation,
+                                  str(holdback) if held else None, holdback_weight if held else 0)
         self.moves.append((self.routes, self.registry.aliases()))
-        self.gw.set_routes(str(stable), canary, canary_weight)
+        self.gw.set_routes(str(stable), canary, canary_weight, holdback=holdback, holdback_weight=holdback_weight)
         return self.routes
 
 
@@ -188,12 +191,26 @@ def test_healthy_canary_walks_to_100_percent_and_is_promoted(setup: dict[str, An
     step = _window(ro, gw, p, 20)
     assert (step.action, step.verdict.outcome) == (Action.ADVANCE, Outcome.PASS), step.verdict.reasons
     p = ro.begin_step(step.progress)
-    assert p.weight == 100 and ro.router.routes == RouteStatus(s["v1"], s["v2"], 100)
+    # The "100 %" step leaves the holdback (5 %) on stable: judged side by side like the other steps.
+    assert p.weight == 100 and ro.router.routes == RouteStatus(s["v1"], s["v2"], 95)
     step = _window(ro, gw, p, 10)
     assert step.verdict.outcome is Outcome.PASS and step.progress.done, step.verdict.reasons
+    assert step.verdict.stable.requests > 0  # stable served alongside the canary in the last step
     assert s["registry"].aliases() == {"champion": s["v2"], "previous": s["v1"]}
-    assert ro.router.routes == RouteStatus(s["v2"], None, 0)
-    assert [e.get("event") for e in s["registry"].get_state(s["v2"]).history].count("canary_step") == 2
+    # Promoted with the old champion held back on 5 %: the bake's concurrent control, recorded.
+    assert ro.router.routes == RouteStatus(s["v2"], None, 0, holdback=s["v1"], holdback_weight=5)
+    history = s["registry"].get_state(s["v2"]).history
+    assert [e.get("event") for e in history].count("canary_step") == 2
+    started = [e for e in history if e.get("event") == "holdback_started"]
+    assert started and started[-1]["d"] == {"holdback": s["v1"], "holdback_weight": 5}
+    # The bake ends: the holdback goes to 0, the old version is released, and the record says so.
+    from mlcd.rollout.holdback import release
+
+    done = release(ro.router, s["registry"], s["v2"], "bake complete", "tests")
+    assert done.released and done.holdback == s["v1"] and ro.router.routes == RouteStatus(s["v2"], None, 0)
+    assert ro.router.routes.holdback is None
+    assert [e.get("event") for e in s["registry"].get_state(s["v2"]).history][-1] == "holdback_released"
+    assert not release(ro.router, s["registry"], s["v2"], "again", "tests").released  # idempotent
 
 
 def test_a_broken_canary_is_aborted_by_its_own_analysis(setup: dict[str, Any]) -> None:

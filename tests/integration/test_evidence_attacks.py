@@ -175,3 +175,11 @@ def test_healthz_and_v2_metadata_hide_the_served_versions(models: dict[str, Any]
             for token in ("metrics-tok", "admin-tok"):
                 r = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
                 assert r.status_code == 200 and 'version="2"' in r.text
+        # The metrics readers (canary task, guard, drift watch) send the token from settings and still see all.
+        from mlcd.guard.signals import read_drift
+        from mlcd.rollout.providers import GatewayMetrics, MetricsUnavailable
+
+        assert GatewayMetrics(server.url, token="metrics-tok").scrape().served == {"stable": "1", "canary": "2"}
+        with pytest.raises(MetricsUnavailable, match="401"):
+            GatewayMetrics(server.url).scrape()
+        assert read_drift(server.url, token="admin-tok") is not None

@@ -111,12 +111,15 @@ def test_forged_ids_are_refused(gw: GatewayServer, tmp_path: Path) -> None:
         r = httpx.post(f"{gw.url}/feedback", json={"prediction_id": foreign, "label": 1}, headers=GOOD)
         assert r.status_code == 403
         sibling = _predict(replica.url)["predictions"][0]["prediction_id"]
+        # A replica's id carries its prediction and is signed alike: taken here, once (the shared ledger).
         r = httpx.post(f"{gw.url}/feedback", json={"prediction_id": sibling, "label": 1}, headers=GOOD)
-        assert r.status_code == 404 and "unknown" in r.json()["detail"]  # signed alike, but not served here
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{replica.url}/feedback", json={"prediction_id": sibling, "label": 1}, headers=GOOD)
+        assert r.status_code == 409 and "already labelled" in r.json()["detail"]
     finally:
         other.stop()
         replica.stop()
-    assert _feedback_total(gw.url) == before
+    assert _feedback_total(gw.url) == before + 1  # the forged and foreign ids counted nothing
     ok = httpx.post(f"{gw.url}/feedback", json={"prediction_id": pid, "label": 1}, headers=GOOD)
     assert ok.status_code == 200
 

@@ -22,6 +22,7 @@ import pytest
 from mlcd.mlflow_server import free_port
 from mlcd.rollout.canary import CanaryRollout, RolloutAborted, run_rollout
 from mlcd.rollout.metrics import fetch_metrics
+from mlcd.rollout.providers import fetch_scrape
 from mlcd.rollout.router import LocalGatewayRouter, RouteStatus
 from mlcd.rollout.spec import RolloutSpec
 from mlcd.serving.config import GatewayConfig
@@ -399,3 +400,46 @@ def test_a_healthy_canary_walks_the_steps_and_is_promoted(gateway: GatewayServer
     assert [e["d"]["weight"] for e in steps if e["d"]["outcome"] == "pass"] == [50, 100]
     routes = httpx.get(f"{gateway.url}/admin/routes", headers=AUTH).json()
     assert (routes["stable"], routes["canary"]) == ("2", None)
+
+
+def test_a_holdback_serves_its_share_as_a_third_variant_and_survives_a_restart(
+        versions: list[str], mlflow_server: Any, images: np.ndarray, tmp_path: Path) -> None:
+    # After a promotion the previous champion keeps a share (the bake's concurrent control): variant "holdback".
+    state = tmp_path / "state.json"
+    gw = GatewayServer(_config(mlflow_server.url, state), free_port()).start()
+    try:
+        router = LocalGatewayRouter(gw.url, TOKEN)
+        status = router.set_routes("2", None, 0, holdback="1", holdback_weight=30)
+        assert status == RouteStatus("2", None, 0, holdback="1", holdback_weight=30)
+        n = 400
+        responses = predict_many(gw.url, images, n)
+        assert all(r.status_code == 200 for r in responses)
+        held = [r.json() for r in responses if r.json()["variant"] == "holdback"]
+        assert all(r["version"] == "1" for r in held)
+        mean, sd = n * 0.3, math.sqrt(n * 0.3 * 0.7)
+        assert abs(len(held) - mean) < 4.5 * sd, f"{len(held)} holdback answers of {n} at 30%"
+        text = httpx.get(f"{gw.url}/metrics", timeout=10).text
+        assert 'mlcd_gateway_holdback_weight 0.3' in text
+        assert fetch_scrape(gw.url).served == {"stable": "2", "holdback": "1"}
+        assert fetch_scrape(gw.url).holdback_weight == 0.3
+        assert 'mlcd_gateway_model_info{variant="holdback",version="1"} 1.0' in text
+        assert f'mlcd_gateway_requests_total{{variant="holdback",version="1"}} {float(len(held))}' in text
+        # A split that is not one is refused with one line; nothing moves.
+        bad = httpx.post(f"{gw.url}/admin/routes", json={"stable": "2", "canary": "3", "canary_weight": 80,
+                                                         "holdback": "1", "holdback_weight": 30},
+                         headers=AUTH, timeout=30)
+        assert bad.status_code == 422 and "split of 100%" in bad.text
+        assert router.get_routes() == status
+    finally:
+        gw.stop()
+    again = GatewayServer(_config(mlflow_server.url, state), free_port()).start()
+    try:
+        router = LocalGatewayRouter(again.url, TOKEN)
+        assert router.get_routes() == RouteStatus("2", None, 0, holdback="1", holdback_weight=30)
+        # The bake ends: a move without a holdback releases it; the old version is no longer served.
+        assert router.set_routes("2", None, 0) == RouteStatus("2", None, 0)
+        assert {r.json()["variant"] for r in predict_many(again.url, images, 40)} == {"stable"}
+        scrape = fetch_scrape(again.url)
+        assert scrape.served == {"stable": "2"} and scrape.holdback_weight == 0.0
+    finally:
+        again.stop()

@@ -38,7 +38,8 @@ def test_run_rollout_waits_exactly_one_window_per_step_and_promotes_a_healthy_ca
     p = run_rollout(ro, s["v2"], "walk", sleep=sleep)
     assert p.done and p.result == "promoted to champion after 2 windows"
     assert slept == [3.0, 3.0, 3.0, 1.0] * 2  # three polls and the rest of the 10 s window, at each step
-    assert s["registry"].aliases()["champion"] == s["v2"] and ro.router.routes == RouteStatus(s["v2"], None, 0)
+    assert s["registry"].aliases()["champion"] == s["v2"]
+    assert ro.router.routes == RouteStatus(s["v2"], None, 0, holdback=s["v1"], holdback_weight=5)
     assert s["registry"].get_state(s["v2"]).state is RolloutState.CHAMPION
 
 

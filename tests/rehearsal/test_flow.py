@@ -5,7 +5,9 @@ Postgres + S3, metrics from Prometheus) and has its own empty ``MLCD_HOME``. Bat
 zone; the landing watcher's sensor starts ``mlcd_retrain``; the canary is judged from Prometheus (which scrapes
 the gateway every second); a one-class model forced past the gate is rolled back by ``mlcd_guard`` reading
 Prometheus. Serving is a gateway Deployment per variant behind an HTTPRoute (see tests/rehearsal/kube.py),
-moved by the HTTPRoute router through the official Kubernetes client. Task logs stay on the disk of the worker
+moved by the HTTPRoute router through the official Kubernetes client; the stand-in answers a Deployment PATCH
+at once and its pods load the model afterwards, so every weight waits for ready pods (asserted all along), and
+a version that cannot load is refused with the route left as it was. Task logs stay on the disk of the worker
 that ran the task, so they say which worker ran what.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from mlcd.demo import DEMO_CANARY_SPEC, SMALL_RETRAIN_DEFAULTS, Story, _arm_landing_watch
+from mlcd.rollout.router import KubernetesHTTPRouteRouter, RolloutNotReady, kubernetes_api
 from tests.pgserver import PostgresServer
 from tests.rehearsal.airflow_cluster import WORKERS, AirflowCluster
 from tests.rehearsal.conftest import ClusterSettings
@@ -68,13 +71,30 @@ def platform(postgres: PostgresServer, redis: Redis, s3: S3Server, prometheus: P
                              "db+" + postgres.url("airflow"), redis.url, mlcd_env)
     try:
         cluster.start()
-        yield {"cluster": cluster, "serving": serving, "gateway": edge.url}
+        yield {"cluster": cluster, "serving": serving, "gateway": edge.url, "kubeconfig": str(config)}
     finally:
         cluster.stop()
         edge.stop()
         api.stop()
         serving.stop()
         cleanup(cluster.root, root)
+
+
+def _predict(url: str) -> dict[str, Any]:
+    import httpx
+    import numpy as np
+
+    r = httpx.post(f"{url}/predict", json={"images": np.zeros((1, 28, 28), dtype=int).tolist()}, timeout=30)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _label(url: str, answer: dict[str, Any]) -> Any:
+    import httpx
+
+    pred = answer["predictions"][0]
+    return httpx.post(f"{url}/feedback", json={"prediction_id": pred["prediction_id"], "label": pred["class"]},
+                      headers={"Authorization": f"Bearer {FEEDBACK_TOKEN}"}, timeout=30)
 
 
 def _finished(story: Story, dag_id: str, run_id: str, timeout: float = 900) -> dict[str, str]:
@@ -122,6 +142,7 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
     first = save_batch(tmp_path / "batch-1.npz", x[:BATCH_IMAGES], y[:BATCH_IMAGES])
     second = save_batch(tmp_path / "batch-2.npz", x[BATCH_IMAGES:2 * BATCH_IMAGES], y[BATCH_IMAGES:2 * BATCH_IMAGES])
     registry = ModelRegistry(cluster_settings.tracking_uri, settings.model_name)
+    router = KubernetesHTTPRouteRouter(kubernetes_api(platform["kubeconfig"]), rollout_timeout_s=30)
 
     # Turn 1: a batch lands in s3:// -> the sensor starts mlcd_retrain -> the first champion.
     story.land(first)
@@ -132,6 +153,13 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
     champion = registry.get_alias_version("champion")
     assert champion is not None
     timings["turn 1 (bootstrap)"] = time.monotonic() - start
+    # A version whose pods can never load (nothing registered under it): the real gateway pod stays unready, the
+    # router gives up and leaves the route as it was (fail closed), the stable pod serves on.
+    before = router.get_routes()
+    with pytest.raises(RolloutNotReady, match="not ready after"):
+        router.set_routes(champion, "9999", 0)
+    assert router.get_routes() == before and serving.served_version("mlcd-gateway-stable") == champion
+    timings["unloadable canary refused"] = time.monotonic() - start
     accepted = [r for r in Ledger(cluster_settings.ledger_url).list() if r.state == "accepted"]
     assert [r.name for r in accepted] == ["batch-1.npz"]
     assert str(accepted[0].stored_path).startswith("s3://")
@@ -143,6 +171,7 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
         env={**os.environ, "MLCD_FEEDBACK_TOKEN": FEEDBACK_TOKEN},
         stdout=open(tmp_path / "traffic.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
     try:
+        early = _predict(platform["gateway"])  # labelled only after the stable pod that served it was replaced
         story.land(second)
         run = story.wait_new_run("mlcd_retrain", timeout=300)
         states = _finished(story, "mlcd_retrain", run)
@@ -161,6 +190,22 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
                                   '(last_over_time(mlcd_gateway_requests_total{namespace="rehearsal"}[1h]))')
         pairs = {(s["metric"].get("variant"), s["metric"].get("version")) for s in served}
         assert {("stable", champion), ("canary", promoted)} <= pairs, served
+
+        # Feedback on a cluster: the pod that served `early` is gone (the stable Deployment rolled to the promoted
+        # version), yet its label is taken, once, by whichever pod the route's /feedback rule picks.
+        assert early["version"] == champion and serving.served_version("mlcd-gateway-stable") == promoted
+        assert _label(platform["gateway"], early).status_code == 200
+        assert _label(platform["gateway"], early).status_code == 409
+        # Either variant's pod takes any label, and only one of them counts it.
+        fresh = _predict(platform["gateway"])
+        canary_pod, stable_pod = (serving.url_of(d) for d in ("mlcd-gateway-canary", "mlcd-gateway-stable"))
+        assert canary_pod is not None and stable_pod is not None
+        assert _label(canary_pod, fresh).status_code == 200
+        replay = _label(stable_pod, fresh)
+        assert replay.status_code == 409 and "already labelled" in replay.text
+        # The traffic's labels went through the authenticated /feedback rule to both Services during the canary.
+        assert serving.routed.get(("/feedback", "mlcd-gateway-canary"), 0) > 0, serving.routed
+        assert serving.routed.get(("/feedback", "mlcd-gateway-stable"), 0) > 0, serving.routed
 
         # Turn 3: a one-class model forced past the gate -> canary -> mlcd_guard rolls it back from Prometheus.
         story.remember_runs("mlcd_guard")
@@ -188,6 +233,9 @@ def test_batches_in_s3_go_through_retrain_canary_and_guard_on_two_workers(
         print("rehearsal timings (s since the DAGs were parsed):",
               json.dumps({k: round(v) for k, v in timings.items()}))
 
+    # Weights moved only to Services whose ready pods served the version the route named, all along.
+    assert serving.unready_weights == [], serving.unready_weights
+    assert serving.refused == [], serving.refused  # and every call the platform made was in the rollout Role
     # Both workers ran mlcd_retrain's tasks, each writing its logs on its own disk only.
     ran = {w: set(cluster.task_logs(w, "mlcd_retrain")) for w in WORKERS}
     assert all(ran.values()), ran

@@ -41,7 +41,7 @@ DEPENDS_ON = {
     "airflow-scheduler": {**AIRFLOW_READY, "airflow-api-server": HEALTHY, "mlflow": HEALTHY},
     "airflow-triggerer": {**AIRFLOW_READY, "airflow-api-server": HEALTHY},
     "mlflow": {"postgres": HEALTHY, "airflow-init": COMPLETED},
-    "gateway": {"mlflow": HEALTHY, "storage-init": COMPLETED},
+    "gateway": {"postgres": HEALTHY, "mlflow": HEALTHY, "storage-init": COMPLETED},  # postgres: the label ledger
     "minio": {},
     "storage-init": {"minio": HEALTHY},
     "prometheus": {},
@@ -60,7 +60,7 @@ EXECUTION_API = "http://airflow-api-server:8080/execution/"
 REQUIRED_SECRETS = (
     "POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "AIRFLOW_FERNET_KEY",
     "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "MLCD_ADMIN_TOKEN",
-    "MLCD_DB_PASSWORD", "MINIO_ROOT_PASSWORD",
+    "MLCD_DB_PASSWORD", "MINIO_ROOT_PASSWORD", "MLCD_FEEDBACK_TOKEN", "MLCD_GATEWAY_SECRET",
 )
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|FERNET|_KEY$|SQL_ALCHEMY_CONN|BACKEND_STORE_URI")
 URL_CREDENTIALS = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
@@ -212,6 +212,10 @@ def test_mlflow_and_gateway_wiring(config: dict[str, Any], secrets_filled: dict[
     assert "mlflow" in _env(mlflow)["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     gateway = _env(services["gateway"])
     assert gateway["MLCD_ADMIN_TOKEN"] == secrets_filled["MLCD_ADMIN_TOKEN"]
+    # Live feedback works as shipped: the labeller's token, one signing key, labels claimed in the shared ledger.
+    assert gateway["MLCD_FEEDBACK_TOKEN"] == secrets_filled["MLCD_FEEDBACK_TOKEN"]
+    assert gateway["MLCD_GATEWAY_SECRET"] == secrets_filled["MLCD_GATEWAY_SECRET"]
+    assert gateway["MLCD_LEDGER_URL"].startswith("postgresql+psycopg2://mlcd:")
     assert gateway["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     pg = _env(services["postgres"])
     assert pg["POSTGRES_PASSWORD"] == secrets_filled["POSTGRES_PASSWORD"]

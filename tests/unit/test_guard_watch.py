@@ -47,8 +47,10 @@ class Gw:
     def __init__(self) -> None:
         self.m = GatewayMetrics()
 
-    def serve(self, stable: str, canary: str | None, weight: int = 50) -> None:
-        self.m.set_served({"stable": stable, "canary": canary}, weight if canary else 0)
+    def serve(self, stable: str, canary: str | None, weight: int = 50, holdback: str | None = None,
+              holdback_weight: int = 5) -> None:
+        self.m.set_served({"stable": stable, "canary": canary, "holdback": holdback}, weight if canary else 0)
+        self.m.set_holdback_weight(holdback_weight if holdback else 0)
 
     def hit(self, version: str, variant: str, n: int, cls: int | None = None, latency: float = 0.004) -> None:
         for i in range(n):
@@ -165,20 +167,44 @@ def test_a_bake_with_traffic_but_nothing_to_compare_with_ends_unverified() -> No
     assert _reason_of(r) is GuardReason.BAKE_UNVERIFIED
 
 
-def test_a_champion_that_breaks_in_its_bake_period_breaches() -> None:
+def test_a_champion_that_breaks_in_its_bake_period_breaches_against_its_holdback() -> None:
     gw, clock = Gw(), FakeClock()
     gw.serve("1", "2")
     guard = _guard(gw, clock, bake_s=300)
     r = _canary_phase(gw, guard)
-    gw.serve("2", None)
+    gw.serve("2", None, holdback="1", holdback_weight=10)  # promoted; the old champion keeps 10 % as the control
     r = guard.poll(r.state)
-    for _ in range(5):
-        gw.hit("2", "stable", 60, cls=7)
+    for _ in range(10):
+        gw.hit("2", "stable", 90, cls=7)
+        gw.hit("1", "holdback", 10)
         r = guard.poll(r.state)
         if r.decision is not Decision.WATCH:
             break
-    assert r.decision is Decision.BREACH and r.state.phase == "bake"
+    assert r.decision is Decision.BREACH and r.state.phase == "bake", r.reason
     assert _reason_of(r) is GuardReason.CHAMPION_FAILED
+    assert r.state.holdback == "1" and r.state.holdback_weight == pytest.approx(0.1)
+    assert r.verdict is not None and r.verdict.check("class_distribution").outcome.value == "fail"
+    assert r.state.bake_control_requests > 0
+
+
+def test_without_a_holdback_the_past_only_alerts_and_the_bake_ends_unverified_not_rolled_back() -> None:
+    # holdback 0 (a user's choice): a champion that now answers one class differs from what the old champion
+    # served minutes ago, but a change in what users send would look the same: alert, never a rollback alone.
+    gw, clock = Gw(), FakeClock()
+    gw.serve("1", "2")
+    guard = _guard(gw, clock, bake_s=30)
+    r = _canary_phase(gw, guard)
+    gw.serve("2", None)
+    r = guard.poll(r.state)
+    for _ in range(8):
+        gw.hit("2", "stable", 60, cls=7)
+        clock.t += 5
+        r = guard.poll(r.state)
+        if r.decision is not Decision.WATCH:
+            break
+    assert r.decision is Decision.UNVERIFIED, r.reason
+    assert r.verdict is not None and "class_distribution_vs_reference" in r.verdict.alerts
+    assert "ALERT" in r.reason and not is_breach(r.as_dict())
 
 
 def test_the_weight_is_a_ratio_and_a_changed_weight_is_not_used_as_the_stratum() -> None:

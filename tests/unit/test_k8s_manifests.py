@@ -89,6 +89,9 @@ HTTP_VERB = {"GET": "get", "PATCH": "patch", "POST": "create", "PUT": "update", 
 def _documents() -> list[tuple[str, int, dict[str, Any]]]:
     docs = []
     for path in sorted(K8S.rglob("*.y*ml")):
+        rel = path.relative_to(K8S)
+        if rel.name == "kustomization.yaml" or rel.parts[0] == "overlays":
+            continue  # kustomize's own files and partial patches: rendered and validated in test_kustomize.py
         for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if doc is not None:
                 docs.append((path.relative_to(K8S).as_posix(), index, doc))
@@ -222,23 +225,31 @@ def test_pod_launcher_role_grants_exactly_what_the_pod_operator_needs() -> None:
 def test_rollout_role_grants_exactly_the_router_calls() -> None:
     """The verbs come from the calls the real router makes, recorded, not from a second hand-written list."""
     from mlcd.rollout.router import KubernetesHTTPRouteRouter
+    from tests.kubefake import RolledOut
 
     calls: list[tuple[str, str]] = []
+    cluster = RolledOut()
 
     def api(method: str, path: str, body: Any, content_type: str | None) -> dict[str, Any]:
         calls.append((method, path))
+        if cluster.handles(path):
+            return cluster(method, path, body)
         return copy.deepcopy(_one("HTTPRoute", "mlcd-gateway"))
 
     router = KubernetesHTTPRouteRouter(api)
     router.get_routes()
     router.set_routes("1", "2", 5)
+    router.set_routes("2", None, 0, holdback="1", holdback_weight=5)  # promotion with the previous champion held
     router.set_routes("2", None, 0)
     needed: dict[tuple[str, str], set[str]] = {}
     names: dict[tuple[str, str], set[str]] = {}
     for method, path in calls:
-        parts = path.strip("/").split("/")  # apis/<group>/<version>/namespaces/<ns>/<resource>/<name>
+        parts = path.strip("/").split("/")
+        if parts[0] == "api":  # api/v1/namespaces/<ns>/<resource>/<name>[/<subresource>/...]: the core group
+            parts = ["apis", "", *parts[1:]]
+        # apis/<group>/<version>/namespaces/<ns>/<resource>/<name>[/<subresource>/<path on the pod>...]
         assert parts[0] == "apis" and parts[3] == "namespaces" and parts[4] == WORKLOAD_NS, path
-        key = (parts[1], parts[5])
+        key = (parts[1], parts[5] if len(parts) <= 7 else f"{parts[5]}/{parts[7]}")
         needed.setdefault(key, set()).add(HTTP_VERB[method])
         names.setdefault(key, set()).add(parts[6])
 
@@ -252,6 +263,9 @@ def test_rollout_role_grants_exactly_the_router_calls() -> None:
     routes = {d["metadata"]["name"] for d in _by_kind("HTTPRoute")}
     assert names[("gateway.networking.k8s.io", "httproutes")] == routes
     assert names[("apps", "deployments")] == {d["metadata"]["name"] for d in _by_kind("Deployment")}
+    # The pods are asked through their Services' port (the proxy's resource name is `<service>:<port>`).
+    assert names[("", "services/proxy")] == {
+        f"{d['metadata']['name']}:{d['spec']['ports'][0]['port']}" for d in _by_kind("Service")}
 
 
 def test_no_wildcards_and_no_cluster_wide_grants() -> None:
@@ -406,10 +420,10 @@ def _route_matches(matches: list[dict[str, Any]], path: str, method: str) -> boo
 
 
 def test_the_public_route_sends_only_inference_paths_and_the_router_keeps_it_so() -> None:
-    from mlcd.rollout.router import PUBLIC_MATCHES, KubernetesHTTPRouteRouter
+    from mlcd.rollout.router import FEEDBACK_MATCHES, PUBLIC_MATCHES, KubernetesHTTPRouteRouter
 
     route = _one("HTTPRoute", "mlcd-gateway")
-    assert len(route["spec"]["rules"]) == 1
+    assert len(route["spec"]["rules"]) == 2
     matches = route["spec"]["rules"][0]["matches"]
     public = [("POST", "/predict"), ("POST", "/v2/models/mnist-cnn/infer"), ("GET", "/v2/health/ready"),
               ("GET", "/v2"), ("GET", "/v2/models/mnist-cnn"), ("POST", "/v2/models/m/versions/3/infer")]
@@ -421,6 +435,12 @@ def test_the_public_route_sends_only_inference_paths_and_the_router_keeps_it_so(
     # A weight change is a JSON merge patch replacing the rules whole: it must carry the same matches.
     patch = KubernetesHTTPRouteRouter(lambda *a: {}).route_patch("1", "2", 25)
     assert patch["spec"]["rules"][0]["matches"] == matches == [dict(m) for m in PUBLIC_MATCHES]
+    # The second rule takes labels only: POST /feedback carrying a bearer token (the gateway checks which).
+    feedback = route["spec"]["rules"][1]
+    assert patch["spec"]["rules"][1]["matches"] == feedback["matches"] == [dict(m) for m in FEEDBACK_MATCHES]
+    assert [m["path"] for m in feedback["matches"]] == [{"type": "Exact", "value": "/feedback"}]
+    assert all(m["method"] == "POST" and m["headers"] == [
+        {"type": "RegularExpression", "name": "Authorization", "value": "^Bearer .+"}] for m in feedback["matches"])
 
 
 def test_the_gateways_accept_connections_only_from_airflow_prometheus_and_the_data_plane() -> None:
@@ -459,7 +479,7 @@ def test_prometheus_labels_each_gateway_pod_with_the_variant_and_version_the_rou
     assert targets["version"] == meta("annotation", VERSION_ANNOTATION)
     for deployment in _by_kind("Deployment"):
         template = deployment["spec"]["template"]["metadata"]
-        assert template["labels"]["mlcd.io/variant"] in ("stable", "canary")
+        assert template["labels"]["mlcd.io/variant"] in ("stable", "canary", "holdback")
         assert VERSION_ANNOTATION in template["annotations"]
 
 

@@ -292,5 +292,5 @@ def test_a_pinned_gateway_must_name_a_known_variant(tmp_path: Any) -> None:
 
     base = {"model_name": "m", "tracking_uri": "http://x", "admin_token": None, "state_path": tmp_path / "s.json"}
     assert GatewayConfig(**base, pinned_version="2", pinned_variant="canary").pinned_variant == "canary"
-    with pytest.raises(ValueError, match="MLCD_SERVE_VARIANT must be stable or canary, got 'Canary'"):
+    with pytest.raises(ValueError, match="MLCD_SERVE_VARIANT must be stable, canary or holdback, got 'Canary'"):
         GatewayConfig(**base, pinned_version="2", pinned_variant="Canary")

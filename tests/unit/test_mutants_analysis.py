@@ -20,6 +20,7 @@ from mlcd.rollout.analysis import (
     ERROR_RATE,
     ERROR_VS_REFERENCE,
     LATENCY,
+    PERSIST_LOOKS,
     PROCESSES,
     Analysis,
     GuardThresholds,
@@ -94,24 +95,43 @@ def test_a_reference_is_kept_from_the_first_start_and_not_replaced_by_a_restart(
     assert Analysis().state["reference"] is None
 
 
-def test_a_version_alone_is_judged_on_errors_and_classes_against_its_reference() -> None:
+def test_a_version_alone_is_compared_on_errors_and_classes_with_its_reference_and_only_alerts() -> None:
     one_class = {3: 1.0}
     engine = Analysis(reference=_series(1000, classes=MNIST))
     for _ in range(20):
         v = engine.update(_series(50, classes={3: 50.0}), SeriesCounters(), 1.0)
-    assert v.outcome is Outcome.FAIL
-    assert v.check(CLASSES_VS_REFERENCE).outcome is Outcome.FAIL
-    assert v.check(ERROR_VS_REFERENCE).outcome is Outcome.PASS
+    assert v.outcome is not Outcome.FAIL and v.alerts == (CLASSES_VS_REFERENCE,)
+    assert v.check(CLASSES_VS_REFERENCE).outcome is Outcome.INCONCLUSIVE and v.check(CLASSES_VS_REFERENCE).alert
+    assert v.check(ERROR_VS_REFERENCE).outcome is Outcome.PASS and not v.check(ERROR_VS_REFERENCE).alert
     assert SeriesCounters.from_dict(engine.state["alone"]).requests == 1000
     healthy = Analysis(reference=_series(1000, classes=MNIST))
     for _ in range(20):
         v = healthy.update(_series(50), SeriesCounters(), 1.0)
-    assert v.check(CLASSES_VS_REFERENCE).outcome is Outcome.PASS and v.outcome is not Outcome.FAIL
+    assert v.check(CLASSES_VS_REFERENCE).outcome is Outcome.PASS and not v.alerts and v.outcome is not Outcome.FAIL
     failing = Analysis(reference=_series(1000, classes=MNIST))
     for _ in range(10):
         v = failing.update(_series(50, errors=25, classes=one_class), SeriesCounters(), 1.0)
-    assert v.check(ERROR_VS_REFERENCE).outcome is Outcome.FAIL
-    assert v.check(ERROR_VS_REFERENCE).effect == pytest.approx(0.5 - 0.01)  # against the 1 % baseline
+    assert v.check(ERROR_VS_REFERENCE).alert and v.outcome is not Outcome.FAIL
+    assert v.check(ERROR_VS_REFERENCE).effect == pytest.approx(0.5 - 0.0)  # against the reference's own 0 %
+    assert v.check(ERROR_VS_REFERENCE).test == "universal_inference_two_sample_error_rate"
+    # The same errors with a control (the holdback) served alongside: the two-sample error test may fail.
+    held = Analysis()
+    for _ in range(10):  # the canary phase: what the control version served, side by side
+        held.update(_series(10), _series(90), 0.1)
+    looks = []
+    for _ in range(PERSIST_LOOKS):  # the evidence must hold PERSIST_LOOKS looks (time for a shared cause to show)
+        v = held.update(_series(50, errors=25), _series(3), 50 / 53, bake=True)
+        looks.append(v.check(ERROR_VS_REFERENCE).outcome)
+    assert looks == [Outcome.PASS] * (PERSIST_LOOKS - 1) + [Outcome.FAIL] and not v.alerts
+    assert v.check(ERROR_VS_REFERENCE).counts["reference_requests"] == 903 + 3 * (PERSIST_LOOKS - 1)
+    # A cause both versions share: the holdback errs as much as the champion, its past says no: never a failure.
+    shared = Analysis()
+    for _ in range(10):
+        shared.update(_series(10), _series(90), 0.1)
+    for _ in range(2 * PERSIST_LOOKS):
+        v = shared.update(_series(50, errors=25), _series(20, errors=10), 50 / 70, bake=True)
+    assert v.check(ERROR_VS_REFERENCE).outcome is not Outcome.FAIL and "shared cause" in v.check(
+        ERROR_VS_REFERENCE).reason
 
 
 def test_no_version_alone_check_without_traffic_alone_and_no_class_check_without_a_reference() -> None:
@@ -151,7 +171,7 @@ def test_binary_log_lr_is_the_bernoulli_log_likelihood_ratio_written_out() -> No
 
 def test_one_sample_log_lr_is_the_bernoulli_ratio_and_an_alternative_at_the_null_is_nudged_above_it() -> None:
     errors, n, p0 = 4.0, 20.0, 0.1
-    p1 = 1 - (1 - p0) / 2.0
+    p1 = p0 * 2.0
     expected = errors * math.log(p1 / p0) + (n - errors) * math.log((1 - p1) / (1 - p0))
     assert one_sample_log_lr(errors, n, p0, (2.0,))[0] == pytest.approx(expected, rel=1e-12)
     at_null = p0 + 1e-9

@@ -76,7 +76,7 @@ def _window(spec: RolloutSpec, canary: str, weight: int, seconds: float, rate: f
             progress: RolloutProgress | None = None) -> RolloutProgress:
     """One window at ``weight`` through the real gateway metrics, polled every 2 s like the trigger does."""
     gw = SimGateway(Behaviour(), behaviours([canary])[0], seed)
-    gw.set_routes("1", "2", weight)
+    gw.set_routes("1", "2", spec.routed_weight(weight))  # as CanaryRollout routes the step
     p = progress or RolloutProgress("2", "1")
     p.weight, p.window = weight, {}
     p.last = snapshot_to_dict(gw.snapshot())
@@ -105,16 +105,38 @@ def test_the_canary_step_gains_the_class_distribution_check() -> None:
     assert v.outcome is Outcome.FAIL and any(r.startswith("class_distribution") for r in v.reasons)
 
 
-def test_at_100_percent_latency_is_not_judged_and_errors_are_compared_with_stable_before() -> None:
+def test_the_last_step_keeps_a_holdback_on_stable_and_is_judged_side_by_side() -> None:
     spec = RolloutSpec(min_requests=30, min_stable_requests=30)
+    assert (spec.holdback_pct, spec.routed_weight(100), spec.routed_weight(50)) == (5, 95, 50)
     p = _window(spec, "healthy", 50, 20, seed=1)
-    slow = _window(spec, "slow", 100, 20, seed=2, progress=p)  # 2x slower, but nothing side by side
-    v = window_outcome(spec, slow)
-    assert v.outcome is Outcome.PASS, v.reasons
-    assert slow.analysis["events"]["latency"] == p.analysis["events"]["latency"]
+    before = p.analysis["events"]["latency"]
+    slow = _window(spec, "slow", 100, 60, seed=2, progress=p)  # 2x slower: stable serves 5 % alongside
+    assert slow.analysis["events"]["latency"] > before
+    assert window_outcome(spec, slow).outcome is Outcome.FAIL
     broken = _window(spec, "errors", 100, 20, seed=3, progress=_window(spec, "healthy", 50, 20, seed=1))
     v = window_outcome(spec, broken)
-    assert v.outcome is Outcome.FAIL and any("error_rate_vs_reference" in r for r in v.reasons)
+    # Side by side, and against all of stable's counts (the last step's 5 % alone shows a spike only slowly).
+    assert v.outcome is Outcome.FAIL and any(r.startswith("error_rate") for r in v.reasons), v.reasons
+    assert broken.analysis["majority_control"] is True
+
+
+def test_with_no_holdback_the_last_step_compares_with_the_past_and_only_alerts() -> None:
+    spec = RolloutSpec(min_requests=30, min_stable_requests=30, holdback_pct=0)
+    assert spec.routed_weight(100) == 100
+    broken = _window(spec, "errors", 100, 20, seed=3, progress=_window(spec, "healthy", 50, 20, seed=1))
+    v = window_outcome(spec, broken)
+    assert v.outcome is not Outcome.FAIL
+    assert broken.verdict is not None and "error_rate_vs_reference" in broken.verdict["alerts"]
+    slow = _window(spec, "slow", 100, 20, seed=2, progress=_window(spec, "healthy", 50, 20, seed=1))
+    assert slow.analysis["events"]["latency"] == _window(spec, "healthy", 50, 20, seed=1).analysis["events"][
+        "latency"]  # nothing side by side: latency not judged
+
+
+@pytest.mark.parametrize("bad", [{"holdback_pct": -1}, {"holdback_pct": 60}, {"holdback_pct": 2.5},
+                                 {"holdback_pct": 10, "steps": (5, 95, 100)}])
+def test_bad_holdbacks_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="holdback_pct|the step before 100"):
+        RolloutSpec.from_dict(bad)
 
 
 def test_next_action_limits_for_fail_and_inconclusive() -> None:

@@ -18,16 +18,20 @@ import pytest
 import yaml
 
 from mlcd.rollout.router import (
+    FEEDBACK_MATCHES,
     MERGE_PATCH,
     PUBLIC_MATCHES,
     STRATEGIC_MERGE_PATCH,
     KubernetesHTTPRouteRouter,
     LocalGatewayRouter,
+    RolloutNotReady,
     RouteConflict,
     Router,
     RouterError,
     RouteStatus,
+    rollout_check,
 )
+from tests.kubefake import RolledOut
 
 pytestmark = pytest.mark.unit
 
@@ -136,6 +140,7 @@ class RecordingApi:
         self.route.setdefault("metadata", {})["resourceVersion"] = "100"
         self.calls: list[tuple[str, str, Any, str | None]] = []
         self.after_get: Any = None
+        self.cluster = RolledOut()  # Deployments whose rollouts finish at once (the waiting: tests/rehearsal)
 
     def __call__(self, method: str, path: str, body: Any, content_type: str | None) -> dict[str, Any]:
         self.calls.append((method, path, copy.deepcopy(body), content_type))
@@ -148,7 +153,7 @@ class RecordingApi:
                 hook, self.after_get = self.after_get, None
                 hook(self)
             return answer
-        return {"kind": "Deployment"}
+        return self.cluster(method, path, body)
 
     def write(self, body: dict[str, Any]) -> None:
         current = self.route["metadata"]["resourceVersion"]
@@ -171,12 +176,16 @@ def route_patch(
 ) -> dict[str, Any]:
     return {
         "metadata": {
-            "annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary},
+            "annotations": {"mlcd.io/stable-version": stable, "mlcd.io/canary-version": canary,
+                            "mlcd.io/holdback-version": None},  # null: no holdback (removed by the merge patch)
             "resourceVersion": rv,
         },
         "spec": {"rules": [{"matches": [dict(m) for m in PUBLIC_MATCHES], "backendRefs": [
             {"name": "mlcd-gateway-stable", "port": 8000, "weight": stable_weight},
             {"name": "mlcd-gateway-canary", "port": 8000, "weight": canary_weight},
+        ]}, {"matches": [dict(m) for m in FEEDBACK_MATCHES], "backendRefs": [
+            {"name": "mlcd-gateway-stable", "port": 8000, "weight": 1},
+            {"name": "mlcd-gateway-canary", "port": 8000, "weight": 0 if canary is None else 1},
         ]}]},
     }
 
@@ -309,3 +318,86 @@ def test_local_router_needs_a_token_and_reports_an_unreachable_gateway() -> None
     router = LocalGatewayRouter(f"http://127.0.0.1:{free_port()}", "t", timeout=2)
     with pytest.raises(RouterError, match="unreachable"):
         router.get_routes()
+
+
+def _deployment(version: str, generation: int = 2, observed: int = 2, replicas: int = 2, updated: int = 2,
+                total: int = 2, available: int = 2, conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"metadata": {"generation": generation},
+            "spec": {"replicas": replicas, "template": {"metadata": {"annotations": {"mlcd.io/model-version": version}}}},
+            "status": {"observedGeneration": observed, "replicas": total, "updatedReplicas": updated,
+                       "availableReplicas": available, "conditions": conditions or []}}
+
+
+@pytest.mark.parametrize(("deployment", "done", "failed", "why"), [
+    (_deployment("2"), True, False, "2 of 2 replicas available"),
+    (_deployment("2", observed=1), False, False, "generation 2 not yet observed"),
+    (_deployment("2", updated=1, total=2, available=2), False, False, "1 of 2 replicas updated"),
+    (_deployment("2", total=3), False, False, "1 old replicas still running"),
+    (_deployment("2", available=1), False, False, "1 of 2 updated replicas available"),
+    (_deployment("3"), False, True, "pinned to version 3"),
+    (_deployment("2", available=1, conditions=[{"type": "Progressing", "status": "False",
+                                                 "reason": "ProgressDeadlineExceeded", "message": "timed out"}]),
+     False, True, "rollout stalled: timed out"),
+])
+def test_a_rollout_is_done_only_when_every_replica_is_updated_and_available(
+        deployment: dict[str, Any], done: bool, failed: bool, why: str) -> None:
+    check = rollout_check(deployment, "2")
+    assert (check.done, check.failed) == (done, failed) and why in check.reason, check
+
+
+def test_the_generation_the_patch_answered_is_the_one_waited_for() -> None:
+    # The controller has observed 2, but the PATCH answered generation 3: the old status says nothing yet.
+    assert not rollout_check(_deployment("2", generation=3, observed=2), "2", generation=3).done
+    assert rollout_check(_deployment("2", generation=3, observed=3), "2", generation=3).done
+
+
+def test_waiting_times_out_on_the_routers_clock_and_leaves_the_route() -> None:
+    api = RecordingApi(load_route())
+    now = [0.0]
+    router = KubernetesHTTPRouteRouter(api, rollout_timeout_s=30, poll_interval_s=5,
+                                       sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    api.cluster.deployment = lambda name: _deployment(api.cluster.pinned.get(name, "?"), available=0)  # type: ignore[method-assign]
+    with pytest.raises(RolloutNotReady, match="not ready after 30s: 0 of 2 updated replicas available"):
+        router.set_routes("1", "2", 0)
+    assert now[0] == 30 and [p[0] for p in api.patches()] == [CANARY_DEPLOY]  # the route was never patched
+    assert router.get_routes() == RouteStatus("1", None, 0)
+
+
+HOLDBACK_DEPLOY = "/apis/apps/v1/namespaces/mlcd/deployments/mlcd-gateway-holdback"
+
+
+def test_a_promotion_with_a_holdback_keeps_the_previous_champion_as_a_third_weighted_backend() -> None:
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    router.set_routes("1", "2", 95)
+    api.calls.clear()
+    status = router.set_routes("2", None, 0, holdback="1", holdback_weight=5)
+    assert status == RouteStatus("2", None, 0, holdback="1", holdback_weight=5)
+    patches = api.patches()
+    assert [p[0] for p in patches] == [STABLE_DEPLOY, HOLDBACK_DEPLOY, ROUTE_PATH]
+    assert patches[1][1] == deploy_patch("1")
+    body = patches[2][1]
+    assert body["metadata"]["annotations"]["mlcd.io/holdback-version"] == "1"
+    assert body["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "mlcd-gateway-stable", "port": 8000, "weight": 95},
+        {"name": "mlcd-gateway-canary", "port": 8000, "weight": 0},
+        {"name": "mlcd-gateway-holdback", "port": 8000, "weight": 5},
+    ]
+    jsonschema.validate(api.route, HTTPROUTE_V1_SCHEMA)
+    # The bake ends: the holdback's weight goes to 0 and its backend and annotation leave the route.
+    released = router.set_routes("2", None, 0)
+    assert released == RouteStatus("2", None, 0) and released.holdback is None
+    assert "mlcd.io/holdback-version" not in api.route["metadata"]["annotations"]
+    assert [ref["name"] for ref in api.route["spec"]["rules"][0]["backendRefs"]] == [
+        "mlcd-gateway-stable", "mlcd-gateway-canary"]
+
+
+@pytest.mark.parametrize(("canary", "weight", "held", "why"), [
+    ("3", 96, 5, "exceed 100"), (None, 0, 101, "holdback_weight"), (None, 0, -1, "holdback_weight")])
+def test_a_holdback_that_is_not_a_split_of_the_traffic_is_refused_before_anything_is_sent(
+        canary: str | None, weight: int, held: int, why: str) -> None:
+    api = RecordingApi(load_route())
+    router = KubernetesHTTPRouteRouter(api)
+    with pytest.raises(ValueError, match=why):
+        router.set_routes("2", canary, weight, holdback="1", holdback_weight=held)
+    assert api.patches() == []

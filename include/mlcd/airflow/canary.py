@@ -22,7 +22,12 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from mlcd.airflow.notifiers import alert_ops_event
+from mlcd.rollout.opsignals import add_listener
 from mlcd.rollout.spec import Outcome, RolloutSpec
+
+# Fail-closed moves and rollbacks reach the alert Connection (mlcd_alerts) from whichever task makes them.
+add_listener(alert_ops_event)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -71,7 +76,8 @@ class AnalysisWindowTrigger(BaseTrigger):
             from mlcd.rollout.spec import Outcome
 
             spec = RolloutSpec.from_dict(self.spec)
-            scrape = counters_from_settings()  # MLCD_METRICS_PROVIDER: the gateway's /metrics or Prometheus
+            # Off the triggerer's event loop, as every scrape below: building a provider may read a kubeconfig.
+            scrape = await asyncio.to_thread(counters_from_settings)  # MLCD_METRICS_PROVIDER: /metrics or Prometheus
             while time.time() + spec.poll_interval_s < end:
                 await asyncio.sleep(spec.poll_interval_s)
                 try:
@@ -131,8 +137,9 @@ class CanaryRolloutOperator(BaseOperator):
             ``MLCD_MODEL_NAME`` (templated).
         actor: recorded as who moved the aliases; the DAG run id is recorded with it.
 
-    Returns (XCom): ``{"version", "result", "outcomes", "weight"}``. Raises ``AirflowException`` with the
-    reason when the guard rolled the version back meanwhile or the canary's own analysis aborted.
+    Returns (XCom): ``{"version", "result", "outcomes", "weight"}``. Skipped (a correct refusal, see
+    :mod:`mlcd.airflow.refusals`) with the reason when the guard rolled the version back meanwhile or the canary's
+    own analysis did; fails when traffic was moved by someone else or the version is no longer a canary.
     """
 
     template_fields: Sequence[str] = ("version", "spec", "skip_canary", "gateway_url", "tracking_uri", "model_name")
@@ -268,6 +275,12 @@ class CanaryRolloutOperator(BaseOperator):
             # Undecided is not a failure: the task says so and is skipped; the version stays eligible.
             self.log.warning("%s", exc)
             return AirflowSkipException(str(exc))
+        if exc.reason in (EndReason.ROLLED_BACK, EndReason.ANALYSIS_FAILED):
+            # A correct refusal (mlcd.airflow.refusals): the version was taken out of service with its evidence.
+            from mlcd.airflow.refusals import Refusal
+
+            self.log.warning("refused (%s): %s", Refusal.ROLLED_BACK.value, exc)
+            return AirflowSkipException(f"refused ({Refusal.ROLLED_BACK.value}): {exc}")
         # Rolled back, refused, failed its analysis, or traffic moved by someone else: retrying cannot help.
         self.log.error("rollout ended (%s): %s", exc.reason.value, exc)
         return AirflowFailException(str(exc))

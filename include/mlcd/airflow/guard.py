@@ -22,6 +22,14 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from mlcd.airflow.notifiers import alert_ops_event
+from mlcd.rollout.opsignals import add_listener
+
+HEARTBEAT_S = 10.0  # the guard trigger's heartbeat interval in the ledger (mlcd_guard_last_poll_timestamp_seconds)
+
+# Fail-closed moves and rollbacks reach the alert Connection (mlcd_alerts) from whichever task makes them.
+add_listener(alert_ops_event)
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -210,14 +218,20 @@ class CanaryHealthTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from mlcd.guard.watch import Decision, Guard, GuardState, scrape_from_settings
+        from mlcd.rollout.opsignals import WATCHING, OpsEvent
+        from mlcd.rollout.opsignals import record as record_signal
 
         try:
             config = guard_config(self.gateway_url, self.version, self.poll_interval_s, self.bake_s,
                                   self.grace_s, self.thresholds, self.blind_s)
-            guard = Guard(config, scrape_from_settings())  # MLCD_METRICS_PROVIDER: gateway or Prometheus
-            state = GuardState.from_dict(_newest(self.state)) if self.state else None
+            # Everything that may block (building the provider reads a kubeconfig, the checkpoint is a SQL row)
+            # runs in a worker thread: the triggerer's one event loop serves every deferred task.
+            scrape = await asyncio.to_thread(scrape_from_settings)  # MLCD_METRICS_PROVIDER: gateway or Prometheus
+            guard = Guard(config, scrape)
+            state = GuardState.from_dict(await asyncio.to_thread(_newest, self.state)) if self.state else None
             started = state.started_at if state else time.time()
             failures = 0
+            last_beat = float("-inf")
             while True:
                 try:
                     result = await asyncio.to_thread(guard.poll, state)
@@ -237,7 +251,13 @@ class CanaryHealthTrigger(BaseTrigger):
                 # serialize() now returns the state after this poll (evidence, samples, looks), and the checkpoint
                 # lets a restarted triggerer continue the same sequential test instead of starting a fresh one.
                 self.state = state.to_dict()
-                _save_checkpoint(state)
+                await asyncio.to_thread(_save_checkpoint, state)
+                # The heartbeat mlcd_guard_last_poll_timestamp_seconds / mlcd_guard_watching are exported from: at
+                # most one write per HEARTBEAT_S while watching (the alert waits minutes), and the run's decision.
+                if result.decision is not Decision.WATCH or time.monotonic() - last_beat >= HEARTBEAT_S:
+                    last_beat = time.monotonic()
+                    await asyncio.to_thread(record_signal, OpsEvent.GUARD_POLL, str(state.version),
+                                            WATCHING if result.decision is Decision.WATCH else result.decision.value)
                 if result.decision is not Decision.WATCH:
                     status = {Decision.BREACH: GuardStatus.BREACH, Decision.UNVERIFIED: GuardStatus.UNVERIFIED,
                               Decision.BLIND: GuardStatus.FAIL_CLOSED}.get(result.decision, GuardStatus.HEALTHY)
@@ -354,10 +374,12 @@ class CanaryHealthSensor(BaseOperator):
             return dict(event["result"])
         if reason in (GuardReason.BAKE_COMPLETE, GuardReason.NO_CANARY, GuardReason.VERSION_RETIRED):
             self.log.info("healthy: %s", message)
-            return dict(event["result"])
+            return release_step(dict(event["result"]), reason, run_id=str(context.get("run_id") or ""),
+                                gateway_url=self.gateway_url)
         if reason is GuardReason.BAKE_UNVERIFIED:
             self.log.warning("UNVERIFIED (not rolled back, not verified healthy): %s", message)
-            return dict(event["result"])
+            return release_step(dict(event["result"]), reason, run_id=str(context.get("run_id") or ""),
+                                gateway_url=self.gateway_url)
         if reason is GuardReason.METRICS_BLIND:
             self.log.warning("FAIL CLOSED: %s", message)
             return fail_closed_step(dict(event["result"]), run_id=str(context.get("run_id") or ""),
@@ -406,6 +428,29 @@ def rollback_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_ur
         + f"; 100% of traffic on version {result.restored}. Reason: {result.reason}"
     )
     return out
+
+
+def release_step(decision: Mapping[str, Any], reason: GuardReason, *, run_id: str | None,
+                 gateway_url: str | None = None, actor: str = "airflow:mlcd_guard") -> dict[str, Any]:
+    """The bake is over: the previous champion's holdback goes to 0 (:func:`mlcd.rollout.holdback.release`).
+
+    Only a bake that ended (complete or unverified) releases; a release that cannot move traffic is logged and
+    reported in the result (the holdback keeps its small share until the next route change), never a breach.
+    """
+    if reason not in (GuardReason.BAKE_COMPLETE, GuardReason.BAKE_UNVERIFIED) or not decision.get("version"):
+        return dict(decision)
+    import logging
+
+    from mlcd.rollout.holdback import release
+
+    try:
+        registry, router = _registry_and_router(gateway_url)
+        done = release(router, registry, str(decision["version"]), f"guard: {reason.value}", actor, run_id)
+        out = done.as_dict()
+    except Exception as exc:  # noqa: BLE001 - best effort: the bake's verdict stands; the record says what failed
+        logging.getLogger(__name__).warning("holdback of version %s not released: %s", decision.get("version"), exc)
+        out = {"released": False, "detail": f"not released: {type(exc).__name__}: {exc}"}
+    return {**dict(decision), "holdback_release": out}
 
 
 def fail_closed_step(decision: Mapping[str, Any], *, run_id: str | None, gateway_url: str | None = None,
@@ -473,27 +518,51 @@ def triggering_user(dag_run: Any) -> str:
 # --- notifier ----------------------------------------------------------------------------------------------
 
 
+def _not_listening(exc: BaseException) -> bool:
+    """A refused connection (nothing listens on the port), also when urllib wraps it in a ``URLError``."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, ConnectionRefusedError) or isinstance(reason, ConnectionRefusedError)
+
+
 def drift_step(gateway_url: str | None = None, cooldown_s: float = 6 * 3600.0) -> dict[str, Any]:
     """Succeed (so the task's ``mlcd_drift`` outlet emits an Asset event) only when live inputs drifted.
 
-    Skipped when the window did not drift, when the gateway exports no drift gauges, or when a signal was
-    already sent within ``cooldown_s`` (one drifted window must not start a retrain every few minutes).
+    Skipped when the window did not drift, when the gateway exports no drift gauges, or when a signal sent
+    within ``cooldown_s`` still holds (one drifted window must not start a retrain every few minutes); a signal
+    whose retrain produced no champion (rejected, rolled back, nothing registered) no longer holds
+    (:func:`mlcd.guard.signals.drift_signal`; the decision and its reason are kept for the page).
     """
+    import logging
+
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mlcd.guard.signals import read_drift, should_signal
+    from mlcd.airflow.hooks import MlflowHook
+    from mlcd.guard.signals import drift_signal, read_drift, registry_versions
     from mlcd.settings import get_settings
 
     s = get_settings()
     url = gateway_url or s.gateway_url
     try:
-        status = read_drift(url)
+        status = read_drift(url, token=s.metrics_token or s.admin_token)
     except OSError as exc:
+        if _not_listening(exc):
+            # Nothing listens yet (the platform is starting, or no model served): no inputs, so no drift to read.
+            # Not a fault of this DAG; a gateway that is down is the page's and the guard's to report.
+            raise AirflowSkipException(f"gateway {url} is not listening (not up yet?): no drift to read") from None
         raise AirflowException(f"gateway {url} unreadable: {exc}") from None
     if status is None:
         raise AirflowSkipException(f"gateway {url} exports no drift gauges (MLCD_DRIFT=off?)")
     if not status.drifted:
         raise AirflowSkipException(f"no input drift: {status.as_dict()}")
-    if not should_signal(cooldown_s):  # a compare-and-set row in the ledger's database: one signal per cooldown
-        raise AirflowSkipException(f"drifted, but a retrain was already signalled within {cooldown_s:.0f}s")
-    return status.as_dict()
+    versions: list[tuple[int, str]] | None
+    try:
+        versions = registry_versions(s.model_name, MlflowHook().config.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - outcome unknown: the plain cooldown holds, nothing is released
+        logging.getLogger(__name__).warning("registry unreadable (%s: %s): the drift cooldown is not released",
+                                            type(exc).__name__, exc)
+        versions = None
+    signalled, hold, reason = drift_signal(cooldown_s, status.as_dict(), versions)
+    if not signalled:  # a compare-and-set row in the ledger's database: one signal per cooldown
+        raise AirflowSkipException(f"drifted, but the cooldown holds ({hold.value}): {reason}")
+    logging.getLogger(__name__).info("drift signalled (%s): %s", hold.value, reason)
+    return {**status.as_dict(), "cooldown": hold.value, "why": reason}

@@ -124,3 +124,15 @@ PROMOTED_MESSAGE = (
 RUN_FAILED_MESSAGE = (
     "mlcd: {{ dag_run.dag_id }} run {{ dag_run.run_id }} failed{% if reason is defined and reason %}: {{ reason }}{% endif %}"
 )
+
+
+def alert_ops_event(event: Any, version: str | None, reason: str) -> None:
+    """Send a rollback or a fail-closed move through the alert Connection as it is recorded.
+
+    Registered with :func:`mlcd.rollout.opsignals.add_listener` by the canary and guard operators' modules, so a
+    fail-closed move (which used to be recorded and logged only) and a rollback made by any path (the canary task's
+    own verdict, the guard, a person) reach the people on call; ``MlcdNotifier.notify`` logs instead of raising.
+    """
+    kind = getattr(event, "value", str(event))
+    text = f"mlcd: {kind.replace('_', '-')} of version {version}: {reason}"
+    MlcdNotifier(message=text).notify({})

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,17 @@ def collect_step() -> list[dict[str, Any]]:
 
 
 def validate_step(pending: list[dict[str, Any]], *, run_id: str | None, allow_partial: bool) -> dict[str, Any]:
-    """Judge new batches and snapshot everything accepted; a quarantine stops the run without retries."""
+    """Judge new batches and snapshot everything accepted; a quarantine skips the rest of the run (a refusal)."""
     from mlcd.data.intake import NoTrainingDataError, QuarantinedBatchesError, validate
 
     try:
         report = validate(pending, run_id=run_id, allow_partial=allow_partial)
     except QuarantinedBatchesError as err:
-        # Retrying cannot change a verdict on the same bytes: fail now, with the reasons as the message.
-        raise AirflowFailException(str(err)) from None
+        from mlcd.airflow.refusals import Refusal, refuse
+
+        # A correct refusal (mlcd.airflow.refusals): skipped with the reasons, so training and everything after it
+        # are skipped too; retrying could not change a verdict on the same bytes.
+        refuse(Refusal.QUARANTINED, str(err))
     except NoTrainingDataError as err:
         raise AirflowSkipException(str(err)) from None
     return report.as_dict()
@@ -83,7 +86,7 @@ def register_step(
     train_result: dict[str, Any], evaluation: dict[str, Any], *, dag_id: str, run_id: str | None,
     fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Register the challenger once; a rejected verdict fails the run with the verdict as its message.
+    """Register the challenger once; a rejected verdict skips the rollout with the verdict as its message.
 
     ``fingerprint`` (the ``unchanged`` task's) is tagged on the version, rejected or not, so the next run on the
     same snapshot with the same params can stop before training.
@@ -104,8 +107,10 @@ def register_step(
         )
     except GateRejected as err:
         _tag_fingerprint(settings.model_name, err.version, fingerprint)
-        # The champion is untouched; a retry would judge the same predictions the same way.
-        raise AirflowFailException(str(err)) from None
+        from mlcd.airflow.refusals import Refusal, refuse
+
+        # A correct refusal: the champion is untouched and a retry would judge the same predictions the same way.
+        refuse(Refusal.GATE_REJECTED, str(err))
     _tag_fingerprint(settings.model_name, result["version"], fingerprint)
     return result
 

@@ -142,13 +142,16 @@ class LocalTrainOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         command = self.command()
-        child_env = {
+        from mlcd.envroles import Role, env_for
+
+        # The trainer child holds MLflow's credentials and the signing key, none of the task's other secrets.
+        child_env = env_for(Role.TRAINER, {
             **os.environ,
             "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
             **self.env,
             **mlflow_environment(self.mlflow_conn_id),
             "PYTHONUNBUFFERED": "1",  # progress must reach the log as it happens, not at exit
-        }
+        })
         self.log.info("Running the trainer: %s", shlex.join(command))
         self.log.info("MLflow tracking URI: %s", child_env["MLFLOW_TRACKING_URI"])
         tail: deque[str] = deque(maxlen=200)

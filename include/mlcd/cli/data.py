@@ -25,14 +25,17 @@ def validate_command(files: tuple[Path, ...], as_json: bool) -> None:
     """
     from mlcd.data.intake import judge
     from mlcd.files import printable_name
+    from mlcd.validation.gate import get_gate
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     settings = get_settings()
+    # An ad-hoc check writes nothing: no Data Docs page (the platform's site keeps the runs' validations only).
+    gate = get_gate(settings.expectations_dir, data_docs_dir=None)
     failed = 0
     for path in files:
         shown = printable_name(str(path))
         try:
-            passed, reason, _details, n_images = judge(path, shown, settings)
+            passed, reason, _details, n_images = judge(path, shown, settings, gate=gate)
         except Exception as err:  # noqa: BLE001 - one file's failure is its line, the others are still checked
             passed, reason, n_images = False, f"{type(err).__name__}: {printable_name(' '.join(str(err).split()))}", 0
         failed += not passed
@@ -99,9 +102,14 @@ def batches_command(state: str | None) -> None:
     """List landed batches from the ledger with their state and reason."""
     from mlcd.data.ledger import Ledger
 
-    records = Ledger(get_settings().ledger_path).list(state)
+    settings = get_settings()
+    ledger = Ledger(settings.ledger_path)
+    records = ledger.list(state)
+    # Which ledger was read, always: an empty answer from the wrong MLCD_HOME must not look like "nothing landed".
+    where = settings.ledger_url or str(ledger.path or settings.ledger_path)
+    click.echo(f"ledger: {where} (MLCD_HOME={settings.home})")
     if not records:
-        click.echo("no batches recorded")
+        click.echo(f"no batches recorded{' in state ' + state if state else ''}")
         return
     click.echo(f"{'state':<12} {'batch':<14} {'images':>7}  {'name':<24} reason")
     for r in records:
@@ -111,17 +119,26 @@ def batches_command(state: str | None) -> None:
 
 @click.command("sample-batches")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--sizes", default="3000,3000", show_default=True, help="Images per batch, comma-separated.")
+@click.option("--sizes", default=None, help="Images per batch, comma-separated [default: two batches of up to 3000 "
+              "images, halved to fit a smaller reference set (scikit-learn's 1,797 digits: 898 each)].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_batches_command(out: Path, sizes: str, seed: int) -> None:
+def sample_batches_command(out: Path, sizes: str | None, seed: int) -> None:
     """Cut disjoint sample batches from the reference dataset (MLCD_DATA, else scikit-learn's digits)."""
-    from mlcd.data.reference import write_sample_batches
+    from mlcd.data.reference import load_reference, write_sample_batches
 
-    try:
-        counts = [int(s) for s in sizes.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{sizes!r} is not a comma-separated list of integers", param_hint="--sizes") from None
-    for path in write_sample_batches(out, counts, seed=seed):
+    ref = load_reference()
+    if sizes is None:
+        # Two batches whatever the reference set: 3,000 images each on MNIST, half the set each on a small one.
+        counts = [min(3000, int(ref.n_images) // 2)] * 2
+    else:
+        try:
+            counts = [int(s) for s in sizes.split(",") if s.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{sizes!r} is not a comma-separated list of integers",
+                                     param_hint="--sizes") from None
+    click.echo(f"cutting {len(counts)} batches ({', '.join(f'{c:,}' for c in counts)} images) from {ref.source}",
+               err=True)
+    for path in write_sample_batches(out, counts, seed=seed, ref=ref):
         click.echo(str(path))
 
 

@@ -145,7 +145,13 @@ def _poll_line(result: Any, started: float) -> str:
     checks = "; ".join(
         f"{c.name} {c.outcome.value} (p={c.p_value:.3g}, effect {c.effect:.3g})" if c.effect is not None
         else f"{c.name} {c.outcome.value}" for c in v.checks)
-    return f"{head}: canary {v.canary['requests']} req vs stable {v.stable['requests']}; {checks}"
+    held = getattr(result.state, "holdback", None)
+    if result.state.phase == "bake" and held:  # the control: the previous champion held back on a small share
+        weight = getattr(result.state, "holdback_weight", None) or 0.0
+        return (f"{head}: champion {v.canary['requests']} req vs holdback {held} at {weight:.0%} (all of it "
+                f"{v.stable['requests']} req); {checks}" + (f"; ALERTS {', '.join(v.alerts)}" if v.alerts else ""))
+    return f"{head}: canary {v.canary['requests']} req vs stable {v.stable['requests']}; {checks}" + (
+        f"; ALERTS {', '.join(v.alerts)}" if v.alerts else "")
 
 
 @click.command("watch")

@@ -108,8 +108,10 @@ def status_command(tracking_uri: str | None, model_name: str | None, as_json: bo
 @_with_common
 @click.option("--version", "only_version", default=None, help="Only this version's entries.")
 @click.option("--limit", type=int, default=50, show_default=True, help="Most recent entries to show.")
+@click.option("--wide", is_flag=True, help="Whole reasons (default: shortened at a word to fit a terminal).")
 def history_command(
-    tracking_uri: str | None, model_name: str | None, as_json: bool, only_version: str | None, limit: int
+    tracking_uri: str | None, model_name: str | None, as_json: bool, only_version: str | None, limit: int,
+    wide: bool = False,
 ) -> None:
     """Which version held which alias when, and every recorded transition with its reason."""
     from mlcd.registry import RegistryError
@@ -157,9 +159,38 @@ def history_command(
     rows = []
     for e in entries:
         change = f"{e.get('from') or '∅'} -> {e['to']}" if "to" in e else f"event {e.get('event')}"
-        why = e.get("why") or (json.dumps(e["d"], separators=(",", ":"))[:200] if e.get("d") else None)
-        rows.append([e.get("t"), e["version"], change, e.get("by"), e.get("dag_run"), why])
+        rows.append([e.get("t"), e["version"], change, e.get("by"), e.get("dag_run"), _entry_reason(e, wide)])
     click.echo(_table(["TIME", "VERSION", "CHANGE", "BY", "DAG RUN", "REASON"], rows))
+    if not wide:
+        click.echo("\n(reasons shortened to fit a terminal: --wide for the whole text, --json for every field)")
+
+
+REASON_WIDTH = 90  # a history line stays under ~200 characters (time, version, change, actor, DAG run, reason)
+
+
+def _shorten(text: str, width: int = REASON_WIDTH) -> str:
+    """Cut at a word boundary with an ellipsis, never in the middle of a word or a JSON key."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1].rsplit(" ", 1)[0].rstrip(",;:")
+    return cut + "…"
+
+
+def _entry_reason(entry: dict[str, Any], wide: bool = False) -> str | None:
+    """A history entry's reason for people: its ``why``, else its details as ``key=value`` (a canary window as
+    ``25%: pass -> advance; reasons``), shortened unless ``wide``."""
+    d = entry.get("d") or {}
+    if entry.get("why"):
+        text = str(entry["why"])
+    elif entry.get("event") == "canary_step" and isinstance(d, dict):
+        text = f"{d.get('weight')}%: {d.get('outcome')} -> {d.get('action')}; " + "; ".join(map(str, d.get("reasons") or []))
+    elif isinstance(d, dict) and d:
+        text = ", ".join(f"{k}={v}" for k, v in d.items() if isinstance(v, (str, int, float, bool)) or v is None)
+        text = text or ", ".join(sorted(map(str, d)))
+    else:
+        return None
+    return text if wide else _shorten(text)
 
 
 @click.command("reconcile")

@@ -9,16 +9,22 @@ from the storage URL (``MLCD_STORAGE_URL``), so a gateway on a cluster finds it 
 
 ``mlcd_drift_watch`` reads the gauges (:func:`read_drift`) and, when the live window drifted, emits the
 ``mlcd_drift`` Asset that schedules ``mlcd_retrain``: the loop closes. A cooldown keeps one drifted window from
-starting a retrain every few minutes (:func:`should_signal`, a compare-and-set row in the ledger's
-database). Airflow-free.
+starting a retrain every few minutes (:func:`drift_signal`, a compare-and-set row in the ledger's
+database); it holds only while the retrain it started is on its way or its version serves: a rejected or
+rolled-back version (or none at all) releases it, so anonymous traffic that faked drift cannot mute genuine
+drift afterwards. Airflow-free.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +126,15 @@ class DriftStatus:
                 "anomaly_share": self.anomaly_share, "n_images": self.n_images}
 
 
-def read_drift(gateway_url: str, timeout: float = 5.0) -> DriftStatus | None:
-    """Read the drift gauges from ``/metrics``; ``None`` when the gateway exports none (drift disabled)."""
+def read_drift(gateway_url: str, timeout: float = 5.0, token: str | None = None) -> DriftStatus | None:
+    """Read the drift gauges from ``/metrics`` (``token``: its bearer token, when the gateway asks for one);
+    ``None`` when the gateway exports none (drift disabled)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"{gateway_url.rstrip('/')}/metrics", timeout=timeout) as resp:  # noqa: S310
+    req = urllib.request.Request(f"{gateway_url.rstrip('/')}/metrics")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
         text = resp.read().decode("utf-8")
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -154,3 +164,116 @@ def should_signal(cooldown_s: float, now: float | None = None, *, url: str | Non
     from mlcd.statestore import DRIFT_SIGNAL_KEY, StateStore
 
     return StateStore(url).claim(DRIFT_SIGNAL_KEY, cooldown_s, now)
+
+
+# --- the drift signal's cooldown, released when the retrain it started produced no champion -----------------
+
+DRIFT_COOLDOWN_STATUS_KEY = "drift/cooldown_status"
+# A drift-started retrain that registers no version at all within this long (it failed before its gate, or found
+# the snapshot unchanged) no longer holds the cooldown.
+RETRAIN_GRACE_S = 3 * 3600.0
+
+
+class CooldownHold(StrEnum):
+    """Where the drift signal's cooldown stands (what the page shows, with its reason)."""
+
+    CLEAR = "clear"  # no signal within the cooldown: drift is signalled
+    RETRAINING = "retraining"  # the signalled retrain is still on its way: later drift waits for it
+    SERVING = "serving"  # the signalled retrain's version serves (champion or canary): the cooldown holds
+    RELEASED = "released"  # the signalled retrain produced no champion: later genuine drift is signalled again
+
+
+# Rollout states (mlcd.registry.state.RolloutState values) of a version the signalled retrain produced.
+_IN_FLIGHT = frozenset({"registered", "canary"})
+_SERVED = frozenset({"champion", "previous", "archived"})
+_UNPRODUCTIVE = frozenset({"rejected", "rolled_back"})
+
+
+def cooldown_hold(signal: Mapping[str, Any] | None, now: float, cooldown_s: float,
+                  later: Sequence[tuple[int, str]], grace_s: float = RETRAIN_GRACE_S) -> tuple[CooldownHold, str]:
+    """Whether the last drift signal still holds the cooldown, and why (pure: the caller reads the registry).
+
+    Args:
+        signal: the recorded signal (``at``; ``latest_version``: the newest registered version at the time).
+        now: the time now (epoch seconds).
+        cooldown_s: how long a signal holds at most.
+        later: ``(version, rollout state)`` of the versions registered after the signal.
+        grace_s: how long a signal holds while its retrain has registered nothing.
+    """
+    if not signal:
+        return CooldownHold.CLEAR, "no drift signal recorded"
+    age = now - float(signal.get("at", 0.0))
+    if age >= cooldown_s:
+        return CooldownHold.CLEAR, f"the last signal is {age:.0f}s old, beyond the {cooldown_s:.0f}s cooldown"
+    ordered = sorted(later)
+    for version, state in reversed(ordered):
+        if state in _SERVED or state in _IN_FLIGHT:
+            hold = CooldownHold.SERVING if state in _SERVED or state == "canary" else CooldownHold.RETRAINING
+            return hold, (f"version {version} of the retrain signalled {age:.0f}s ago is {state}: drift waits out "
+                          f"the {cooldown_s:.0f}s cooldown")
+    if ordered:
+        version, state = ordered[-1]
+        return CooldownHold.RELEASED, (f"version {version} of the retrain signalled {age:.0f}s ago was {state}: "
+                                       "no champion came of it, so the cooldown no longer mutes drift")
+    if age >= grace_s:
+        return CooldownHold.RELEASED, (f"the retrain signalled {age:.0f}s ago registered no version within "
+                                       f"{grace_s:.0f}s: the cooldown no longer mutes drift")
+    return CooldownHold.RETRAINING, f"a retrain was signalled {age:.0f}s ago and has registered no version yet"
+
+
+def registry_versions(model_name: str, tracking_uri: str) -> list[tuple[int, str]]:
+    """``(version, rollout state)`` of every version of ``model_name`` (``mlcd.state`` tag, else registered)."""
+    from mlflow import MlflowClient
+
+    from mlcd.registry.tags import TAG_STATE
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    out = []
+    for mv in client.search_model_versions(f"name='{model_name}'"):
+        out.append((int(mv.version), str((mv.tags or {}).get(TAG_STATE, "registered"))))
+    return out
+
+
+def drift_signal(cooldown_s: float, drift: Mapping[str, Any], versions: Sequence[tuple[int, str]] | None, *,
+                 now: float | None = None, url: str | None = None,
+                 grace_s: float = RETRAIN_GRACE_S) -> tuple[bool, CooldownHold, str]:
+    """Claim the drift signal unless the last one still holds; record the decision for the page.
+
+    ``versions`` is the registry now (:func:`registry_versions`; ``None`` when it could not be read: then only
+    the plain cooldown applies and nothing is released). A signal records the newest version at the
+    time, so the next call can tell what its retrain produced: a version that was rejected or rolled back (or
+    none within ``grace_s``) releases the cooldown. The claim is one compare-and-set on the state row: of several
+    drift watches at once, exactly one signals.
+
+    Returns:
+        ``(signalled, hold, reason)``.
+    """
+    from mlcd.statestore import DRIFT_SIGNAL_KEY, StateStore
+
+    now = time.time() if now is None else float(now)
+    store = StateStore(url)
+    entry = store.read(DRIFT_SIGNAL_KEY)
+    after = int((entry.value or {}).get("latest_version", 0))
+    if versions is None:
+        hold, reason = cooldown_hold(entry.value, now, cooldown_s, [], grace_s=math.inf)
+        if hold is CooldownHold.RETRAINING:
+            reason += " (registry unreadable: the cooldown is not released)"
+    else:
+        hold, reason = cooldown_hold(entry.value, now, cooldown_s, [v for v in versions if v[0] > after], grace_s)
+    signalled = False
+    if hold in (CooldownHold.CLEAR, CooldownHold.RELEASED):
+        latest = after if versions is None else max((v for v, _ in versions), default=after)
+        signalled = store.compare_and_set(DRIFT_SIGNAL_KEY, entry.version,
+                                          {"at": now, "latest_version": latest, "why": reason, "drift": dict(drift)})
+        if not signalled:
+            hold, reason = CooldownHold.RETRAINING, "another drift watch signalled at the same moment"
+    store.put(DRIFT_COOLDOWN_STATUS_KEY, {"state": hold.value, "reason": reason, "checked_at": now,
+                                          "signalled": signalled, "drift": dict(drift)})
+    return signalled, hold, reason
+
+
+def drift_cooldown_status(url: str | None = None) -> dict[str, Any] | None:
+    """The last drift-watch decision (``state``, ``reason``, ``checked_at``, ``signalled``) for the page."""
+    from mlcd.statestore import StateStore
+
+    return StateStore(url).get(DRIFT_COOLDOWN_STATUS_KEY)

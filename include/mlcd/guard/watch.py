@@ -17,9 +17,13 @@ and ``mlcd watch`` use. The engine's sequential test keeps the false-rollback ra
   caller takes the canary to 0 % and pauses the rollout. No data is never read as healthy.
 
 Which version and phase is read from the gateway itself (``mlcd_gateway_model_info{variant, version}``), so a
-poll needs no registry call. After promotion (the watched version serves as ``stable`` alone) nothing is served
-concurrently, so the engine compares the version's errors and predicted classes with what the old champion
-served concurrently during the canary phase, and latency is not judged.
+poll needs no registry call. After promotion the watched version serves as ``stable`` and the previous champion
+keeps a small share as ``holdback`` (the rollout spec's ``holdback_pct``): the bake judges the new champion
+against the holdback served in the same intervals, with the same engine and tests as the canary steps, plus its
+error rate against all the control version's counts. With no holdback (a user's choice of 0) the version can
+only be compared with what the old champion served earlier: such a check alerts and the bake ends
+``unverified``, never ``breach``. A breach in the bake sends the traffic back to the holdback version (it is
+the previous champion).
 
 The state between polls is a JSON-able dict (:class:`GuardState`, the engine's state included), so a trigger
 serialises it and a restart continues the same test instead of starting a fresh one.
@@ -66,7 +70,7 @@ from mlcd.rollout.spec import Outcome
 
 log = logging.getLogger(__name__)
 
-STABLE, CANARY = "stable", "canary"
+STABLE, CANARY, HOLDBACK = "stable", "canary", "holdback"
 
 
 class Decision(str, Enum):
@@ -154,6 +158,9 @@ class GuardState:
         bake_requests: requests the version served alone in the bake period.
         failures: consecutive failed scrapes.
         blind_since: when the metrics became unreadable (or the canary's series vanished); ``None`` while readable.
+        holdback: the version held back as the bake's control (the previous champion), once seen.
+        holdback_weight: the holdback's share (0–1) the gateway reported at the previous poll.
+        bake_control_requests: requests the holdback served in the bake period (the control's sample).
     """
 
     started_at: float = field(default_factory=time.time)
@@ -169,6 +176,9 @@ class GuardState:
     bake_requests: float = 0.0
     failures: int = 0
     blind_since: float | None = None
+    holdback: str | None = None
+    holdback_weight: float | None = None
+    bake_control_requests: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,6 +232,11 @@ class PollResult:
             "look": self.state.look,
             "elapsed_s": round(time.time() - self.state.started_at, 1),
             "verdict": self.verdict.as_dict() if self.verdict is not None else None,
+            # The bake's control, for the operator's page and `mlcd watch`: which version, its share, its counts.
+            "control": {"holdback": self.state.holdback, "holdback_weight": self.state.holdback_weight,
+                        "bake_requests": self.state.bake_control_requests,
+                        "alerts": list(self.verdict.alerts) if self.verdict is not None else []}
+            if self.state.phase == Phase.BAKE.value else None,
         }
 
 
@@ -278,8 +293,9 @@ class Guard:
         state.failures, state.blind_since = 0, None
         canary_v, stable_v = served.get(CANARY), served.get(STABLE)
         last = snapshot_from_dict(state.last)
-        last_weight = state.last_weight
+        last_weight, last_holdback = state.last_weight, state.holdback_weight
         state.last, state.last_weight = snapshot_to_dict(scrape.counters), scrape.canary_weight
+        state.holdback_weight = scrape.holdback_weight
 
         if state.phase == Phase.WAITING.value:
             wanted = self.config.version
@@ -316,27 +332,47 @@ class Guard:
                               "aborted it or a person moved it): nothing left to guard", state,
                               stop=StopReason.VERSION_RETIRED)
 
-        # Bake: the version serves as stable alone; the engine compares it with what the old champion served
-        # concurrently in the canary phase (latency is not judged: nothing runs side by side any more).
+        # Bake: the version serves as stable; the previous champion's holdback (when there is one) is the
+        # concurrent control, judged like stable in the canary steps (latency included: same intervals).
         if stable_v != v:
             return PollResult(Decision.HEALTHY, f"version_retired: version {v} is no longer the served champion "
                               f"(stable is {stable_v})", state, stop=StopReason.VERSION_RETIRED)
         alone = diff(last.get((STABLE, v)), scrape.counters.get((STABLE, v)))
+        held_v = served.get(HOLDBACK)
+        control = SeriesCounters()
+        if held_v is not None:
+            control = diff(last.get((HOLDBACK, held_v)), scrape.counters.get((HOLDBACK, held_v)))
+            state.holdback = held_v
         state.bake_requests += alone.requests
-        result = self._judge(state, alone, SeriesCounters(), None, "champion", skip=(LATENCY,))
+        # The interval's stratum is the reported split only when it did not change within it.
+        weight = 1.0 - scrape.holdback_weight if held_v is not None and last_holdback is not None \
+            and last_holdback == scrape.holdback_weight else None
+        state.bake_control_requests += control.requests
+        skip = () if held_v is not None else (LATENCY,)
+        result = self._judge(state, alone, control, weight, "champion", skip=skip, bake=True)
         if result.decision is Decision.WATCH and now - (state.promoted_at or now) >= self.config.bake_s:
             t = self.config.thresholds
             if state.bake_requests < t.min_requests:
                 return PollResult(Decision.UNVERIFIED, f"bake_unverified: version {v} served "
                                   f"{int(state.bake_requests)} requests in its {self.config.bake_s:.0f}s bake period "
                                   f"(< {t.min_requests} needed): not verified healthy", result.state, result.verdict)
-            # Healthy means the bake's own checks (errors and predicted classes against what the old champion
-            # served) passed on enough data: requests alone, or a bake with no reference, prove nothing.
+            # Healthy means the bake's own checks passed on enough data: against the holdback served alongside
+            # (every concurrent check, and the errors against the control's counts), or, with no holdback, the
+            # comparisons with the past, which must pass without an alert. Requests alone prove nothing.
             outcomes = {ch.name: ch for ch in (result.verdict.checks if result.verdict else ())}
-            unproven = [f"{name}: {outcomes[name].reason}" if name in outcomes else f"{name}: no reference to "
-                        "compare with (the guard never saw the old champion serve)"
-                        for name in (ERROR_VS_REFERENCE, CLASSES_VS_REFERENCE)
-                        if name not in outcomes or outcomes[name].outcome is not Outcome.PASS]
+            if state.bake_control_requests > 0:
+                bake_checks: tuple[str, ...] = (ERROR_VS_REFERENCE,)
+                unproven = [f"{ch.name}: {ch.reason}" for ch in outcomes.values()
+                            if ch.alert or (ch.name in t.required and ch.outcome is not Outcome.PASS)]
+                if result.verdict is not None and result.verdict.outcome is not Outcome.PASS:
+                    unproven += [r for r in result.verdict.reasons if r not in unproven]
+            else:
+                # No holdback (a user's choice): the checks against the past must pass; an alert leaves it unverified.
+                bake_checks, unproven = (ERROR_VS_REFERENCE, CLASSES_VS_REFERENCE), []
+            unproven += [f"{name}: {outcomes[name].reason}" if name in outcomes else f"{name}: no reference to "
+                         "compare with (the guard never saw the old champion serve)"
+                         for name in bake_checks
+                         if name not in outcomes or outcomes[name].outcome is not Outcome.PASS]
             if unproven:
                 return PollResult(Decision.UNVERIFIED, f"bake_unverified: version {v} served "
                                   f"{int(state.bake_requests)} requests in its {self.config.bake_s:.0f}s bake period "
@@ -373,9 +409,9 @@ class Guard:
                           f"failing closed, canary {version} to 0% and its rollout paused", state)
 
     def _judge(self, state: GuardState, canary: SeriesCounters, stable: SeriesCounters, weight: float | None,
-               role: str, skip: tuple[str, ...] = ()) -> PollResult:
+               role: str, skip: tuple[str, ...] = (), bake: bool = False) -> PollResult:
         engine = Analysis(self.config.thresholds, state.analysis or None)
-        verdict = engine.update(canary, stable, weight, skip=skip)
+        verdict = engine.update(canary, stable, weight, skip=skip, bake=bake)
         state.analysis = engine.state
         state.polls += 1
         state.look = int(engine.state["looks"])

@@ -35,6 +35,8 @@ class Event(str, Enum):
     CANARY_UNDECIDED = "canary_undecided"
     PAUSED = "paused"  # mlcd pause: the canary task holds its weight until a later ``resumed``
     RESUMED = "resumed"
+    HOLDBACK_STARTED = "holdback_started"  # promoted with the previous champion kept on a share (the control)
+    HOLDBACK_RELEASED = "holdback_released"  # the bake ended: the previous champion's share went to 0
 
     def __str__(self) -> str:
         return self.value

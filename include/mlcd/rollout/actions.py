@@ -91,11 +91,17 @@ def rollback(
     version = str(version)
     routes = router.get_routes()
     moved = routes.canary == version and bool(routes.stable) and routes.stable != version
+    held = getattr(routes, "holdback", None)
     if moved:
         # Users before bookkeeping, before the registry is even asked: a served canary goes back to the stable
         # version the router already holds, so this step needs no MLflow (it may be down: that is often why).
         router.set_routes(str(routes.stable), None, 0)
         log.warning("version %s: 100%% of traffic back on version %s (%s)", version, routes.stable, reason)
+    elif routes.stable == version and held and held != version:
+        # A champion in its bake: the holdback is the previous champion, already loaded and serving: all back there.
+        router.set_routes(str(held), None, 0)
+        log.warning("version %s: 100%% of traffic back on the holdback version %s (%s)", version, held, reason)
+        moved = True
     # Each registry call gives up in seconds (MLflow's own default retries for minutes); a failure here leaves
     # traffic safe and the task's retry (or `mlcd reconcile`) completes the record.
     with bounded_mlflow_retries():
@@ -130,11 +136,15 @@ def _rollback_record(registry: Registry, router: Router, version: str, reason: s
                            "rolled back")
     if restored is None:
         raise RolloutError(f"no stable version to send the traffic of version {version} to")
-    if not (moved and str(restored) == str(routes.stable)):
+    if not (moved and str(restored) in (str(routes.stable), str(getattr(routes, "holdback", None)))):
         # Users before bookkeeping: the traffic moves before anything is written.
         router.set_routes(str(restored), None, 0)
         log.warning("version %s: 100%% of traffic back on version %s (%s)", version, restored, reason)
     after = registry.rollback(version, reason, dict(evidence or {}), actor, dag_run_id)
+    from mlcd.rollout import opsignals
+
+    # mlcd_rollbacks_total on the gateways' /metrics, and the alert Connection through the Airflow listener.
+    opsignals.record(opsignals.OpsEvent.ROLLBACK, version, f"{actor}: {reason}")
     registry.set_version_tags(version, {
         TAG_ROLLED_BACK_BY: actor,
         TAG_ROLLED_BACK_AT: now_iso(),

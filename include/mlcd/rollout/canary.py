@@ -139,7 +139,8 @@ def observe(spec: RolloutSpec, p: RolloutProgress, snap: Snapshot) -> Outcome:
     """Feed the interval since the last scrape to the engine; returns its outcome so far (pure: no I/O).
 
     The rollout sets the weight itself and holds it through the window, so the interval's stratum is that
-    weight; at 100 % stable serves nothing and the engine compares with what stable served before.
+    weight; the "100 %" step routes ``100 - holdback_pct`` (stable keeps the holdback), so it is judged
+    canary-vs-stable like the others.
     """
     from mlcd.rollout.analysis import Analysis
 
@@ -147,7 +148,7 @@ def observe(spec: RolloutSpec, p: RolloutProgress, snap: Snapshot) -> Outcome:
     canary = diff(before.get(("canary", p.version)), snap.get(("canary", p.version)))
     stable = diff(before.get(("stable", str(p.stable))), snap.get(("stable", str(p.stable))))
     engine = Analysis(spec.guard_thresholds(), p.analysis or None)
-    verdict = engine.update(canary, stable, p.weight / 100.0)
+    verdict = engine.update(canary, stable, spec.routed_weight(p.weight) / 100.0)
     p.analysis, p.last, p.verdict = engine.state, snapshot_to_dict(snap), verdict.as_dict()
     window = {k: SeriesCounters.from_dict(v) for k, v in p.window.items()}
     p.window = {"canary": (window.get("canary", SeriesCounters()) + canary).to_dict(),
@@ -337,7 +338,8 @@ class CanaryRollout:
             raise RolloutStopped(f"routes moved during the rollout (stable {routes.stable}, canary {routes.canary}): "
                                  f"canary {p.version} is no longer routed; traffic left where it is", EndReason.ROUTES_MOVED)
         try:
-            self.router.set_routes(str(p.stable), p.version, target, expected_generation=routes.generation)
+            self.router.set_routes(str(p.stable), p.version, self.spec.routed_weight(target),
+                                   expected_generation=routes.generation)
         except RouteConflict as exc:
             raise RolloutStopped(f"routes moved while canary {p.version} stepped to {target}%: {exc}; "
                                  "traffic left where it is", EndReason.ROUTES_MOVED) from None
@@ -464,13 +466,20 @@ class CanaryRollout:
                                  f"canary {routes.canary}): not promoted; traffic left where it is", EndReason.ROUTES_MOVED)
         self.registry.promote(p.version, self.actor, f"canary passed {len(p.outcomes)} analysis windows",
                               self.dag_run_id, {"outcomes": p.outcomes, "last": verdict.to_dict()})
+        held = self.spec.holdback_pct if p.stable and str(p.stable) != p.version else 0
         try:
-            self.router.set_routes(p.version, None, 0, expected_generation=routes.generation)
+            if held:  # the old champion stays on a small share: the bake's concurrent control (the guard)
+                self.router.set_routes(p.version, None, 0, expected_generation=routes.generation,
+                                       holdback=str(p.stable), holdback_weight=held)
+            else:
+                self.router.set_routes(p.version, None, 0, expected_generation=routes.generation)
         except RouteConflict as exc:
             raise RolloutStopped(f"routes moved while canary {p.version} was promoted: {exc}; traffic left where "
                                  "the other writer put it (reconcile and the guard settle the registry)",
                                  EndReason.ROUTES_MOVED) from None
         p.done, p.result = True, f"promoted to champion after {len(p.outcomes)} windows"
+        if held:
+            self._event(p.version, Event.HOLDBACK_STARTED, {"holdback": str(p.stable), "holdback_weight": held})
 
 
 def window_mix(window: dict[str, Any]) -> dict[str, Any]:

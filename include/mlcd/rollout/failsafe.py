@@ -165,4 +165,8 @@ def fail_closed(router: Any, registry: Registry | None, version: str, reason: st
         error = f"{error}; pause not recorded: no registry" if error else "pause not recorded: no registry"
     if error:
         log.warning("fail closed for version %s: %s", version, error)
+    from mlcd.rollout import opsignals
+
+    # mlcd_fail_closed_total on the gateways' /metrics, and the alert Connection through the Airflow listener.
+    opsignals.record(opsignals.OpsEvent.FAIL_CLOSED, version, reason)
     return FailClosedResult(version, reason, before, safe, paused, error)

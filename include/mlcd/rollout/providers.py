@@ -74,6 +74,7 @@ class Scrape:
     counters: Snapshot
     served: dict[str, str]  # variant → version
     canary_weight: float = 0.0  # 0–1 (Prometheus ratio convention)
+    holdback_weight: float = 0.0  # 0–1: the previous champion's share after a promotion (the bake's control)
 
 
 @runtime_checkable
@@ -104,16 +105,19 @@ def parse_scrape(text: str) -> Scrape:
 def scrape_from_families(families: list[Any]) -> Scrape:
     """One pass over metric families (parsed text, or a registry's ``collect()``): counters, served, weight."""
     served: dict[str, str] = {}
-    weight = 0.0
+    weight = held = 0.0
     for family in families:
         for sample in family.samples:
             if sample.name == "mlcd_gateway_model_info" and sample.value == 1:
                 served[sample.labels["variant"]] = sample.labels["version"]
             elif sample.name == "mlcd_gateway_canary_weight":
                 weight = float(sample.value)
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"mlcd_gateway_canary_weight must be a 0-1 ratio, got {weight}")
-    return Scrape(snapshot_from_families(families), served, weight)
+            elif sample.name == "mlcd_gateway_holdback_weight":
+                held = float(sample.value)
+    for name, value in (("canary", weight), ("holdback", held)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"mlcd_gateway_{name}_weight must be a 0-1 ratio, got {value}")
+    return Scrape(snapshot_from_families(families), served, weight, held)
 
 
 def fetch_scrape(gateway_url: str, timeout: float = 5.0) -> Scrape:
@@ -130,14 +134,18 @@ class GatewayMetrics:
 
     url: str
     timeout: float = 5.0
+    token: str | None = None  # sent as a bearer token: a gateway with MLCD_METRICS_TOKEN protects /metrics (#23)
 
     @property
     def source(self) -> str:
         return f"gateway {self.url.rstrip('/')}/metrics"
 
     def scrape(self) -> Scrape:
+        req = urllib.request.Request(f"{self.url.rstrip('/')}/metrics")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(f"{self.url.rstrip('/')}/metrics", timeout=self.timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
                 text = resp.read().decode("utf-8")
         except (OSError, ValueError) as exc:  # URLError, refused, timeout, a malformed URL
             raise MetricsUnavailable(f"{self.source} unreadable: {exc}") from exc
@@ -348,7 +356,11 @@ class PrometheusMetrics:
         served = {"stable": str(status.stable)} if status.stable else {}
         if status.canary:
             served["canary"] = str(status.canary)
-        return Scrape(scrape.counters, served, float(status.canary_weight) / 100.0)
+        held = getattr(status, "holdback", None)
+        if held:
+            served["holdback"] = str(held)
+        return Scrape(scrape.counters, served, float(status.canary_weight) / 100.0,
+                      float(getattr(status, "holdback_weight", 0) or 0) / 100.0 if held else 0.0)
 
 
 # --- which provider ----------------------------------------------------------------------------------------------
@@ -364,7 +376,7 @@ def provider_from_settings(gateway_url: str | None = None) -> MetricsProvider:
 
     s = get_settings()
     if s.metrics_provider == GATEWAY:
-        return GatewayMetrics(gateway_url or s.gateway_url)
+        return GatewayMetrics(gateway_url or s.gateway_url, token=s.metrics_token or s.admin_token)
     if s.metrics_provider != PROMETHEUS:
         raise ValueError(f"unknown MLCD_METRICS_PROVIDER {s.metrics_provider!r} ({' or '.join(PROVIDERS)})")
     if not s.prometheus_url:

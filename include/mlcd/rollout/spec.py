@@ -60,6 +60,10 @@ class RolloutSpec:
         thresholds: further overrides of :class:`mlcd.rollout.analysis.GuardThresholds`.
         metrics_blind_s: fail closed (canary to 0 %, rollout paused) when the metrics stay unreadable, or the
             canary's series vanish, for this many seconds; ``None``: ``MLCD_METRICS_BLIND_S`` or 30.
+        holdback_pct: percent of traffic the previous champion keeps through the last ("100 %") step and the
+            bake after promotion, so every verdict compares traffic served in the same interval (the last step
+            routes ``100 - holdback_pct`` to the canary). 0 is a user's choice: the bake can then only compare
+            with the past, which may alert and leave the bake unverified but never rolls back on its own.
 
     The window's pass needs ``min_requests`` canary and ``min_stable_requests`` concurrent stable requests at
     this weight; the engine judges errors, latency (side by side only), predicted classes and live accuracy;
@@ -70,7 +74,7 @@ class RolloutSpec:
     analysis_window_s: float = 60.0
     min_requests: int = 50
     min_stable_requests: int = 50
-    max_error_rate_increase: float = 0.01
+    max_error_rate_increase: float = 0.005  # a null on the increase, rejected by its lower confidence bound
     max_p99_latency_ratio: float = 1.5
     p99_latency_slack_s: float = 0.005
     failure_limit: int = 0
@@ -80,6 +84,7 @@ class RolloutSpec:
     on_undecided: str = "retreat"
     thresholds: Mapping[str, Any] = field(default_factory=dict)
     metrics_blind_s: float | None = None
+    holdback_pct: int = 5
 
     def __post_init__(self) -> None:
         steps = tuple(int(s) for s in self.steps)
@@ -103,6 +108,16 @@ class RolloutSpec:
         object.__setattr__(self, "thresholds", dict(self.thresholds or {}))
         if self.metrics_blind_s is not None and not float(self.metrics_blind_s) > 0:
             raise ValueError(f"metrics_blind_s must be > 0 seconds, got {self.metrics_blind_s!r}")
+        if isinstance(self.holdback_pct, bool) or not isinstance(self.holdback_pct, int) \
+                or not 0 <= self.holdback_pct <= 50:
+            raise ValueError(f"holdback_pct must be an integer percent in 0..50, got {self.holdback_pct!r}")
+        if len(steps) > 1 and steps[-2] >= 100 - self.holdback_pct:
+            raise ValueError(f"the step before 100 ({steps[-2]}) must be below 100 - holdback_pct "
+                             f"({100 - self.holdback_pct}): the last step routes {100 - self.holdback_pct}%")
+
+    def routed_weight(self, step: int) -> int:
+        """The canary's routed weight at ``step``: the last step leaves ``holdback_pct`` on stable (the control)."""
+        return min(int(step), 100 - self.holdback_pct)
 
     @property
     def blind_s(self) -> float:

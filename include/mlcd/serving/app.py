@@ -8,9 +8,7 @@ failure is counted against the canary and the request is answered by the stable 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
-import json
 import logging
 import os
 import random
@@ -18,7 +16,6 @@ import secrets
 import signal
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,16 +28,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mlcd.serving import fastjson
 from mlcd.serving.config import GatewayConfig
+from mlcd.serving.driftfeed import DriftFeed
 from mlcd.serving.evidence import Unrandomised, sticky_key
 from mlcd.serving.evidence import sticky_bucket as _keyed_bucket
+from mlcd.serving.feedback import LabelLedger, LabelRefused, PredictionIds, take_label
 from mlcd.serving.metrics import GatewayMetrics
 from mlcd.serving.models import ModelLoader, ModelSlot, build_slot, mlflow_loader, resolve_alias
+from mlcd.serving.opsmetrics import OpsCollector
 from mlcd.serving.state import RouteState, load_state, save_state
 
 log = logging.getLogger(__name__)
 
-STABLE, CANARY = "stable", "canary"
+STABLE, CANARY, HOLDBACK = "stable", "canary", "holdback"
 MAX_CLIENT_ID = 256
 
 
@@ -60,16 +61,21 @@ class Routes:
     canary: ModelSlot | None = None
     canary_weight: int = 0
     generation: int = 0  # grows by one with every route change; persisted; the compare-and-set token
+    # The previous champion on a small share after a promotion: the bake's concurrent control (percent of all).
+    holdback: ModelSlot | None = None
+    holdback_weight: int = 0
 
     def describe(self) -> dict[str, Any]:
         return {
             "stable": self.stable.version if self.stable else None,
             "canary": self.canary.version if self.canary else None,
             "canary_weight": self.canary_weight if self.canary else 0,
+            "holdback": self.holdback.version if self.holdback else None,
+            "holdback_weight": self.holdback_weight if self.holdback else 0,
             "generation": self.generation,
             "warnings": {
                 variant: slot.warning
-                for variant, slot in ((STABLE, self.stable), (CANARY, self.canary))
+                for variant, slot in ((STABLE, self.stable), (CANARY, self.canary), (HOLDBACK, self.holdback))
                 if slot is not None and slot.warning
             },
         }
@@ -110,6 +116,16 @@ def choose_variant(canary_weight: int, client_id: str | None, rng: random.Random
         return CANARY
     bucket = sticky_bucket(client_id, key) if client_id is not None else rng.randrange(10_000)
     return CANARY if bucket < canary_weight * 100 else STABLE
+
+
+def choose_holdback(holdback_weight: int, client_id: str | None, rng: random.Random,
+                    key: bytes = _PROCESS_STICKY_KEY) -> bool:
+    """Whether a request goes to the holdback (``holdback_weight`` percent of all traffic, taken before the
+    canary split); a sticky client hashes under its own salt, so the canary's clients are not the holdback's."""
+    if holdback_weight <= 0:
+        return False
+    bucket = sticky_bucket(f"holdback\x00{client_id}", key) if client_id is not None else rng.randrange(10_000)
+    return bucket < holdback_weight * 100
 
 
 def parse_images(payload: Any, max_batch: int) -> tuple[np.ndarray, str | None]:
@@ -161,20 +177,18 @@ class Gateway:
         self.rng = random.Random()
         self.ready_error: str | None = "starting"
         self._admin_lock = asyncio.Lock()
-        self._feedback: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
-        self._labelled: OrderedDict[str, None] = OrderedDict()  # ids already labelled: a replay is refused
-        # Prediction ids are signed: a label is taken only for an id this gateway (or a replica sharing the
-        # secret) issued. Without a configured secret the key lives and dies with this process, as its ids do.
-        secret = config.gateway_secret
-        self._id_key = hashlib.sha256(b"mlcd-prediction-id:" + secret.encode()).digest() if secret \
-            else secrets.token_bytes(32)
+        # Prediction ids carry what a label needs, signed and encrypted under the replicas' shared secret; the
+        # replay check is a row in the shared ledger database, so any replica (or a restarted one) takes a label
+        # exactly once (mlcd.serving.feedback). Without a configured secret ids die with this process.
+        self.ids = PredictionIds(config.gateway_secret, config.feedback_ttl_s)
+        self.labels = LabelLedger(config.ledger_url)
         self._retiring: set[asyncio.Task[None]] = set()
         self.drift: Any = None  # a mlcd.guard.drift.DriftMonitor once started (config.drift)
+        self._drift_feed: DriftFeed | None = None
         # Evidence (mlcd.serving.evidence): keyed sticky buckets; per-client bounds on evidence and drift.
         self._sticky_key = sticky_key(config.gateway_secret, _PROCESS_STICKY_KEY)
         self.evidence_bound = config.share_bound()
         self.drift_bound = config.share_bound()
-        self._unrandomised_ids: OrderedDict[str, Unrandomised] = OrderedDict()
 
     async def start_drift(self) -> None:
         """Build the drift monitor from the served model's snapshot (or the reference data); never fatal."""
@@ -214,6 +228,8 @@ class Gateway:
         persist: bool = True,
         expected_generation: int | None = None,
         generation: int | None = None,
+        holdback: str | None = None,
+        holdback_weight: int = 0,
     ) -> Routes:
         """Load what is not loaded yet, persist the new routes, then switch in one assignment.
 
@@ -228,6 +244,11 @@ class Gateway:
             raise RequestError(422, "a canary needs a stable version to fall back to")
         if canary is not None and canary == stable:
             canary = None  # the same version twice is just the stable model
+        if holdback is not None and (holdback == stable or holdback_weight <= 0):
+            holdback, holdback_weight = None, 0  # nothing to hold back: stable serves that share
+        if not 0 <= holdback_weight <= 100 or (canary_weight if canary else 0) + holdback_weight > 100:
+            raise RequestError(422, f"holdback_weight {holdback_weight} with canary_weight {canary_weight} is not a "
+                               "split of 100%")
         async with self._admin_lock:
             old = self.routes
             if expected_generation is not None and expected_generation != old.generation:
@@ -238,19 +259,23 @@ class Gateway:
                     {"conflict": "generation", "expected_generation": expected_generation,
                      "current_generation": old.generation, "routes": old.describe()},
                 )
-            current = [old.stable, old.canary]
+            current = [old.stable, old.canary, old.holdback]
             new_stable = await self._slot_for(stable, current)
             new_canary = await self._slot_for(canary, current)
+            new_holdback = await self._slot_for(holdback, current)
             new_gen = old.generation + 1 if generation is None else generation
-            routes = Routes(new_stable, new_canary, canary_weight if new_canary else 0, new_gen)
+            routes = Routes(new_stable, new_canary, canary_weight if new_canary else 0, new_gen,
+                            new_holdback, holdback_weight if new_holdback else 0)
             if persist and self.config.pinned_version is None:
                 try:
                     await asyncio.to_thread(
                         save_state, self.config.state_path,
-                        RouteState(stable, canary if new_canary else None, routes.canary_weight, generation=new_gen),
+                        RouteState(stable, canary if new_canary else None, routes.canary_weight, generation=new_gen,
+                                   holdback=holdback if new_holdback else None,
+                                   holdback_weight=routes.holdback_weight),
                     )
                 except Exception as exc:  # noqa: BLE001 - nothing switched; drop what was loaded for it
-                    for slot in (new_stable, new_canary):
+                    for slot in (new_stable, new_canary, new_holdback):
                         if slot is not None and slot not in current:
                             self._retire(slot)
                     raise RequestError(
@@ -258,13 +283,15 @@ class Gateway:
                     ) from exc
             self.routes = routes
             for slot in current:
-                if slot is not None and slot not in (new_stable, new_canary):
+                if slot is not None and slot not in (new_stable, new_canary, new_holdback):
                     self._retire(slot)
             self.ready_error = None if new_stable else "no stable model version configured"
-            served: dict[str, str | None] = {STABLE: stable, CANARY: canary if new_canary else None}
+            served: dict[str, str | None] = {STABLE: stable, CANARY: canary if new_canary else None,
+                                             HOLDBACK: holdback if new_holdback else None}
             if self.config.pinned_version:  # one Deployment per variant: report the variant this one serves
                 served = {self.config.pinned_variant: stable}
             self.metrics.set_served(served, self.routes.canary_weight)
+            self.metrics.set_holdback_weight(self.routes.holdback_weight)
             log.info("routes: %s", self.routes.describe())
             return self.routes
 
@@ -295,7 +322,8 @@ class Gateway:
                 # The persisted routes at their persisted generation, before the first request is answered
                 # (uvicorn binds the port only after this lifespan startup returns).
                 await self.set_routes(saved.stable, saved.canary, saved.canary_weight, persist=False,
-                                      generation=saved.generation)
+                                      generation=saved.generation, holdback=saved.holdback,
+                                      holdback_weight=saved.holdback_weight)
             else:
                 await self.reload_aliases()
         except Exception as exc:  # noqa: BLE001 - the process stays up and says why on /healthz
@@ -303,7 +331,7 @@ class Gateway:
             log.exception("gateway could not load its models")
 
     async def shutdown(self) -> None:
-        for slot in {self.routes.stable, self.routes.canary} - {None}:
+        for slot in {self.routes.stable, self.routes.canary, self.routes.holdback} - {None}:
             await slot.retire(timeout=10)  # type: ignore[union-attr]
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -341,10 +369,11 @@ class Gateway:
                 or of the drift window; ``None`` is one anonymous client.
         """
         if self.drift is not None and self.drift_bound.admit(client or "unknown", len(x)):
-            try:
-                self.drift.update(x)  # inputs drift whatever the model answers: scored before the model call
-            except ValueError as exc:
-                log.warning("drift scoring failed: %s", exc)
+            # Inputs drift whatever the model answers: queued before the model call, scored with the rest of
+            # this event-loop turn's requests in one call (mlcd.serving.driftfeed: one image costs as much as 32).
+            if self._drift_feed is None or self._drift_feed.monitor is not self.drift:
+                self._drift_feed = DriftFeed(self.drift)
+            self._drift_feed.add(x)
         routes = self.routes  # one read: this request sees one consistent set of routes
         stable, canary = routes.stable, routes.canary
         if stable is None:
@@ -354,20 +383,23 @@ class Gateway:
             return await self._route_pinned(x, version, routes)
         variant = (choose_variant(routes.canary_weight, client_id, self.rng, self._sticky_key)
                    if canary is not None else STABLE)
-        held = [stable] if variant == STABLE else [stable, canary]
+        if routes.holdback is not None and choose_holdback(routes.holdback_weight, client_id, self.rng,
+                                                           self._sticky_key):
+            variant = HOLDBACK
+        side = canary if variant == CANARY else routes.holdback if variant == HOLDBACK else None
+        held = [stable] if side is None else [stable, side]
         for slot in held:
-            slot.hold()  # type: ignore[union-attr]
+            slot.hold()
         fallback = False
         try:
-            if variant == CANARY:
-                assert canary is not None
+            if side is not None:
                 t0 = time.perf_counter()
                 try:
-                    probs = await canary.predict(x)
-                    self._observe(canary, CANARY, t0, len(x), reason)
-                except Exception as exc:  # noqa: BLE001 - counted against the canary, answered by stable
-                    self._count_failure(canary, CANARY, fallback=True, reason=reason)
-                    log.warning("canary %s failed, answering with stable: %s", canary.version, exc)
+                    probs = await side.predict(x)
+                    self._observe(side, variant, t0, len(x), reason)
+                except Exception as exc:  # noqa: BLE001 - counted against its variant, answered by stable
+                    self._count_failure(side, variant, fallback=True, reason=reason)
+                    log.warning("%s %s failed, answering with stable: %s", variant, side.version, exc)
                     variant, fallback = STABLE, True
             if variant == STABLE:
                 t0 = time.perf_counter()
@@ -379,13 +411,14 @@ class Gateway:
                 self._observe(stable, STABLE, t0, len(x), reason)
         finally:
             for slot in held:
-                slot.release()  # type: ignore[union-attr]
-        served = stable if variant == STABLE else canary
+                slot.release()
+        served = stable if variant == STABLE else side
         assert served is not None
         return Served(served.version, self._variant_label(variant), probs, fallback, reason)
 
     async def _route_pinned(self, x: np.ndarray, version: str, routes: Routes) -> Served:
-        slots = {v: s for v, s in ((STABLE, routes.stable), (CANARY, routes.canary)) if s is not None}
+        slots = {v: s for v, s in ((STABLE, routes.stable), (CANARY, routes.canary), (HOLDBACK, routes.holdback))
+                 if s is not None}
         match = [(variant, slot) for variant, slot in slots.items() if slot.version == version]
         if not match:
             serving = ", ".join(slot.version for slot in slots.values()) if self.config.expose_variant else "hidden"
@@ -430,16 +463,13 @@ class Gateway:
     def remember(self, served: Served) -> list[str]:
         """Count each image's predicted class and keep a prediction id per image for ``/feedback``."""
         ids = []
+        model = self.config.model_name
         for cls in served.classes.tolist():
-            pid = self.issue_id()
-            self._remember(pid, (served.version, served.variant, cls))
+            # An unrandomised prediction carries why in its id: its label, if one comes, is not evidence either.
+            why = None if served.unrandomised is None else served.unrandomised.value
+            ids.append(self.ids.issue(model, served.version, served.variant, cls, unrandomised=why))
             if served.unrandomised is None:
                 self.metrics.predictions.labels(served.version, served.variant, str(cls)).inc()
-            else:  # its label, if one comes, is not evidence either
-                self._unrandomised_ids[pid] = served.unrandomised
-                if len(self._unrandomised_ids) > self.config.feedback_capacity:
-                    self._unrandomised_ids.popitem(last=False)
-            ids.append(pid)
         return ids
 
     def _answer(self, served: Served) -> dict[str, Any]:
@@ -454,26 +484,6 @@ class Gateway:
         answer["predictions"] = predictions
         return answer
 
-    def issue_id(self) -> str:
-        """A prediction id: 96 random bits and their HMAC-SHA256 (128 bits) under the gateway's key."""
-        nonce = secrets.token_hex(12)
-        return f"{nonce}.{self._mac(nonce)}"
-
-    def _mac(self, nonce: str) -> str:
-        return hmac.new(self._id_key, nonce.encode(), hashlib.sha256).hexdigest()[:32]
-
-    def signed(self, pid: str) -> bool:
-        """True when ``pid`` carries a valid signature of this gateway's key (constant-time compare)."""
-        nonce, dot, mac = pid.partition(".")
-        if not dot or len(nonce) != 24 or len(mac) != 32:
-            return False
-        return hmac.compare_digest(mac.encode(), self._mac(nonce).encode())
-
-    def _remember(self, pid: str, record: tuple[str, str, int]) -> None:
-        self._feedback[pid] = record
-        if len(self._feedback) > self.config.feedback_capacity:
-            self._feedback.popitem(last=False)
-
     def check_feedback(self, authorization: str | None) -> None:
         """``/feedback`` takes its own bearer token (``MLCD_FEEDBACK_TOKEN``), never the admin token."""
         token = self.config.feedback_token
@@ -484,7 +494,10 @@ class Gateway:
             raise RequestError(401, "missing or wrong feedback token (Authorization: Bearer $MLCD_FEEDBACK_TOKEN)")
 
     def feedback(self, payload: Any) -> dict[str, Any]:
-        """Count one label against the prediction it names: only for an id this gateway signed, only once."""
+        """Count one label against the prediction its id names: only a signed, unexpired id, only once anywhere.
+
+        Blocking (one SQL insert): the HTTP handler runs it in a worker thread.
+        """
         if not isinstance(payload, dict):
             raise RequestError(422, "body must be a JSON object with 'prediction_id' and 'label'")
         pid, label = payload.get("prediction_id"), payload.get("label")
@@ -492,27 +505,20 @@ class Gateway:
             raise RequestError(422, "'prediction_id' must be a non-empty string")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
             raise RequestError(422, "'label' must be an integer class in 0..9")
-        if not self.signed(pid):
-            raise RequestError(403, "prediction_id was not issued by this gateway (bad signature)")
-        record = self._feedback.pop(pid, None)
-        if record is None:
-            if pid in self._labelled:
-                raise RequestError(409, "prediction_id already labelled: a label is taken once")
-            raise RequestError(404, "unknown or expired prediction_id")
-        self._labelled[pid] = None
-        if len(self._labelled) > self.config.feedback_capacity:
-            self._labelled.popitem(last=False)
-        version, variant, predicted = record
-        correct = predicted == label
-        reason = self._unrandomised_ids.pop(pid, None)
-        if reason is None:
-            self.metrics.record_feedback(version, variant, correct)
+        try:
+            served = take_label(self.ids, self.labels, self.config.model_name, pid)
+        except LabelRefused as exc:
+            raise RequestError(exc.status, str(exc)) from None
+        correct = served.predicted == label
+        if served.unrandomised is None:
+            self.metrics.record_feedback(served.version, served.variant, correct)
         else:
-            self.metrics.unrandomised_feedback.labels(version, variant, reason.value,
+            self.metrics.unrandomised_feedback.labels(served.version, served.variant,
+                                                      Unrandomised(served.unrandomised).value,
                                                       "true" if correct else "false").inc()
         answer: dict[str, Any] = {"prediction_id": pid, "correct": correct}
         if self.config.expose_variant:
-            answer.update({"version": version, "variant": variant})
+            answer.update({"version": served.version, "variant": served.variant})
         return answer
 
     def client_of(self, request: Request) -> str:
@@ -611,7 +617,7 @@ async def _parse_off_loop(raw: bytes) -> Any:
 def _parse_json(raw: bytes) -> Any:
     """``json.loads`` with every failure as a one-line 400 (syntax, encoding, nesting too deep)."""
     try:
-        return json.loads(raw)
+        return fastjson.loads(raw)  # msgspec on the happy path; json.loads decides (and words) every refusal
     except RecursionError:
         raise RequestError(400, "body is not acceptable JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -627,20 +633,33 @@ async def read_bounded(request: Request, limit: int) -> bytes:
                 raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
         except ValueError:
             raise RequestError(400, "invalid Content-Length header") from None
+    from starlette.requests import ClientDisconnect
+
+    from mlcd.serving.hardening import BODY_TIMEOUT_S
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a body trickled byte by byte must not hold a slot forever
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"body not received within {BODY_TIMEOUT_S:.0f}s") from None
+    except ClientDisconnect:  # the client hung up mid-upload: one line, no traceback
+        log.info("client hung up after %d bytes of its request body", size)
+        raise RequestError(400, "client disconnected before the body was complete") from None
     return b"".join(chunks)
 
 
 async def _read_json(request: Request, limit: int) -> Any:
     """The body as JSON, refusing oversized bodies before reading them whole; parse errors are a one-line 400."""
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise RequestError(415, f"content type must be application/json, got {ctype}")
+    from mlcd.serving.hardening import content_type_refusal
+
+    refusal = content_type_refusal(request.headers)  # a web page's simple POST never reaches a model
+    if refusal is not None:
+        raise RequestError(*refusal)
     return await parse_json_body(await read_bounded(request, limit))
 
 
@@ -677,11 +696,14 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.startup()
         await gateway.start_drift()
+        # The platform's rollbacks, fail-closed moves and guard heartbeat, for the alert rules (mlcd.serving.opsmetrics).
+        ops = OpsCollector(config.ledger_url).register(gateway.metrics.registry).start()
         try:
             _parser_pool().submit(int)  # start the parser process now, not on the first large body
         except (RuntimeError, OSError) as exc:
             log.warning("JSON parser process not started (%s); large bodies are parsed in a thread", exc)
         yield
+        ops.stop()
         await gateway.shutdown()
         _drop_parser_pool()
 
@@ -711,7 +733,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
     async def feedback(request: Request) -> JSONResponse:
         gateway.check_feedback(request.headers.get("authorization"))  # before the body is even read
         payload = await _read_json(request, 4096)
-        return JSONResponse(gateway.feedback(payload))
+        return JSONResponse(await asyncio.to_thread(gateway.feedback, payload))  # a SQL insert: off the loop
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -731,7 +753,7 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
         body.update(routes.describe())
         body["batching"] = {
             slot.version: {"calls": slot.batcher.stats.calls, "mean_rows": round(slot.batcher.stats.mean_rows, 2)}
-            for slot in (routes.stable, routes.canary)
+            for slot in (routes.stable, routes.canary, routes.holdback)
             if slot is not None
         }
         if gateway.ready_error is not None:
@@ -752,17 +774,21 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
         stable, canary = body.get("stable"), body.get("canary")
         weight = body.get("canary_weight", 0)
         expected = body.get("expected_generation")
-        for name, value in (("stable", stable), ("canary", canary)):
+        holdback, held = body.get("holdback"), body.get("holdback_weight", 0)
+        for name, value in (("stable", stable), ("canary", canary), ("holdback", holdback)):
             if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)):
                 raise RequestError(422, f"'{name}' must be a version string or null")
         if isinstance(weight, bool) or not isinstance(weight, int):
             raise RequestError(422, "'canary_weight' must be an integer percent")
+        if isinstance(held, bool) or not isinstance(held, int):
+            raise RequestError(422, "'holdback_weight' must be an integer percent")
         if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int)):
             raise RequestError(422, "'expected_generation' must be an integer (the 'generation' last read)")
         try:
             routes = await gateway.set_routes(
                 None if stable is None else str(stable), None if canary is None else str(canary), weight,
-                expected_generation=expected,
+                expected_generation=expected, holdback=None if holdback is None else str(holdback),
+                holdback_weight=held,
             )
         except RequestError:
             raise
@@ -791,8 +817,10 @@ def create_app(config: GatewayConfig | None = None, loader: ModelLoader | None =
         canary = routes.canary.version if routes.canary else None
         # Without an expected generation, the one just read: the weight applies to exactly these routes.
         expected = routes.generation if expected is None else expected
+        held = routes.holdback.version if routes.holdback else None  # a weight move keeps the control
         return JSONResponse(
-            (await gateway.set_routes(stable, canary, weight, expected_generation=expected)).describe()
+            (await gateway.set_routes(stable, canary, weight, expected_generation=expected, holdback=held,
+                                      holdback_weight=routes.holdback_weight)).describe()
         )
 
     @app.post("/admin/reload")

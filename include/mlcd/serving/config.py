@@ -32,6 +32,9 @@ class GatewayConfig:
             ``None`` refuses every label (labels steer the guard, so nobody may send them unasked).
         gateway_secret: HMAC key that signs prediction ids (``MLCD_GATEWAY_SECRET``; every replica behind one
             route needs the same); ``None``: a random key per process (ids die with the process anyway).
+        ledger_url: the shared SQL database where labelled prediction ids are recorded (``MLCD_LEDGER_URL``), so
+            any replica takes a label once; None: the default ledger under ``MLCD_HOME``.
+        feedback_ttl_s: how long a prediction id can be labelled (``MLCD_FEEDBACK_TTL_S``, default a week).
         expose_variant: answers say which version and variant served them (``MLCD_EXPOSE_VARIANT``; false
             hides ``version``/``variant``/``fallback`` from ``/predict`` and the V2 answers, so a client cannot
             single out the canary); it also hides the served versions from ``/healthz`` and V2 metadata.
@@ -61,6 +64,8 @@ class GatewayConfig:
     feedback_token: str | None = None
     gateway_secret: str | None = None
     expose_variant: bool = True
+    ledger_url: str | None = None
+    feedback_ttl_s: float = 7 * 24 * 3600.0
     evidence_max_share: float = 0.1
     evidence_floor: int = 64
     evidence_window_s: float = 60.0
@@ -75,8 +80,8 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         # Prometheus sums each variant's pods by this label: a typo would hide a canary from the analysis.
-        if self.pinned_variant not in ("stable", "canary"):
-            raise ValueError(f"MLCD_SERVE_VARIANT must be stable or canary, got {self.pinned_variant!r}")
+        if self.pinned_variant not in ("stable", "canary", "holdback"):  # holdback: the previous champion's pods
+            raise ValueError(f"MLCD_SERVE_VARIANT must be stable, canary or holdback, got {self.pinned_variant!r}")
         parse_networks(self.evidence_exempt + self.trusted_proxies)  # a typo fails at start, naming it
         self.share_bound()
 
@@ -94,6 +99,8 @@ class GatewayConfig:
             "drift": (os.environ.get("MLCD_DRIFT") or "on").strip().lower() not in ("off", "0", "false", "no"),
             "feedback_token": os.environ.get("MLCD_FEEDBACK_TOKEN") or None,
             "gateway_secret": os.environ.get("MLCD_GATEWAY_SECRET") or None,
+            "ledger_url": s.ledger_url,
+            "feedback_ttl_s": float(os.environ.get("MLCD_FEEDBACK_TTL_S") or 7 * 24 * 3600.0),
             "expose_variant": (os.environ.get("MLCD_EXPOSE_VARIANT") or "true").strip().lower()
             not in ("off", "0", "false", "no"),
             "metrics_token": os.environ.get("MLCD_METRICS_TOKEN") or None,

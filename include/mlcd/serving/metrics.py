@@ -37,6 +37,8 @@ class GatewayMetrics:
         self.rejected = Counter("mlcd_gateway_rejected", "Requests refused with a 4xx", ("status",), registry=r)
         # A 0-1 ratio (Prometheus convention: ratios, not percents); the router API keeps integer percents.
         self.weight = Gauge("mlcd_gateway_canary_weight", "Share of traffic routed to the canary (0-1)", registry=r)
+        self.holdback_weight = Gauge("mlcd_gateway_holdback_weight",
+                                     "Share of traffic routed to the holdback, the previous champion (0-1)", registry=r)
         self.model_info = Gauge("mlcd_gateway_model_info", "1 for each served (variant, version)", labels, registry=r)
         self._feedback_counts: dict[tuple[str, str], list[int]] = {}
         # Served but not evidence (mlcd.serving.evidence): pinned versions, sticky clients, clients over their
@@ -89,3 +91,7 @@ class GatewayMetrics:
             if version is not None:
                 self.model_info.labels(version, variant).set(1)
         self.weight.set(canary_weight / 100.0)
+
+    def set_holdback_weight(self, holdback_weight: int) -> None:
+        """The holdback's integer percent, exported as a 0-1 ratio (0 when no control is held back)."""
+        self.holdback_weight.set(holdback_weight / 100.0)

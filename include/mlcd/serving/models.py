@@ -33,9 +33,10 @@ def mlflow_loader(model_name: str, tracking_uri: str) -> ModelLoader:
 
     def load(version: str) -> PredictFn:
         from mlcd.model_io import load_predictor
+        from mlcd.serving.compiled import compiled_proba
 
         predictor = load_predictor(f"models:/{model_name}/{version}", tracking_uri=tracking_uri)
-        return predictor.predict_proba
+        return compiled_proba(predictor)  # one traced graph per version: no eager per-layer Python per call
 
     return load
 

@@ -21,6 +21,7 @@ def _uvicorn_config(config: GatewayConfig, port: int, loader: ModelLoader | None
     import uvicorn
 
     from mlcd.serving.app import create_app
+    from mlcd.serving.hardening import LIMIT_CONCURRENCY, http_protocol
 
     return uvicorn.Config(
         create_app(config, loader),
@@ -29,6 +30,12 @@ def _uvicorn_config(config: GatewayConfig, port: int, loader: ModelLoader | None
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Slow clients: headers within a deadline (uvicorn alone waits forever), idle keep-alive closed after 5 s,
+        # at most LIMIT_CONCURRENCY connections and requests at once (503 beyond), headers of at most 64 KiB.
+        http=http_protocol(),
+        timeout_keep_alive=5,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 

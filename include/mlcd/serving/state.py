@@ -24,6 +24,8 @@ class RouteState:
     canary_weight: int = 0
     updated_at: str = ""
     generation: int = 0
+    holdback: str | None = None  # the previous champion kept as the bake's control
+    holdback_weight: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -43,6 +45,8 @@ def load_state(path: Path) -> RouteState | None:
             canary_weight=int(data.get("canary_weight", 0)),
             updated_at=str(data.get("updated_at", "")),
             generation=int(data.get("generation", 0)),
+            holdback=None if data.get("holdback") is None else str(data["holdback"]),
+            holdback_weight=int(data.get("holdback_weight", 0)),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"gateway state file {path} is corrupt: {exc}") from exc
@@ -52,7 +56,8 @@ def save_state(path: Path, state: RouteState) -> RouteState:
     """Write ``state`` via a temporary file, fsync and ``os.replace`` (atomic on POSIX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     stamped = RouteState(
-        state.stable, state.canary, state.canary_weight, datetime.now(UTC).isoformat(), state.generation
+        state.stable, state.canary, state.canary_weight, datetime.now(UTC).isoformat(), state.generation,
+        state.holdback, state.holdback_weight,
     )
     atomic_write_bytes(path, json.dumps(stamped.to_dict(), indent=2, sort_keys=True).encode())
     return stamped

@@ -22,7 +22,6 @@ of them, with the request parameter ``binary_data_output``) come back the same w
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlcd import __version__
+from mlcd.serving import fastjson
 from mlcd.serving.app import (
     MAX_CLIENT_ID,
     Gateway,
@@ -221,7 +221,7 @@ def encode_outputs(req: InferRequest, served: Served, model_name: str, ids: list
     answer["outputs"] = outputs
     if req.request_id is not None:
         answer["id"] = req.request_id
-    head = json.dumps(answer, separators=(",", ":")).encode()
+    head = fastjson.dumps(answer)
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
@@ -237,27 +237,60 @@ def model_metadata(name: str, versions: list[str]) -> dict[str, Any]:
     }
 
 
+def served_versions(gateway: Gateway) -> list[str]:
+    routes = gateway.routes
+    return [slot.version for slot in (routes.stable, routes.canary) if slot is not None]
+
+
+def check_model(gateway: Gateway, name: str, version: str | None = None) -> list[str]:
+    """The served versions, or :class:`RequestError` when ``name`` (or ``version``) is not served here."""
+    config = gateway.config
+    if name != config.model_name:
+        raise RequestError(404, f"unknown model {name!r}; this gateway serves {config.model_name!r}")
+    versions = served_versions(gateway)
+    if not versions:
+        raise RequestError(503, f"no model is being served ({gateway.ready_error})")
+    if not config.expose_variant:  # hiding: no route may tell which versions serve (no 404/200 oracle)
+        if version is not None:
+            raise RequestError(404, "version-specific routes are disabled on this gateway (MLCD_EXPOSE_VARIANT=false)")
+        return []
+    if version is not None and version not in versions:
+        raise RequestError(404, f"model version {version} is not being served (serving: {', '.join(versions)})")
+    return versions
+
+
+def check_encoding(content_encoding: str | None) -> None:
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding != "identity":
+        raise RequestError(415, f"content encoding {encoding!r} is not supported; send the body uncompressed")
+
+
+async def infer_body(gateway: Gateway, name: str, version: str | None, body: bytes,
+                     header_length: str | None, client: str) -> tuple[bytes, dict[str, str]]:
+    """One inference: the request body (already read within the size limit) to the answer's body and headers.
+
+    The one implementation behind both ways in (the FastAPI route and :mod:`mlcd.serving.fastpath`); ``client``
+    is who sent it (:meth:`Gateway.client_of`), for the evidence and drift bounds.
+    """
+    config = gateway.config
+    head, tail = split_infer_body(body, header_length)
+    # The gateway's one JSON parser: one-line 400s, and large headers parsed off the event loop.
+    req = parse_infer(await parse_json_body(head), tail, config.max_batch_images)
+    served = await gateway.route(req.x, req.client_id, version, client=client)
+    return encode_outputs(req, served, name, gateway.remember(served), config.expose_variant)
+
+
 def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
     """Mount the protocol's routes on ``app`` (the gateway's RequestError handler writes ``{"error": ...}``)."""
+    from mlcd.serving.fastpath import V2InferFastPath
+
     config = gateway.config
+    # POST …/infer is answered by this middleware before FastAPI's router; the routes below stay for the rest
+    # (a wrong method's 405, and any infer call the middleware lets through).
+    app.add_middleware(V2InferFastPath, gateway=gateway)
 
-    def served_versions() -> list[str]:
-        routes = gateway.routes
-        return [slot.version for slot in (routes.stable, routes.canary) if slot is not None]
-
-    def check_model(name: str, version: str | None = None) -> list[str]:
-        if name != config.model_name:
-            raise RequestError(404, f"unknown model {name!r}; this gateway serves {config.model_name!r}")
-        versions = served_versions()
-        if not versions:
-            raise RequestError(503, f"no model is being served ({gateway.ready_error})")
-        if not config.expose_variant:  # hiding: no route may tell which versions serve (no 404/200 oracle)
-            if version is not None:
-                raise RequestError(404, "version-specific routes are disabled on this gateway (MLCD_EXPOSE_VARIANT=false)")
-            return []
-        if version is not None and version not in versions:
-            raise RequestError(404, f"model version {version} is not being served (serving: {', '.join(versions)})")
-        return versions
+    def check(name: str, version: str | None = None) -> list[str]:
+        return check_model(gateway, name, version)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -281,34 +314,35 @@ def add_v2_routes(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get("/v2/models/{name}")
     async def metadata(name: str) -> JSONResponse:
-        return JSONResponse(model_metadata(name, check_model(name)))
+        return JSONResponse(model_metadata(name, check(name)))
 
     @app.get("/v2/models/{name}/versions/{version}")
     async def version_metadata(name: str, version: str) -> JSONResponse:
-        check_model(name, version)
+        check(name, version)
         return JSONResponse(model_metadata(name, [version]))
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str) -> JSONResponse:
-        check_model(name)
+        check(name)
         return JSONResponse({"name": name, "ready": True})
 
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def version_ready(name: str, version: str) -> JSONResponse:
-        check_model(name, version)
+        check(name, version)
         return JSONResponse({"name": name, "version": version, "ready": True})
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
-        check_model(name, version)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding != "identity":
-            raise RequestError(415, f"content encoding {encoding!r} is not supported; send the body uncompressed")
+        # Only what the fast path (mlcd.serving.fastpath) does not take comes here: keep the two in step.
+        check(name, version)
+        from mlcd.serving.hardening import content_type_refusal
+
+        refusal = content_type_refusal(request.headers, binary_extension=True)
+        if refusal is not None:  # a web page's simple POST (text/plain, a form, an untyped Blob) never reaches a model
+            raise RequestError(*refusal)
+        check_encoding(request.headers.get("content-encoding"))
         body = await read_bounded(request, config.max_body_bytes)
-        head, tail = split_infer_body(body, request.headers.get(HEADER_LENGTH))
-        # The gateway's one JSON parser: one-line 400s, and large headers parsed off the event loop.
-        req = parse_infer(await parse_json_body(head), tail, config.max_batch_images)
-        served = await gateway.route(req.x, req.client_id, version, client=gateway.client_of(request))
-        content, headers = encode_outputs(req, served, name, gateway.remember(served), config.expose_variant)
+        content, headers = await infer_body(gateway, name, version, body, request.headers.get(HEADER_LENGTH),
+                                            gateway.client_of(request))
         return Response(content, headers=headers)
 
     @app.post("/v2/models/{name}/infer")

@@ -1,14 +1,14 @@
 """mlcd_guard: watch a canary (and the champion it becomes) and take the traffic back by itself on a breach.
 
-Started by the ``mlcd_canary`` Asset, which ``mlcd_retrain``'s ``register`` task emits when a version is
-registered for rollout; one run at a time. ``watch`` is a deferrable sensor: a trigger in the triggerer polls
-the gateway's ``/metrics`` every few seconds and judges canary against stable (error rate, latency,
-predicted-class distribution, live accuracy; minimum samples; false alarms controlled across checks and polls).
-It returns the decision. On a breach, ``rollback`` routes 100 % of traffic to stable, moves the aliases back and
-marks the version ``rolled_back`` with the evidence; its success callback (``RollbackNotifier``) posts the reason
-to the ``mlcd_alerts`` Connection (Slack or HTTP webhook, or the task log). A healthy canary (promoted and
-through its bake period) ends the run with nothing to do. The canary task of ``mlcd_retrain`` reads the rollout
-record and stops when it sees the rollback.
+Started by the ``mlcd_canary`` Asset, which ``mlcd_retrain``'s ``announce_canary`` task emits when a version is
+registered for rollout (a first model bootstrapped to champion emits none); one run at a time. ``watch`` is a
+deferrable sensor: a trigger in the triggerer polls the gateway's ``/metrics`` every few seconds and judges canary
+against stable (error rate, latency, predicted-class distribution, live accuracy; minimum samples; false alarms
+controlled across checks and polls). It returns the decision. On a breach, ``rollback`` routes 100 % of traffic to
+stable, moves the aliases back and marks the version ``rolled_back`` with the evidence; its success callback
+(``RollbackNotifier``) posts the reason to the ``mlcd_alerts`` Connection (Slack or HTTP webhook, or the task log).
+A healthy canary (promoted and through its bake period) ends the run with nothing to do. The canary task of
+``mlcd_retrain`` reads the rollout record and stops when it sees the rollback.
 """
 
 from __future__ import annotations

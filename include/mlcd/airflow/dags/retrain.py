@@ -17,6 +17,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, t
 
 from mlcd.airflow.canary import CanaryRolloutOperator
 from mlcd.airflow.notifiers import PROMOTED_MESSAGE, RUN_FAILED_MESSAGE, RolloutNotifier
+from mlcd.airflow.params import canary_spec_schema, gate_schema
 from mlcd.airflow.steps import (
     CANARY_ASSET,
     DEFAULT_ARGS,
@@ -66,14 +67,17 @@ def build() -> DAG:
         params={
             "epochs": Param(run_defaults.get("epochs", 3), type="integer", minimum=1, maximum=100,
                             description="Training epochs (early stopping may end sooner)."),
-            "batch_size": Param(run_defaults.get("batch_size", 128), type="integer", minimum=8, maximum=4096),
-            "seed": Param(0, type="integer", minimum=0),
+            "batch_size": Param(run_defaults.get("batch_size", 128), type="integer", minimum=8, maximum=4096,
+                                description="Training batch size (images per gradient step)."),
+            "seed": Param(0, type="integer", minimum=0,
+                          description="Random seed of training: the same snapshot, params and seed give the same "
+                                      "model (an unchanged run is skipped)."),
             "model": Param("cnn", type="string",
                            description="Model builder: 'cnn' (the reference CNN), 'mlcd.training.faulty:BlindModel' "
                                        "or an installed 'mlcd.models' entry point."),
             "max_train_samples": Param(None, type=["null", "integer"], minimum=1,
                                        description="Cap on training images (quick runs); empty for all."),
-            "gate": Param(run_defaults.get("gate", {}), type="object",
+            "gate": Param(run_defaults.get("gate", {}), **gate_schema(),
                           description='Gate overrides, e.g. {"accuracy_floor": 0.95, "alpha": 0.05, '
                                       '"require_improvement": true}.'),
             "allow_partial": Param(False, type="boolean",
@@ -83,7 +87,7 @@ def build() -> DAG:
             "skip_canary": Param(False, type="boolean", description="Promote without the canary traffic steps."),
             "force_retrain": Param(False, type="boolean",
                                    description="Train even when this snapshot was already trained with these params."),
-            "canary_spec": Param({}, type="object",
+            "canary_spec": Param({}, **canary_spec_schema(),
                                  description='Rollout spec overrides, e.g. {"steps": [10, 50, 100], '
                                              '"analysis_window_s": 30, "min_requests": 50}.'),
         },
