@@ -57,7 +57,7 @@ TIMINGS: dict[str, float] = {}
 _DAG_TEST = r"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
+bag = DagBag(dag_folder=sys.argv[1])
 assert not bag.import_errors, bag.import_errors
 run = bag.get_dag("mlcd_retrain").test(run_conf=json.loads(sys.argv[2]))
 print("MLCD_RUN " + json.dumps({"state": str(run.state),
