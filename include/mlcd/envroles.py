@@ -51,7 +51,9 @@ _AIRFLOW = frozenset({JWT_SECRET, FERNET_KEY})
 
 ALLOWED: dict[Role, frozenset[str]] = {
     Role.MLFLOW: frozenset(),
-    Role.AIRFLOW_API: _AIRFLOW | {API_SECRET, PASSWORDS_FILE},
+    # The api-server also serves the mlcd page (plugin): it reads the routes from the gateway's admin API, the
+    # metrics and the registry, and its actions move routes.
+    Role.AIRFLOW_API: _AIRFLOW | MLFLOW_CLIENT | {API_SECRET, PASSWORDS_FILE, ADMIN_TOKEN, METRICS_TOKEN},
     # Tasks run in the scheduler's LocalExecutor children: the canary and guard tasks move routes (admin token)
     # and read metrics; the train task's trainer signs its model; every task reads MLflow.
     Role.SCHEDULER: _AIRFLOW | MLFLOW_CLIENT | {ADMIN_TOKEN, METRICS_TOKEN, SIGNING_KEY},

@@ -90,7 +90,7 @@ class FakePod:
 
 def fake_launcher(delay: float = START_S) -> Any:
     def launch(version: str, env: Mapping[str, str], port: int, root: Path) -> FakePod:
-        assert env["MLCD_SERVE_VARIANT"] in ("stable", "canary")
+        assert env["MLCD_SERVE_VARIANT"] in ("stable", "canary", "holdback")
         return FakePod(version, port, delay)
     return launch
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.unit
 
 EXPECTED: dict[str, set[str]] = {
     "mlflow": set(),
-    "airflow-api-server": {JWT_SECRET, API_SECRET, PASSWORDS_FILE},
+    "airflow-api-server": {JWT_SECRET, API_SECRET, PASSWORDS_FILE, ADMIN_TOKEN},  # the mlcd page reads the routes
     "airflow-scheduler": {JWT_SECRET, ADMIN_TOKEN, SIGNING_KEY},
     "airflow-dag-processor": {JWT_SECRET},
     "airflow-triggerer": {JWT_SECRET, ADMIN_TOKEN},

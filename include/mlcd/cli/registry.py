@@ -98,6 +98,9 @@ def status_command(tracking_uri: str | None, model_name: str | None, as_json: bo
         click.echo("\nWARNING: aliases and rollout records disagree:")
         for problem in status["problems"]:
             click.echo(f"  - {problem}")
+        # The usual cause: an alias moved outside mlcd (MLflow's own alias editor), which writes no rollout record.
+        click.echo("  (an alias moved outside mlcd, e.g. with MLflow's alias editor? `mlcd reconcile --dry-run` shows "
+                   "the repair; move aliases with mlcd promote/rollback or mlcd_control)")
     if status.get("violations"):
         click.echo("\nVIOLATIONS (repair with `mlcd reconcile`):")
         for v in status["violations"]:
