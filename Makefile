@@ -11,13 +11,14 @@ ifneq ($(wildcard $(SHARED_MNIST)),)
 export MLCD_DATA ?= $(SHARED_MNIST)
 endif
 
-.PHONY: help venv demo test test-fast test-rehearsal images test-images bench mutation up down lint clean
+.PHONY: help venv demo test test-fast test-rehearsal test-install images test-images bench mutation up down lint clean
 
 help:
 	@echo "make demo      - set up .venv and run the whole loop on the embedded default (state in $(MLCD_HOME))"
 	@echo "make test      - set up .venv and run the whole test suite"
 	@echo "make test-fast - unit layer only (seconds)"
 	@echo "make test-rehearsal - the cluster rehearsal layer only (Postgres, Redis, Celery, S3, Prometheus on 127.0.0.1)"
+	@echo "make test-install - the wheel installed like a user: fresh venvs per extra, a fresh Airflow (minutes)"
 	@echo "make images   - build the gateway, trainer and airflow images with podman (deploy/docker/build.sh)"
 	@echo "make test-images - the images layer only: build, role contents, read-only root, health check, pip-audit"
 	@echo "make bench     - benchmarks, each against a peer in the same run"
@@ -60,6 +61,10 @@ test-fast: venv
 # Part of `make test` too; needs Debian's postgresql, redis-server and prometheus (.ci/run installs them).
 test-rehearsal: venv
 	$(BIN)/python -m pytest -q -m rehearsal tests/rehearsal
+
+# Part of `make test` too: the built wheel into fresh virtualenvs per extra, as README "Install into your Airflow".
+test-install: venv
+	$(BIN)/python -m pytest -q -m install tests/install
 
 # Podman with a locally made Debian base (deploy/docker/base.sh); .ci/run installs podman, buildah, runc, mmdebstrap.
 images:

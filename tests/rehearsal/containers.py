@@ -38,6 +38,9 @@ GATEWAY_USER = "10001:10001"  # the Deployments' runAsUser (fsGroup 10001)
 CPU_BOUND_ENV = {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                  "MLFLOW_DISABLE_TELEMETRY": "true"}
 
+# Variables the podman client reads for itself: given to the container as KEY=VALUE (none of them is a secret).
+CLIENT_OWN = {"PATH", "HOME", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "CONTAINERS_CONF"}
+
 _built: dict[str, float] = {}
 _build_lock = threading.Lock()
 
@@ -118,16 +121,19 @@ class Container:
             argv += ["--tmpfs", f"{path}:rw,U,mode=1777"]
         if self.entrypoint is not None:
             argv += ["--entrypoint", self.entrypoint]
-        for key in self.env:
-            argv += ["-e", key]  # the value comes from this client's environment: it never shows in `ps`
+        for key, value in self.env.items():
+            if key in CLIENT_OWN:  # the podman client needs its own (its TMPDIR is on this machine, not in a pod)
+                argv += ["-e", f"{key}={value}"]
+            else:
+                argv += ["-e", key]  # the value comes from this client's environment: it never shows in `ps`
         argv.append(self.image)
         argv += list(self.command or [])
         return argv
 
     def start(self) -> Container:
         podman("rm", "--force", "--ignore", self.name, check=False)  # a leftover of a killed run
-        client_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-                      **dict(self.env)}
+        client_env = {**{k: v for k, v in self.env.items() if k not in CLIENT_OWN},
+                      "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root")}
         self.proc = Proc(self.name, self.argv(), client_env, self.log.parent, self.log)
         self.started_at = time.monotonic()
         self.proc.start()

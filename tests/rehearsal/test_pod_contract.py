@@ -1,17 +1,17 @@
-"""The training pod's contract (#11.3): the pod needs nothing but what its spec gives it.
+"""The training pod's contract (#11.3, #29.3): the trainer image runs from its pod spec alone.
 
 The pod is built by the operator's own ``build_pod_request_obj`` (as the kubernetes backend of ``mlcd_retrain``'s
-``train`` task builds it). Its container command runs as a child process with exactly the spec's environment:
-plain values as given, ``secretKeyRef`` / ``secretRef`` resolved from a dict standing in for the Kubernetes Secrets,
-the emptyDir mount (``$HOME``, ``$TMPDIR``) a fresh empty folder, an empty working directory and no ``MLCD_HOME``.
-Only the interpreter and ``PYTHONPATH`` stand for the image. The pod must read the snapshot by its ``s3://`` URI,
-train, and log the run and the model to MLflow (Postgres backend, artifacts in S3).
+``train`` task builds it), and run as a container of the image the spec names (``ghcr.io/mlcd/trainer``, built
+from this checkout by ``deploy/docker/build.sh``) with exactly the spec's command, arguments, user and environment:
+plain values as given, ``secretKeyRef`` / ``secretRef`` resolved from a dict standing in for the Kubernetes Secrets.
+The root filesystem is read-only and the spec's emptyDir (``$HOME``, ``$TMPDIR``) is the only writable path; no
+host path is mounted. The pod must read the snapshot by its ``s3://`` URI, train, and log the run and the model to
+MLflow (Postgres backend, artifacts in S3), and leave the image's filesystem as it found it.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ import pytest
 
 from mlcd.training.contract import parse_result
 from tests.rehearsal.conftest import ARTIFACT_BUCKET, ClusterSettings
-from tests.rehearsal.services import REPO, VENV_BIN, MlflowServer, S3Server
+from tests.rehearsal.containers import CPU_BOUND_ENV, Container, ensure_images, unique_name
+from tests.rehearsal.services import MlflowServer, S3Server
 
 KUBECONFIG = """\
 apiVersion: v1
@@ -127,26 +128,37 @@ def test_training_pod_runs_from_its_spec_alone(snapshot_uri: str, cluster_settin
         "mlcd-storage": dict(cluster_settings.aws),
         "mlcd-model-signing": {"key": "rehearsal-signing-key"},
     }
-    scratch = tmp_path / "scratch"  # the emptyDir volume: $HOME and $TMPDIR
-    scratch.mkdir()
-    mounts = {m.mount_path: scratch for m in container.volume_mounts or []}
-    assert SCRATCH_PATH in mounts
-    env = resolve_env(container, secrets, mounts)
+    # The emptyDir volumes, mounted at their paths inside the container (a fresh tmpfs each): no rewriting.
+    empty_dirs = {v.name for v in pod.spec.volumes or [] if v.empty_dir is not None}
+    mounts = [m.mount_path for m in container.volume_mounts or [] if m.name in empty_dirs]
+    assert SCRATCH_PATH in mounts and len(mounts) == len(container.volume_mounts or [])  # no hostPath, no Secret files
+    env = resolve_env(container, secrets, {})
     assert "MLCD_HOME" not in env and "MLCD_STORAGE_URL" not in env  # the snapshot's URI is all it is told
-    assert env["HOME"] == str(scratch) and env["MLFLOW_TRACKING_URI"] == mlflow_service.url
-    # The image: its interpreter (``python`` on its PATH) with mlcd installed.
-    env["PATH"] = f"{VENV_BIN}:/usr/bin:/bin"
-    env["PYTHONPATH"] = str(REPO / "include")
-    env.update({"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-                "MLFLOW_DISABLE_TELEMETRY": "true"})  # the image's ENV, as tests/rehearsal/services.base_env
+    assert env["HOME"] == SCRATCH_PATH and env["TMPDIR"] == SCRATCH_PATH
+    assert env["MLFLOW_TRACKING_URI"] == mlflow_service.url
+    env.update(CPU_BOUND_ENV)  # stand for the pod's CPU limit: 2 cores are shared by the whole rehearsal
     argv = [*container.command, *container.args]
     assert argv[0] == "python" and "--snapshot" in argv and argv[argv.index("--snapshot") + 1] == snapshot_uri
 
-    workdir = tmp_path / "pod-cwd"
-    workdir.mkdir()
-    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
-    result = parse_result(done.stdout.splitlines())
+    ensure_images("trainer")
+    security = pod.spec.security_context
+    assert container.security_context.read_only_root_filesystem and security.run_as_non_root
+    pod_run = Container(unique_name("trainer"), container.image, argv, env, mounts,
+                        f"{security.run_as_user}:{security.run_as_group}", tmp_path / "trainer.log", keep=True)
+    try:
+        pod_run.start()
+        code = pod_run.wait(timeout=600)
+        log = pod_run.logs()
+        assert code == 0, log[-4000:]
+        # Nothing written outside the emptyDir: the image's filesystem is as the image left it (bar the engine's
+        # own: the mount points it made and /etc's hosts, hostname and resolv.conf).
+        engine = {"/etc", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/run", "/run/.containerenv", *mounts}
+        changed = [line for line in pod_run.diff() if line.split(maxsplit=1)[-1] not in engine]
+        assert changed == [], changed[:20]
+    finally:
+        pod_run.stop()
+        pod_run.remove()
+    result = parse_result(log.splitlines())
     assert result["snapshot_path"] == snapshot_uri
 
     # The run and the model, read back from MLflow (Postgres) and the artifact store (S3).
@@ -160,6 +172,4 @@ def test_training_pod_runs_from_its_spec_alone(snapshot_uri: str, cluster_settin
     model_files = [k for k in keys if (model_id and model_id in k) or result["run_id"] in k]
     assert any(k.endswith("/MLmodel") for k in model_files), model_files[:20]
     assert any(k.endswith(".keras") or "/data/" in k for k in model_files), model_files[:20]
-    # The pod left nothing where a worker's disk would be: its cwd stays empty.
-    assert list(workdir.iterdir()) == []
     assert json.loads(json.dumps(result))  # the XCom is plain JSON
