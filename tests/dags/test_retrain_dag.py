@@ -119,10 +119,13 @@ def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], d
     # Gated against champion 1 and passed on its own merits: not an override.
     assert (record.tags.get("mlcd.verdict"), record.tags.get("mlcd.forced")) == ("pass", "false")
     assert record.tags.get("mlcd.champion_at_eval") == "1"
-    # The gateway now answers from the promoted version alone.
+    # The gateway now answers from the promoted version, with the previous champion kept on the holdback share
+    # as the bake's concurrent control (mlcd_guard releases it when the bake ends; no guard runs here).
     health = httpx.get(f"{platform['gateway'].url}/healthz").json()
     assert (health["stable"], health["canary"]) == ("2", None), health
-    assert _served_version(platform["gateway"].url, reference_data.x_test) == {("stable", "2")}
+    assert (health["holdback"], health["holdback_weight"]) == ("1", 5), health
+    served = _served_version(platform["gateway"].url, reference_data.x_test)
+    assert ("stable", "2") in served and served <= {("stable", "2"), ("holdback", "1")}, served
     # register → guard: the canary registration emitted the mlcd_canary Asset once, which queued mlcd_guard.
     events = asset_events("mlcd_canary", second)
     assert [(e["dag_id"], e["task_id"]) for e in events] == [("mlcd_retrain", "announce_canary")], events
@@ -138,4 +141,5 @@ def test_retrain_bootstrap_canary_promote_and_reject(platform: dict[str, Any], d
     assert registry.get_state("3").state.value == "rejected"
     assert registry.get_state("3").tags.get("mlcd.verdict") == "fail"
     assert asset_events("mlcd_canary", third) == []  # a rejected version starts no guard
-    assert _served_version(platform["gateway"].url, reference_data.x_test) == {("stable", "2")}
+    served = _served_version(platform["gateway"].url, reference_data.x_test)
+    assert ("stable", "2") in served and served <= {("stable", "2"), ("holdback", "1")}, served
