@@ -41,19 +41,24 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/mlcd demo
 
-# Two pytest processes side by side (most of the suite waits on servers, schedulers and windows, so 2 cores
-# are mostly idle with one): the images, the cluster rehearsal, fault drills, newcomer demo and unit layer in the background
-# (its log printed at the end), every other layer in the foreground. Each process has its own AIRFLOW_HOME,
-# MLCD_HOME and free ports (tests/conftest.py). Every test is in exactly one of the two.
-TEST_SIDE := images or rehearsal or faults or newcomer or unit
+# Three pytest processes side by side (most of the suite waits on servers, schedulers, image builds and canary
+# windows, so 2 cores are mostly idle with one): (a) the newcomer's demo, the images and the unit layer, (b) the
+# cluster rehearsal and the fault drills, both in the background with their logs printed at the end, and every
+# other layer in the foreground. Each process has its own AIRFLOW_HOME, MLCD_HOME and free ports
+# (tests/conftest.py). Every test is in exactly one of the three.
+TEST_SIDE_A := newcomer or images or unit
+TEST_SIDE_B := (rehearsal or faults) and not ($(TEST_SIDE_A))
+TEST_MAIN := not ($(TEST_SIDE_A)) and not ($(TEST_SIDE_B))
 test: venv
-	@mkdir -p $(MLCD_HOME); side_log=$(MLCD_HOME)/test-side.log; \
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "$(TEST_SIDE)" > $$side_log 2>&1 & side=$$!; \
-	$(BIN)/python -m pytest -q -m "not ($(TEST_SIDE))"; main_rc=$$?; \
-	wait $$side; side_rc=$$?; \
-	echo "---- side run ($(TEST_SIDE)), exit $$side_rc ----"; cat $$side_log; \
-	echo "make test: main run exit $$main_rc, side run exit $$side_rc"; \
-	[ $$main_rc -eq 0 ] && [ $$side_rc -eq 0 ]
+	@mkdir -p $(MLCD_HOME); a_log=$(MLCD_HOME)/test-side-a.log; b_log=$(MLCD_HOME)/test-side-b.log; start=$$(date +%s); \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "$(TEST_SIDE_A)" > $$a_log 2>&1 & a=$$!; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "$(TEST_SIDE_B)" > $$b_log 2>&1 & b=$$!; \
+	$(BIN)/python -m pytest -q -m "$(TEST_MAIN)"; main_rc=$$?; \
+	wait $$a; a_rc=$$?; wait $$b; b_rc=$$?; \
+	echo "---- side run a ($(TEST_SIDE_A)), exit $$a_rc ----"; cat $$a_log; \
+	echo "---- side run b ($(TEST_SIDE_B)), exit $$b_rc ----"; cat $$b_log; \
+	echo "make test: main run exit $$main_rc, side runs exit $$a_rc and $$b_rc, $$(( $$(date +%s) - start )) s"; \
+	[ $$main_rc -eq 0 ] && [ $$a_rc -eq 0 ] && [ $$b_rc -eq 0 ]
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m unit

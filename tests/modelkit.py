@@ -31,8 +31,11 @@ _LOGGED: dict[str, dict[str, str]] = {}  # tracking URI → kind → logged mode
 _LOCK = threading.Lock()
 
 
-def logged_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> dict[str, str]:
-    """Log the three models once per server; returns kind → ``models:/m-…`` URI."""
+def logged_models(tracking_uri: str, x: np.ndarray, y: np.ndarray, signing_key: str | None = None) -> dict[str, str]:
+    """Log the three models once per server; returns kind → ``models:/m-…`` URI.
+
+    ``signing_key``: the platform's model signing key (``make up`` creates one), so its gateway loads them;
+    default ``MLCD_MODEL_SIGNING_KEY``, else digest only."""
     with _LOCK:
         if tracking_uri in _LOGGED:
             return _LOGGED[tracking_uri]
@@ -67,7 +70,7 @@ def logged_models(tracking_uri: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
             with mlflow.start_run(run_name=f"guard-{kind}"):
                 # Explicit requirements skip MLflow's import-capturing subprocess (seconds per model).
                 info = mlflow.tensorflow.log_model(model, name="model", pip_requirements=["tensorflow-cpu"])
-            seal_model(info.model_uri, tracking_uri)  # as the trainer does: loaders refuse an unsealed model
+            seal_model(info.model_uri, tracking_uri, signing_key)  # as the trainer does: loaders refuse an unsealed model
             uris[kind] = info.model_uri
         _LOGGED[tracking_uri] = uris
         return uris

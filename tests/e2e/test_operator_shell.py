@@ -98,7 +98,10 @@ def test_rollback_from_a_shell_with_only_mlcd_home(platform: dict[str, Any], ref
     from mlcd.rollout.router import LocalGatewayRouter, RouteStatus
     from tests.modelkit import logged_models, register
 
-    uris = logged_models(platform["mlflow"], reference_data.x_train[:2000], reference_data.y_train[:2000])
+    # Signed with the key `make up` created for this state: its gateway refuses an unsigned version.
+    key = run_secret("model_signing_key", platform["home"])
+    assert key, "make up keeps the model signing key under MLCD_HOME/run/"
+    uris = logged_models(platform["mlflow"], reference_data.x_train[:2000], reference_data.y_train[:2000], key)
     stable, canary = (register(platform["mlflow"], "mnist-cnn", uris[k]) for k in ("healthy_a", "healthy_b"))
     registry = ModelRegistry(platform["mlflow"], "mnist-cnn")
     registry.bootstrap_champion(stable, "tests")

@@ -51,9 +51,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
     home = tmp_path_factory.mktemp("page-home")
     patched = pytest.MonkeyPatch()  # module scope: the function-scoped monkeypatch fixture is not available
-    # The feedback token is set here so the platform's gateway and this process' traffic share it.
+    # The feedback token and the model signing key are set here so the platform's gateway and this process (its
+    # traffic, the models it logs and trains) share them: the gateway refuses a version not signed with its key.
     for key, value in {"MLCD_HOME": str(home), "AIRFLOW_HOME": str(home / "airflow"), "MLCD_ADMIN_TOKEN": TOKEN,
-                       "MLCD_FEEDBACK_TOKEN": FEEDBACK_TOKEN}.items():
+                       "MLCD_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
+                       "MLCD_MODEL_SIGNING_KEY": "page-test-model-signing-key-0123456789"}.items():
         patched.setenv(key, value)
     settings = get_settings()
     ports = Ports(airflow=free_port(), mlflow=free_port(), gateway=free_port())
