@@ -323,7 +323,9 @@ def test_the_trigger_carries_its_state_and_a_restart_continues_the_same_test(
 
     with serve_metrics(scrape) as url:
         first = Guard(GuardConfig(url, poll_interval_s=0.05)).poll()
-        trigger = CanaryHealthTrigger(url, poll_interval_s=0.05, state=first.state.to_dict(), max_watch_s=0.6)
+        # Watch windows of seconds, not tenths: each poll also checkpoints, and a loaded CI machine (three pytest
+        # processes, image builds) once fit only two polls into 0.6 s.
+        trigger = CanaryHealthTrigger(url, poll_interval_s=0.05, state=first.state.to_dict(), max_watch_s=2.0)
 
         async def until_timeout() -> Any:
             return await trigger.run().asend(None)
@@ -334,7 +336,7 @@ def test_the_trigger_carries_its_state_and_a_restart_continues_the_same_test(
         assert carried["polls"] > 2 and carried["analysis"]["looks"] == carried["look"] > 2
         # The triggerer restarts with the kwargs stored at deferral (the first state): the checkpoint wins, so
         # the evidence, samples and looks continue instead of starting from zero.
-        restarted = CanaryHealthTrigger(url, poll_interval_s=0.05, state=first.state.to_dict(), max_watch_s=0.3)
+        restarted = CanaryHealthTrigger(url, poll_interval_s=0.05, state=first.state.to_dict(), max_watch_s=1.0)
         asyncio.run(restarted.run().asend(None))
         again = restarted.serialize()[1]["state"]
         assert again["polls"] > carried["polls"]
