@@ -624,15 +624,19 @@ def _parse_json(raw: bytes) -> Any:
         raise RequestError(400, f"body is not valid JSON: {str(exc).splitlines()[0]}") from None
 
 
-async def read_bounded(request: Request, limit: int) -> bytes:
-    """The whole body, refusing an oversized one (declared or streamed) before reading it whole."""
-    declared = request.headers.get("content-length")
+def check_declared_length(declared: str | None, limit: int) -> None:
+    """Refuse a body whose ``Content-Length`` is over ``limit`` (413) or not a number (400), before reading it."""
     if declared is not None:
         try:
             if int(declared) > limit:
                 raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
         except ValueError:
             raise RequestError(400, "invalid Content-Length header") from None
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The whole body, refusing an oversized one (declared or streamed) before reading it whole."""
+    check_declared_length(request.headers.get("content-length"), limit)
     from starlette.requests import ClientDisconnect
 
     from mlcd.serving.hardening import BODY_TIMEOUT_S

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from mlcd.serving import fastjson
-from mlcd.serving.app import RequestError
+from mlcd.serving.app import RequestError, check_declared_length
 
 if TYPE_CHECKING:
     from mlcd.serving.app import Gateway
@@ -117,12 +117,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 async def _read_bounded(receive: Receive, declared: str | None, limit: int) -> bytes:
     """The whole body, refusing an oversized one (declared or streamed) as :func:`mlcd.serving.app.read_bounded`."""
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit}")
-        except ValueError:
-            raise RequestError(400, "invalid Content-Length header") from None
+    check_declared_length(declared, limit)
     import asyncio
     import logging
 
